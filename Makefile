@@ -1,0 +1,35 @@
+# The two commands the README starts with: `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install demo test test-fast bench services system-deps
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+# A full demo study on the embedded default (SQLite + a broker that needs no server).
+demo: install
+	$(PY) manage.py demo --summary-json demo-output/summary.json
+
+# System packages the tests need (Chromium for the browser tests, Pango for PDF reports).
+system-deps:
+	bash deploy/dev/ensure-system-deps.sh
+
+# Start PostgreSQL and Redis if they are down.
+services:
+	bash deploy/dev/ensure-services.sh
+
+# The whole suite on PostgreSQL + Redis with real Celery workers and node daemons.
+test: install system-deps services
+	DATABASE_URL=$${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test} \
+	REDIS_URL=$${TEST_REDIS_URL:-redis://127.0.0.1:6379/7} \
+	$(PY) -m pytest
+
+bench: install services
+	$(PY) bench/run_all.py

@@ -1,0 +1,15 @@
+from django.conf import settings
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView
+
+from studies.api.urls import node_urls, researcher_urls
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/node/", include(node_urls)),
+    path("api/", include(researcher_urls)),
+]
+if "portal" in settings.INSTALLED_APPS:
+    urlpatterns.append(path("", include("portal.urls")))

@@ -1,0 +1,81 @@
+"""Consortia, hospitals (node identities), enrolment tokens and user roles."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class Consortium(models.Model):
+    name = models.CharField(max_length=200, unique=True)
+    description = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Hospital(models.Model):
+    """A hospital and the identity of its node daemon."""
+
+    consortium = models.ForeignKey(Consortium, on_delete=models.PROTECT, related_name="hospitals")
+    name = models.CharField(max_length=200)
+    # X25519 public key of the node (base64), used by key custodians to seal the study secret.
+    public_key = models.CharField(max_length=64, blank=True)
+    # SHA-256 of the node API token; the token itself is shown once at enrolment, never stored.
+    token_hash = models.CharField(max_length=64, blank=True, db_index=True)
+    enrolled_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_heartbeat = models.DateTimeField(null=True, blank=True)
+    node_version = models.CharField(max_length=64, blank=True)
+    node_status = models.JSONField(default=dict, blank=True)
+    # The hospital's own limits, as declared in the portal (the node enforces its own config too).
+    max_epsilon = models.FloatField(null=True, blank=True)
+    allowed_models = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["consortium", "name"], name="hospital_name_unique")]
+        ordering = ["consortium_id", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_enrolled(self) -> bool:
+        return bool(self.token_hash) and self.revoked_at is None
+
+
+class EnrolmentToken(models.Model):
+    """A one-time token a hospital admin pastes into `python -m hospital_node enrol`."""
+
+    hospital = models.ForeignKey(Hospital, on_delete=models.CASCADE, related_name="enrolment_tokens")
+    token_hash = models.CharField(max_length=64, unique=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+
+
+class Membership(models.Model):
+    """A user's role in a consortium. Hospital admins are bound to one hospital."""
+
+    class Role(models.TextChoices):
+        CONSORTIUM_ADMIN = "consortium_admin", "Consortium admin"
+        RESEARCHER = "researcher", "Researcher"
+        HOSPITAL_ADMIN = "hospital_admin", "Hospital admin"
+        AUDITOR = "auditor", "Auditor"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    consortium = models.ForeignKey(Consortium, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=32, choices=Role.choices)
+    hospital = models.ForeignKey(Hospital, null=True, blank=True, on_delete=models.CASCADE, related_name="admins")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "consortium", "role", "hospital"], name="membership_unique"),
+            models.CheckConstraint(
+                condition=(models.Q(role="hospital_admin", hospital__isnull=False)
+                           | (~models.Q(role="hospital_admin") & models.Q(hospital__isnull=True))),
+                name="membership_hospital_iff_hospital_admin"),
+        ]

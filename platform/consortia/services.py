@@ -1,0 +1,106 @@
+"""Consortium, hospital and node-identity state changes; each with its audit event."""
+
+from __future__ import annotations
+
+import base64
+from datetime import timedelta
+
+from django.db import transaction
+from django.utils import timezone
+
+from audit.services import actor_label, audit_record
+
+from .models import Consortium, EnrolmentToken, Hospital, Membership
+from .tokens import new_token, token_hash
+
+
+class EnrolmentError(Exception):
+    """An enrolment attempt that cannot proceed; the message says why and what to do."""
+
+
+def consortium_create(*, name: str, description: str = "", actor: str = "system") -> Consortium:
+    with transaction.atomic():
+        c = Consortium.objects.create(name=name, description=description)
+        audit_record(action="consortium.created", actor=actor, obj=c, consortium_id=c.pk, data={"name": name})
+    return c
+
+
+def hospital_create(*, consortium: Consortium, name: str, actor: str = "system",
+                    max_epsilon: float | None = None, allowed_models: list | None = None) -> Hospital:
+    with transaction.atomic():
+        h = Hospital.objects.create(consortium=consortium, name=name, max_epsilon=max_epsilon,
+                                    allowed_models=allowed_models or [])
+        audit_record(action="hospital.created", actor=actor, obj=h, consortium_id=consortium.pk,
+                     hospital_id=h.pk, data={"name": name})
+    return h
+
+
+def membership_grant(*, user, consortium: Consortium, role: str, hospital: Hospital | None = None,
+                     actor: str = "system") -> Membership:
+    with transaction.atomic():
+        m, _ = Membership.objects.get_or_create(user=user, consortium=consortium, role=role, hospital=hospital)
+        audit_record(action="membership.granted", actor=actor, obj=m, consortium_id=consortium.pk,
+                     hospital_id=hospital.pk if hospital else None,
+                     data={"user": user.get_username(), "role": role})
+    return m
+
+
+def enrolment_token_create(*, hospital: Hospital, user=None, ttl_hours: int = 72) -> tuple[EnrolmentToken, str]:
+    """Create a one-time enrolment token; the clear token is returned once and never stored."""
+    token = new_token("enr")
+    with transaction.atomic():
+        et = EnrolmentToken.objects.create(hospital=hospital, token_hash=token_hash(token), created_by=user,
+                                           expires_at=timezone.now() + timedelta(hours=ttl_hours))
+        audit_record(action="enrolment_token.created", actor=actor_label(user=user), obj=et,
+                     consortium_id=hospital.consortium_id, hospital_id=hospital.pk,
+                     data={"expires_at": et.expires_at.isoformat()})
+    return et, token
+
+
+def node_enrol(*, enrolment_token: str, public_key: str, node_version: str) -> tuple[Hospital, str]:
+    """Bind a node to its hospital: consume the one-time token, store the node's public key and
+    the hash of a fresh node API token. Returns the clear node token (shown once)."""
+    try:
+        raw = base64.b64decode(public_key, validate=True)
+    except (ValueError, TypeError):
+        raw = b""
+    if len(raw) != 32:
+        raise EnrolmentError("public_key must be a base64-encoded 32-byte X25519 public key")
+    now = timezone.now()
+    node_token = new_token("node")
+    with transaction.atomic():
+        et = (EnrolmentToken.objects.select_for_update().select_related("hospital")
+              .filter(token_hash=token_hash(enrolment_token)).first())
+        if et is None:
+            raise EnrolmentError("unknown enrolment token: ask your consortium admin for a new one in the portal (Hospitals page)")
+        if et.used_at is not None:
+            raise EnrolmentError("this enrolment token was already used; each token enrols one node once — create a new one in the portal")
+        if et.expires_at < now:
+            raise EnrolmentError("this enrolment token has expired; create a new one in the portal")
+        updated = EnrolmentToken.objects.filter(pk=et.pk, used_at__isnull=True).update(used_at=now)
+        if not updated:
+            raise EnrolmentError("this enrolment token was already used")
+        h = et.hospital
+        h.public_key = public_key
+        h.token_hash = token_hash(node_token)
+        h.enrolled_at = now
+        h.revoked_at = None
+        h.node_version = node_version[:64]
+        h.save(update_fields=["public_key", "token_hash", "enrolled_at", "revoked_at", "node_version"])
+        audit_record(action="node.enrolled", actor=f"node:{h.pk}:{h.name}", obj=h, consortium_id=h.consortium_id,
+                     hospital_id=h.pk, data={"node_version": node_version[:64], "public_key": public_key,
+                                             "enrolment_token_id": et.pk})
+    return h, node_token
+
+
+def node_revoke(*, hospital: Hospital, actor: str) -> None:
+    with transaction.atomic():
+        Hospital.objects.filter(pk=hospital.pk).update(revoked_at=timezone.now(), token_hash="")
+        audit_record(action="node.revoked", actor=actor, obj=hospital, consortium_id=hospital.consortium_id,
+                     hospital_id=hospital.pk)
+
+
+def node_heartbeat(*, hospital: Hospital, node_version: str, status: dict) -> None:
+    # Heartbeats are liveness, not state changes of the study: no audit event (they would flood it).
+    Hospital.objects.filter(pk=hospital.pk).update(last_heartbeat=timezone.now(), node_version=node_version[:64],
+                                                   node_status=status if isinstance(status, dict) else {})

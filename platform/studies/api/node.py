@@ -1,0 +1,261 @@
+"""The node API: thin views over services/selectors. A node sees and touches only its own objects."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.db import close_old_connections
+from django.http import FileResponse
+from django.shortcuts import get_object_or_404
+from django.utils import timezone
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.throttling import AnonRateThrottle
+from rest_framework.views import APIView
+
+from consortia.services import EnrolmentError, node_enrol, node_heartbeat
+from fedproto import PROTOCOL_VERSION
+
+from .. import selectors, services
+from ..models import Aggregate, HEContext, Participation, Round, Study, TrainingJob
+from .auth import IsNode, NodeTokenAuthentication
+from .errors import error
+
+
+def _b64(value, field: str) -> bytes:
+    if not isinstance(value, str):
+        raise services.ServiceError(f"{field} must be a base64 string", code="invalid", status=422)
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise services.ServiceError(f"{field} is not valid base64", code="invalid", status=422) from None
+
+
+class NodeView(APIView):
+    authentication_classes = [NodeTokenAuthentication]
+    permission_classes = [IsNode]
+
+    @property
+    def hospital(self):
+        return self.request.auth
+
+    def my_study(self, study_id: int) -> Study:
+        """A study this node participates in; 404 otherwise (no existence leak)."""
+        return get_object_or_404(Study.objects.select_related("consortium"), pk=study_id,
+                                 participations__hospital=self.hospital)
+
+    def actor(self) -> str:
+        return f"node:{self.hospital.pk}:{self.hospital.name}"
+
+
+class EnrolSerializer(serializers.Serializer):
+    enrolment_token = serializers.CharField(max_length=200)
+    public_key = serializers.CharField(max_length=64)
+    node_version = serializers.CharField(max_length=64, required=False, default="")
+
+
+class EnrolThrottle(AnonRateThrottle):
+    rate = "30/min"
+
+
+class EnrolView(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+    throttle_classes = [EnrolThrottle]
+
+    @extend_schema(request=EnrolSerializer, summary="Enrol a node with a one-time enrolment token")
+    def post(self, request):
+        s = EnrolSerializer(data=request.data)
+        s.is_valid(raise_exception=True)
+        try:
+            hospital, token = node_enrol(enrolment_token=s.validated_data["enrolment_token"],
+                                         public_key=s.validated_data["public_key"],
+                                         node_version=s.validated_data["node_version"])
+        except EnrolmentError as exc:
+            return error(str(exc), "enrolment_refused", 403)
+        return Response({"hospital_id": hospital.pk, "hospital_name": hospital.name, "node_token": token,
+                         "protocol_version": PROTOCOL_VERSION}, status=201)
+
+
+class HeartbeatView(NodeView):
+    def post(self, request):
+        status = request.data.get("status", {}) if isinstance(request.data, dict) else {}
+        node_heartbeat(hospital=self.hospital, node_version=str(request.data.get("node_version", ""))[:64],
+                       status=status if isinstance(status, dict) else {})
+        return Response({"server_time": timezone.now().isoformat(), "protocol_version": PROTOCOL_VERSION})
+
+
+class WorkView(NodeView):
+    """Long-poll: returns as soon as there is work, or an empty list after `wait` seconds."""
+
+    def get(self, request):
+        try:
+            wait = float(request.query_params.get("wait", "20"))
+        except ValueError:
+            return error("wait must be a number of seconds", "invalid", 422)
+        wait = max(0.0, min(wait, settings.NODE_LONGPOLL_MAX_S))
+        deadline = time.monotonic() + wait
+        from consortia.models import Hospital
+
+        Hospital.objects.filter(pk=self.hospital.pk).update(last_heartbeat=timezone.now())
+        while True:
+            items = selectors.work_items_for(self.hospital)
+            if items or time.monotonic() >= deadline:
+                return Response({"items": items})
+            close_old_connections()
+            time.sleep(settings.NODE_LONGPOLL_TICK_S)
+
+
+class DecisionView(NodeView):
+    def post(self, request, study_id: int):
+        study = self.my_study(study_id)
+        p = get_object_or_404(Participation, study=study, hospital=self.hospital)
+        decision = request.data.get("decision")
+        p = services.participation_decide(participation=p, decision=decision, actor=self.actor(),
+                                          reason=str(request.data.get("reason", ""))[:2000])
+        return Response({"study_id": study.pk, "state": p.state})
+
+
+class ContextView(NodeView):
+    def get(self, request, study_id: int):
+        study = self.my_study(study_id)
+        ctx = get_object_or_404(HEContext, study=study)
+        return Response({"codec": ctx.codec, "public_params": base64.b64encode(bytes(ctx.public_params)).decode(),
+                         "sha256": ctx.sha256})
+
+    def post(self, request, study_id: int):
+        study = self.my_study(study_id)
+        blob = _b64(request.data.get("public_params"), "public_params")
+        ctx = services.he_context_publish(study=study, hospital=self.hospital, codec_name=str(request.data.get("codec")),
+                                          public_params=blob)
+        return Response({"sha256": ctx.sha256}, status=201)
+
+
+class SealedKeysView(NodeView):
+    def post(self, request, study_id: int):
+        study = self.my_study(study_id)
+        keys = request.data.get("keys")
+        if not isinstance(keys, list) or not keys:
+            return error('keys must be a non-empty list of {"hospital_id", "sealed"}', "invalid", 422)
+        parsed = []
+        for k in keys:
+            if not isinstance(k, dict) or not isinstance(k.get("hospital_id"), int):
+                return error("each key needs an integer hospital_id and a base64 sealed value", "invalid", 422)
+            parsed.append((k["hospital_id"], _b64(k.get("sealed"), "sealed")))
+        n = services.sealed_keys_store(study=study, hospital=self.hospital, keys=parsed)
+        return Response({"stored": n}, status=201)
+
+
+class SealedKeyView(NodeView):
+    def get(self, request, study_id: int):
+        study = self.my_study(study_id)
+        sk = services.sealed_key_fetch(study=study, hospital=self.hospital)
+        return Response({"sealed": base64.b64encode(bytes(sk.sealed)).decode(),
+                         "custodian_public_key": study.custodian.public_key if study.custodian else None})
+
+
+class KeyAckView(NodeView):
+    def post(self, request, study_id: int):
+        study = self.my_study(study_id)
+        services.key_ack(study=study, hospital=self.hospital,
+                         public_params_sha256=str(request.data.get("public_params_sha256", "")))
+        return Response({"ok": True})
+
+
+class JobMixin:
+    def my_job(self, job_id: int) -> TrainingJob:
+        return get_object_or_404(TrainingJob.objects.select_related("round", "round__study"), pk=job_id,
+                                 hospital=self.hospital)
+
+
+class RefuseView(JobMixin, NodeView):
+    def post(self, request, job_id: int):
+        job = self.my_job(job_id)
+        reason = str(request.data.get("reason", "")).strip()
+        if not reason:
+            return error("give a reason for refusing the job", "invalid", 422)
+        job = services.job_refuse(job=job, hospital=self.hospital, reason=reason,
+                                  code=str(request.data.get("code", "refused")))
+        return Response({"job_id": job.pk, "status": job.status})
+
+
+class PrivacySpendView(JobMixin, NodeView):
+    def post(self, request, job_id: int):
+        job = self.my_job(job_id)
+        if not isinstance(request.data, dict):
+            return error("send a JSON object", "invalid", 422)
+        ps = services.privacy_spend_record(job=job, hospital=self.hospital, spend=dict(request.data))
+        return Response({"job_id": job.pk, "epsilon": ps.epsilon}, status=201)
+
+
+class UpdateView(JobMixin, NodeView):
+    parser_classes: list = []  # the body is streamed to disk, never parsed in memory
+
+    def put(self, request, job_id: int):
+        job = self.my_job(job_id)
+        ctype = request.META.get("CONTENT_TYPE", "")
+        if not ctype.startswith("application/octet-stream"):
+            return error("send the encrypted update as application/octet-stream (a fedproto.wire frame)",
+                         "unsupported_media_type", 415)
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or -1)
+        except ValueError:
+            length = -1
+        upd = services.update_accept(job=job, hospital=self.hospital, stream=request._request,
+                                     content_length=length if length >= 0 else None)
+        return Response({"job_id": job.pk, "sha256": upd.sha256, "bytes": upd.size_bytes}, status=201)
+
+
+class AggregateView(NodeView):
+    def get(self, request, study_id: int, number: int):
+        study = self.my_study(study_id)
+        p = get_object_or_404(Participation, study=study, hospital=self.hospital, state=Participation.State.APPROVED)
+        del p
+        rnd = get_object_or_404(Round, study=study, number=number, status=Round.Status.DONE)
+        agg = get_object_or_404(Aggregate, round=rnd)
+        resp = FileResponse(open(Path(settings.MEDIA_ROOT) / agg.path, "rb"), content_type="application/octet-stream")
+        resp["X-Contributors"] = str(agg.n_contributors)
+        resp["X-Aggregate-SHA256"] = agg.sha256
+        return resp
+
+
+class RoundReportView(NodeView):
+    def post(self, request, study_id: int, number: int):
+        study = self.my_study(study_id)
+        rnd = selectors.done_round(study, number)
+        if rnd is None:
+            return error(f"round {number} has no aggregate yet", "not_ready", 409)
+        d = request.data if isinstance(request.data, dict) else {}
+        eps = d.get("epsilon_spent")
+        try:
+            n_test = int(d.get("n_test", 0))
+            eps = float(eps) if eps is not None else None
+        except (TypeError, ValueError):
+            return error("n_test must be an integer and epsilon_spent a number", "invalid", 422)
+        rep = services.round_report_record(rnd=rnd, hospital=self.hospital, metrics=d.get("metrics", {}),
+                                           n_test=n_test, model_sha256=d.get("model_sha256", ""), epsilon_spent=eps)
+        return Response({"round": number, "model_sha256": rep.model_sha256}, status=201)
+
+
+class FinalModelView(NodeView):
+    parser_classes: list = []
+
+    def put(self, request, study_id: int):
+        study = self.my_study(study_id)
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or -1)
+        except ValueError:
+            length = -1
+        if length < 0:
+            return error("send the model with a Content-Length header", "length_required", 411)
+        if length > settings.MAX_MODEL_BYTES:
+            return error(f"model is {length} bytes; the limit is {settings.MAX_MODEL_BYTES}", "too_large", 413)
+        data = request._request.read(length)
+        fm = services.final_model_store(study=study, hospital=self.hospital, data=data)
+        return Response({"sha256": fm.sha256}, status=201)

@@ -1,0 +1,27 @@
+from django.urls import path
+
+from . import node, researcher
+
+node_urls = [
+    path("enrol", node.EnrolView.as_view()),
+    path("heartbeat", node.HeartbeatView.as_view()),
+    path("work", node.WorkView.as_view()),
+    path("studies/<int:study_id>/decision", node.DecisionView.as_view()),
+    path("studies/<int:study_id>/context", node.ContextView.as_view()),
+    path("studies/<int:study_id>/sealed-keys", node.SealedKeysView.as_view()),
+    path("studies/<int:study_id>/sealed-key", node.SealedKeyView.as_view()),
+    path("studies/<int:study_id>/key-ack", node.KeyAckView.as_view()),
+    path("jobs/<int:job_id>/refuse", node.RefuseView.as_view()),
+    path("jobs/<int:job_id>/privacy-spend", node.PrivacySpendView.as_view()),
+    path("jobs/<int:job_id>/update", node.UpdateView.as_view()),
+    path("studies/<int:study_id>/rounds/<int:number>/aggregate", node.AggregateView.as_view()),
+    path("studies/<int:study_id>/rounds/<int:number>/report", node.RoundReportView.as_view()),
+    path("studies/<int:study_id>/final-model", node.FinalModelView.as_view()),
+]
+
+researcher_urls = [
+    path("studies/", researcher.StudyListView.as_view()),
+    path("studies/<int:study_id>/", researcher.StudyDetailView.as_view()),
+    path("studies/<int:study_id>/model", researcher.FinalModelDownloadView.as_view()),
+    path("studies/<int:study_id>/<str:action>", researcher.StudyActionView.as_view()),
+]

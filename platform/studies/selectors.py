@@ -1,0 +1,98 @@
+"""Reads: study configuration as sent to nodes, the work a node has to do, progress."""
+
+from __future__ import annotations
+
+from django.db.models import Q
+
+from consortia.models import Hospital
+from fedproto import PROTOCOL_VERSION
+
+from .models import (FinalModel, HEContext, Participation, Round, RoundReport, SealedKey, Study, TrainingJob)
+
+
+def study_config(study: Study) -> dict:
+    return {
+        "id": study.pk, "name": study.name, "consortium": study.consortium.name,
+        "protocol_version": PROTOCOL_VERSION, "schema": study.schema, "model": study.model_spec,
+        "rounds": study.rounds, "local_epochs": study.local_epochs, "batch_size": study.batch_size,
+        "learning_rate": study.learning_rate,
+        "privacy": {"epsilon": study.epsilon, "delta": study.delta, "clip_norm": study.clip_norm,
+                    "accountant": study.accountant},
+        "encryption": study.encryption, "quorum": study.quorum, "round_deadline_s": study.round_deadline_s,
+        "seed": study.seed, "custodian_hospital_id": study.custodian_id, "n_params": study.n_params,
+    }
+
+
+ACTIVE = [Study.Status.RECRUITING, Study.Status.RUNNING, Study.Status.PAUSED, Study.Status.COMPLETED]
+
+
+def work_items_for(hospital: Hospital) -> list[dict]:
+    """Everything this node should do now. Computed from the database: nothing is lost if a
+    message or a node process is."""
+    items: list[dict] = []
+    parts = list(Participation.objects.filter(hospital=hospital, study__status__in=ACTIVE)
+                 .select_related("study", "study__consortium"))
+    for p in parts:
+        study = p.study
+        if p.state == Participation.State.INVITED and study.status == Study.Status.RECRUITING:
+            items.append({"kind": "invitation", "study": study_config(study)})
+            continue
+        if p.state != Participation.State.APPROVED:
+            continue
+        custodian = study.custodian_id == hospital.pk
+        has_ctx = HEContext.objects.filter(study=study).exists()
+        if custodian and not has_ctx and study.status in (Study.Status.RECRUITING, Study.Status.RUNNING):
+            items.append({"kind": "publish_context", "study": study_config(study)})
+        if custodian and has_ctx:
+            need = (Participation.objects.filter(study=study, state=Participation.State.APPROVED)
+                    .exclude(hospital=hospital).exclude(hospital__sealed_keys__study=study)
+                    .select_related("hospital"))
+            recipients = [{"hospital_id": q.hospital_id, "public_key": q.hospital.public_key} for q in need]
+            if recipients:
+                items.append({"kind": "seal_keys", "study_id": study.pk, "recipients": recipients})
+        if not custodian and p.key_acked_at is None and SealedKey.objects.filter(study=study, recipient=hospital).exists():
+            items.append({"kind": "fetch_key", "study_id": study.pk, "study": study_config(study)})
+        if p.key_acked_at is None:
+            continue
+        for job in (TrainingJob.objects.filter(hospital=hospital, round__study=study, status=TrainingJob.Status.DISPATCHED,
+                                               round__status=Round.Status.COLLECTING).select_related("round")):
+            items.append({"kind": "train", "job_id": job.pk, "study": study_config(study), "round": job.round.number,
+                          "attempt": job.round.attempt, "deadline": job.round.deadline.isoformat()})
+        reported = set(RoundReport.objects.filter(hospital=hospital, round__study=study).values_list("round_id", flat=True))
+        done = list(Round.objects.filter(study=study, status=Round.Status.DONE).order_by("number"))
+        for rnd in done:
+            if rnd.pk not in reported:
+                items.append({"kind": "evaluate", "study_id": study.pk, "study": study_config(study), "round": rnd.number})
+        if (custodian and study.status == Study.Status.COMPLETED and done and done[-1].pk in reported
+                and not FinalModel.objects.filter(study=study).exists()):
+            items.append({"kind": "upload_final_model", "study_id": study.pk, "study": study_config(study),
+                          "round": done[-1].number})
+    return items
+
+
+def done_round(study: Study, number: int) -> Round | None:
+    return Round.objects.filter(study=study, number=number, status=Round.Status.DONE).first()
+
+
+def study_progress(study: Study) -> dict:
+    done = Round.objects.filter(study=study, status=Round.Status.DONE).count()
+    current = Round.objects.filter(study=study).order_by("-number", "-attempt").first()
+    return {"status": study.status, "rounds_done": done, "rounds_planned": study.rounds,
+            "current_round": current.number if current else None,
+            "current_round_status": current.status if current else None}
+
+
+def studies_visible_to(user):
+    """Studies of the consortia the user belongs to (hospital admins: only those their hospital is invited to)."""
+    from consortia.models import Membership
+
+    if user.is_superuser:
+        return Study.objects.all()
+    ms = Membership.objects.filter(user=user)
+    q = Q(pk__in=[])
+    for m in ms:
+        if m.role == Membership.Role.HOSPITAL_ADMIN:
+            q |= Q(consortium_id=m.consortium_id, participations__hospital_id=m.hospital_id)
+        else:
+            q |= Q(consortium_id=m.consortium_id)
+    return Study.objects.filter(q).distinct()

@@ -1,0 +1,67 @@
+"""Celery tasks. They take ids, are idempotent (services claim state with conditional updates and
+unique constraints) and are enqueued on commit by the services."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+from django.utils import timezone
+
+from . import services
+from .models import Round, Study
+
+log = logging.getLogger(__name__)
+
+
+@shared_task(name="studies.advance_study", soft_time_limit=120, time_limit=180)
+def advance_study(study_id: int) -> None:
+    services.study_advance(study_id=study_id)
+
+
+@shared_task(name="studies.close_round", soft_time_limit=60, time_limit=120)
+def close_round(round_id: int) -> None:
+    services.round_try_close(round_id=round_id)
+
+
+@shared_task(name="studies.close_round_at_deadline", soft_time_limit=60, time_limit=120)
+def close_round_at_deadline(round_id: int) -> None:
+    """Scheduled with a countdown when the round opens; the reconciler covers a lost message."""
+    rnd = Round.objects.filter(pk=round_id).only("deadline", "status").first()
+    if rnd is None or rnd.status != Round.Status.COLLECTING:
+        return
+    remaining = (rnd.deadline - timezone.now()).total_seconds() if rnd.deadline else 0
+    if remaining > 0:
+        close_round_at_deadline.apply_async((round_id,), countdown=min(remaining + 0.5, 3600))
+        return
+    services.round_try_close(round_id=round_id)
+
+
+@shared_task(name="studies.aggregate_round", acks_late=True, soft_time_limit=3000, time_limit=3600)
+def aggregate_round(round_id: int) -> None:
+    services.round_aggregate(round_id=round_id)
+
+
+@shared_task(name="studies.reconcile", soft_time_limit=240, time_limit=300)
+def reconcile() -> dict:
+    """Repair any study whose next step was lost (a dropped message, a worker killed mid-task)."""
+    fixed = {"advanced": 0, "closed": 0, "aggregated": 0}
+    for sid in Study.objects.filter(status__in=[Study.Status.RECRUITING, Study.Status.RUNNING]).values_list("pk", flat=True):
+        try:
+            services.study_advance(study_id=sid)
+            fixed["advanced"] += 1
+        except Exception:  # one bad study must not stop the repair of the others
+            log.exception("reconcile: advancing study %s failed", sid)
+    for rid in Round.objects.filter(status=Round.Status.COLLECTING).values_list("pk", flat=True):
+        try:
+            services.round_try_close(round_id=rid)
+            fixed["closed"] += 1
+        except Exception:
+            log.exception("reconcile: closing round %s failed", rid)
+    for rid in Round.objects.filter(status=Round.Status.AGGREGATING, aggregate__isnull=True).values_list("pk", flat=True):
+        try:
+            services.round_aggregate(round_id=rid)
+            fixed["aggregated"] += 1
+        except Exception:
+            log.exception("reconcile: aggregating round %s failed", rid)
+    return fixed
