@@ -1,0 +1,452 @@
+"""bfv-packed-v1: BFV (SEAL via tenseal.sealapi) with batching and digit packing.
+
+Parameters (fixed for this codec, so the platform can check them):
+  N = 4096 slots, plain modulus t = largest prime < 2^60 with t = 1 mod 2N,
+  coefficient primes of 24, 24 and 32 bits (80 bits, well under the 109-bit
+  128-bit-security bound for N=4096; SEAL checks it with sec_level tc128). With only
+  these primes, SEAL cannot drop a "special" prime (the product of the first two is
+  < t), so ciphertexts live at the key level and no key switching exists at all.
+  The 24/24/32-bit sizes are what SEAL's zstd serialisation stores most compactly
+  (measured, see docs/codec.md).
+
+Encoding of one update (float64 flat delta, length n):
+  w = min(n_samples, cap) / cap;  x = clip(update * w, -c, c)
+  q = stochastic_round((x + c) / step), step = 2c / (2^qb - 1), q in [0, 2^qb - 1]
+  k quantised values per slot as base-2^B digits, B = bit_length(max_hospitals * (2^qb - 1)),
+  k = largest with  sum_d max_hospitals*(2^qb-1) * 2^(B d) < t  (checked with Python ints).
+  Slot 0 of part 0 = min(n_samples, cap), slot 1 = 1 (contributor count), data from slot 2.
+Sums of up to max_hospitals uploads are exact integers; the node decodes
+  mean = (sum_q * step - n_contributors * c) / (total_weight / cap).
+Uploads are seeded symmetric ciphertexts (the second polynomial is a PRNG seed).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+import threading
+import zlib
+from dataclasses import dataclass
+from hashlib import sha256
+from typing import Any, Iterable
+
+import numpy as np
+import tenseal.sealapi as sealapi
+import zstandard
+
+from ..errors import CodecError, SpecError
+from . import seal_io
+from .base import AggregateResult, Codec, as_update, check_number, pack_secret, unpack_secret, public_params_sha256
+
+NAME = "bfv-packed-v1"
+POLY_DEGREE = 4096
+COEFF_BITS = (24, 24, 32)
+HEADER_SLOTS = 2
+MAX_HOSPITALS_LIMIT = 1000
+# Measured serialised sizes per slot (zstd, see docs/codec.md): seeded upload / full aggregate.
+UPLOAD_BYTES_PER_SLOT = 11.5
+AGGREGATE_BYTES_PER_SLOT = 23.5
+PARAMS_MAX_BYTES = 1024  # a parameters-only blob is ~70 bytes; any key is tens of KiB
+
+DEFAULTS = {"codec": NAME, "max_hospitals": 200, "quant_bits": 12, "update_clip": 1.0, "weight_cap_samples": 1000}
+
+_CT_META = struct.Struct("<4QBQQQdQ")  # parms_id, is_ntt_form, size, poly_degree, coeff_mod_count, scale, correction
+
+
+def _is_prime(n: int) -> bool:
+    if n < 2:
+        return False
+    small = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)
+    for p in small:
+        if n % p == 0:
+            return n == p
+    d, r = n - 1, 0
+    while d % 2 == 0:
+        d //= 2
+        r += 1
+    for a in small:  # deterministic for n < 3.3e24
+        x = pow(a, d, n)
+        if x in (1, n - 1):
+            continue
+        for _ in range(r - 1):
+            x = x * x % n
+            if x == n - 1:
+                break
+        else:
+            return False
+    return True
+
+
+def batching_prime_below(bound: int, n: int) -> int:
+    """Largest prime t < bound with t = 1 mod 2n (needed for batching)."""
+    m = 2 * n
+    t = (bound - 2) // m * m + 1
+    while t > m:
+        if _is_prime(t):
+            return t
+        t -= m
+    raise ValueError("no batching prime found")
+
+
+PLAIN_MODULUS = batching_prime_below(1 << 60, POLY_DEGREE)  # 1152921504606830593
+
+
+def _make_parms() -> sealapi.EncryptionParameters:
+    parms = sealapi.EncryptionParameters(sealapi.SCHEME_TYPE.BFV)
+    parms.set_poly_modulus_degree(POLY_DEGREE)
+    parms.set_coeff_modulus(sealapi.CoeffModulus.Create(POLY_DEGREE, list(COEFF_BITS)))
+    parms.set_plain_modulus(PLAIN_MODULUS)
+    return parms
+
+
+_REF_PARMS = _make_parms()
+COEFF_MODULUS = tuple(m.value() for m in _REF_PARMS.coeff_modulus())
+SLOTS = POLY_DEGREE
+
+
+def layout(enc: dict) -> tuple[int, int]:
+    """(B digit bits, k values per slot) for a validated config."""
+    top = enc["max_hospitals"] * ((1 << enc["quant_bits"]) - 1)
+    B = top.bit_length()
+    k = 0
+    while True:
+        worst = sum(top << (B * d) for d in range(k + 1))  # every hospital sends the max everywhere
+        if worst >= PLAIN_MODULUS or B * (k + 1) > 64:
+            break
+        k += 1
+    return B, k
+
+
+@dataclass
+class _NodeCtx:
+    context: Any
+    encryptor: Any
+    decryptor: Any
+    encoder: Any
+    public: bytes
+
+
+@dataclass
+class BfvPlatformContext:
+    """What the platform holds: encryption parameters only."""
+
+    context: Any
+    evaluator: Any
+    parms_id: list[int]
+    public_sha256: str
+
+
+def _seal_ctx(parms) -> Any:
+    ctx = sealapi.SEALContext(parms, True, sealapi.SEC_LEVEL_TYPE.TC128)
+    if not ctx.parameters_set():
+        raise CodecError(f"SEAL refuses the parameters: {ctx.parameters_error_message()}")
+    return ctx
+
+
+def _check_parms(parms) -> None:
+    if parms.scheme() != sealapi.SCHEME_TYPE.BFV:
+        raise CodecError(f"parameters are for scheme {parms.scheme().name}, {NAME} needs BFV")
+    if parms.poly_modulus_degree() != POLY_DEGREE:
+        raise CodecError(f"poly_modulus_degree {parms.poly_modulus_degree()} != {POLY_DEGREE} of {NAME}")
+    if parms.plain_modulus().value() != PLAIN_MODULUS:
+        raise CodecError(f"plain modulus {parms.plain_modulus().value()} != {PLAIN_MODULUS} of {NAME}")
+    cm = tuple(m.value() for m in parms.coeff_modulus())
+    if cm != COEFF_MODULUS:
+        raise CodecError(f"coefficient modulus {cm} != {COEFF_MODULUS} of {NAME}")
+
+
+def _ct_meta(blob: bytes, compr: int) -> tuple:
+    body = memoryview(blob)[seal_io.SEAL_HEADER_SIZE:]
+    need = _CT_META.size
+    try:
+        if compr == 2:
+            head = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body)).read(need)
+        elif compr == 1:
+            head = zlib.decompressobj().decompress(bytes(body), need)
+        else:
+            head = bytes(body[:need])
+    except (zstandard.ZstdError, zlib.error) as exc:
+        raise CodecError(f"ciphertext body does not decompress ({exc}): corrupted upload, re-send it") from exc
+    if len(head) < need:
+        raise CodecError("ciphertext body is too short to hold ciphertext metadata (truncated upload)")
+    return _CT_META.unpack(head)
+
+
+class BfvPackedCodec(Codec):
+    name = NAME
+
+    def __init__(self) -> None:
+        self._node_cache: dict[bytes, _NodeCtx] = {}
+        self._lock = threading.Lock()
+
+    # ---------------------------------------------------------------- config
+    def validate_config(self, enc: dict) -> dict:
+        if not isinstance(enc, dict):
+            raise SpecError("encryption must be an object like " + repr(DEFAULTS))
+        unknown = set(enc) - set(DEFAULTS)
+        if unknown:
+            raise SpecError(f"unknown encryption setting(s) {sorted(unknown)} for {NAME}; allowed: {sorted(DEFAULTS)}")
+        out = {**DEFAULTS, **enc}
+        if out["codec"] != NAME:
+            raise SpecError(f"encryption.codec is {out['codec']!r}, this codec is {NAME!r}")
+        check_number(out, "max_hospitals", lo=1, hi=MAX_HOSPITALS_LIMIT, integer=True)
+        check_number(out, "quant_bits", lo=4, hi=24, integer=True)
+        check_number(out, "update_clip", lo=1e-9, hi=1e6, integer=False)
+        check_number(out, "weight_cap_samples", lo=1, hi=10**9, integer=True)
+        out["max_hospitals"] = int(out["max_hospitals"])
+        out["quant_bits"] = int(out["quant_bits"])
+        out["update_clip"] = float(out["update_clip"])
+        out["weight_cap_samples"] = int(out["weight_cap_samples"])
+        if out["max_hospitals"] * out["weight_cap_samples"] >= PLAIN_MODULUS:
+            raise SpecError("max_hospitals * weight_cap_samples overflows the plain modulus; lower weight_cap_samples")
+        B, k = layout(out)
+        if k < 1:  # cannot happen for the ranges above; kept as a guard
+            raise SpecError(f"quant_bits={out['quant_bits']} with max_hospitals={out['max_hospitals']} does not fit one slot; lower either")
+        return out
+
+    def describe(self, enc: dict) -> dict:
+        enc = self.validate_config(enc)
+        B, k = layout(enc)
+        L = (1 << enc["quant_bits"]) - 1
+        return {
+            "codec": NAME,
+            "scheme": "BFV (Microsoft SEAL via TenSEAL sealapi), batching",
+            "poly_modulus_degree": POLY_DEGREE,
+            "plain_modulus": PLAIN_MODULUS,
+            "plain_modulus_bits": PLAIN_MODULUS.bit_length(),
+            "coeff_mod_bit_sizes": list(COEFF_BITS),
+            "coeff_modulus": list(COEFF_MODULUS),
+            "security_level_bits": 128,
+            "encryption": "symmetric, seeded (hospitals share the study secret key); aggregates are full ciphertexts",
+            "slots_per_ciphertext": SLOTS,
+            "header_slots": HEADER_SLOTS,
+            "values_per_slot": k,
+            "digit_bits": B,
+            "quant_bits": enc["quant_bits"],
+            "quant_step": 2 * enc["update_clip"] / L,
+            "update_clip": enc["update_clip"],
+            "weight_cap_samples": enc["weight_cap_samples"],
+            "max_hospitals": enc["max_hospitals"],
+            "headroom": {"digit_bits_over_quant_bits": B - enc["quant_bits"],
+                         "max_exact_contributors": ((1 << B) - 1) // L},
+            "upload_bytes_per_param": UPLOAD_BYTES_PER_SLOT / k,
+            "aggregate_bytes_per_param": AGGREGATE_BYTES_PER_SLOT / k,
+        }
+
+    def n_parts(self, enc: dict, n_params: int) -> int:
+        enc = self.validate_config(enc)
+        _, k = layout(enc)
+        return max(1, -(-(HEADER_SLOTS + -(-int(n_params) // k)) // SLOTS))
+
+    # ---------------------------------------------------------------- node side
+    def generate_secret(self, enc: dict) -> bytes:
+        self.validate_config(enc)
+        parms = _make_parms()
+        ctx = _seal_ctx(parms)
+        sk = sealapi.KeyGenerator(ctx).secret_key()
+        return pack_secret(NAME, [seal_io.save_bytes(parms), seal_io.save_bytes(sk)])
+
+    def _node(self, secret: bytes) -> _NodeCtx:
+        key = sha256(secret).digest()
+        with self._lock:
+            hit = self._node_cache.get(key)
+        if hit is not None:
+            return hit
+        params_blob, sk_blob = self._split_secret(secret)
+        parms = sealapi.EncryptionParameters(sealapi.SCHEME_TYPE.BFV)
+        try:
+            seal_io.load_into(parms, params_blob)
+        except Exception as exc:
+            raise CodecError(f"secret material holds unreadable parameters ({exc})") from exc
+        _check_parms(parms)
+        ctx = _seal_ctx(parms)
+        sk = sealapi.SecretKey()
+        try:
+            seal_io.load_into(sk, sk_blob, ctx)
+        except Exception as exc:
+            raise CodecError(f"secret key does not load for these parameters ({exc})") from exc
+        node = _NodeCtx(ctx, sealapi.Encryptor(ctx, sk), sealapi.Decryptor(ctx, sk), sealapi.BatchEncoder(ctx), params_blob)
+        with self._lock:
+            if len(self._node_cache) > 16:
+                self._node_cache.clear()
+            self._node_cache[key] = node
+        return node
+
+    def _split_secret(self, secret: bytes) -> tuple[bytes, bytes]:
+        items = unpack_secret(NAME, secret)
+        if len(items) != 2:
+            raise CodecError(f"{NAME} secret blob must hold parameters and a secret key")
+        return items[0], items[1]
+
+    def public_params(self, secret: bytes) -> bytes:
+        return self._node(secret).public
+
+    def quantise(self, enc: dict, update: np.ndarray, n_samples: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        """Weighted, clipped, stochastically rounded offset integers (uint64) and the weight numerator."""
+        cap = enc["weight_cap_samples"]
+        wnum = min(int(n_samples), cap)
+        c = enc["update_clip"]
+        L = (1 << enc["quant_bits"]) - 1
+        step = 2.0 * c / L
+        x = np.clip(update * (wnum / cap), -c, c)
+        y = (x + c) / step
+        fl = np.floor(y)
+        q = fl + (rng.random(y.shape[0]) < (y - fl))
+        return np.clip(q, 0, L).astype(np.uint64), wnum
+
+    def encrypt_update(self, secret: bytes, enc: dict, update: np.ndarray, n_samples: int,
+                       rng: np.random.Generator) -> list[bytes]:
+        enc = self.validate_config(enc)
+        upd = as_update(update)
+        if isinstance(n_samples, bool) or int(n_samples) != n_samples or n_samples < 1:
+            raise SpecError(f"n_samples must be a positive integer, got {n_samples!r}")
+        node = self._node(secret)
+        B, k = layout(enc)
+        q, wnum = self.quantise(enc, upd, n_samples, rng)
+        n = q.shape[0]
+        n_slots_data = -(-n // k)
+        if n_slots_data * k != n:
+            q = np.concatenate([q, np.zeros(n_slots_data * k - n, dtype=np.uint64)])
+        q = q.reshape(n_slots_data, k)
+        packed = q[:, 0].copy()
+        for d in range(1, k):
+            packed |= q[:, d] << np.uint64(B * d)
+        n_parts = max(1, -(-(HEADER_SLOTS + n_slots_data) // SLOTS))
+        slots = np.zeros(n_parts * SLOTS, dtype=np.uint64)
+        slots[0] = wnum
+        slots[1] = 1
+        slots[HEADER_SLOTS:HEADER_SLOTS + n_slots_data] = packed
+        out = []
+        pt = sealapi.Plaintext()
+        for p in range(n_parts):
+            node.encoder.encode(slots[p * SLOTS:(p + 1) * SLOTS].tolist(), pt)
+            out.append(seal_io.save_bytes(node.encryptor.encrypt_symmetric(pt)))
+        return out
+
+    def decrypt_aggregate(self, secret: bytes, enc: dict, parts: list[bytes], n_params: int,
+                          *, return_noise_budget: bool = False) -> AggregateResult:
+        enc = self.validate_config(enc)
+        node = self._node(secret)
+        B, k = layout(enc)
+        expected = self.n_parts(enc, n_params)
+        if len(parts) != expected:
+            raise CodecError(f"aggregate has {len(parts)} parts, expected {expected} for {n_params} parameters")
+        parms_id = node.context.first_parms_id()
+        slots = np.empty(expected * SLOTS, dtype=np.uint64)
+        pt = sealapi.Plaintext()
+        min_budget = None
+        for p, blob in enumerate(parts):
+            ct = sealapi.Ciphertext()
+            try:
+                seal_io.parse_header(blob)
+                seal_io.load_into(ct, blob, node.context)
+            except Exception as exc:
+                raise CodecError(f"aggregate part #{p} is not a ciphertext of this study ({exc})") from exc
+            if list(ct.parms_id()) != list(parms_id) or ct.size() != 2:
+                raise CodecError(f"aggregate part #{p} belongs to other encryption parameters")
+            budget = node.decryptor.invariant_noise_budget(ct)
+            if budget <= 0:
+                raise CodecError(f"aggregate part #{p} has no noise budget left: too many ciphertexts were added (limit max_hospitals={enc['max_hospitals']})")
+            min_budget = budget if min_budget is None else min(min_budget, budget)
+            node.decryptor.decrypt(ct, pt)
+            slots[p * SLOTS:(p + 1) * SLOTS] = np.fromiter(node.encoder.decode_uint64(pt), dtype=np.uint64, count=SLOTS)
+        cap = enc["weight_cap_samples"]
+        W, n_contrib = int(slots[0]), int(slots[1])
+        if not (1 <= n_contrib <= enc["max_hospitals"]) or not (n_contrib <= W <= n_contrib * cap):
+            raise CodecError(f"aggregate header is inconsistent (count {n_contrib}, weight {W}): more than "
+                             f"max_hospitals={enc['max_hospitals']} uploads were added, or parts of different uploads were mixed")
+        n_slots_data = -(-n_params // k)
+        data = slots[HEADER_SLOTS:HEADER_SLOTS + n_slots_data]
+        mask = np.uint64((1 << B) - 1)
+        digits = np.empty((n_slots_data, k), dtype=np.uint64)
+        for d in range(k):
+            digits[:, d] = (data >> np.uint64(B * d)) & mask
+        sums = digits.reshape(-1)[:n_params].astype(np.float64)
+        c = enc["update_clip"]
+        step = 2.0 * c / ((1 << enc["quant_bits"]) - 1)
+        mean = (sums * step - n_contrib * c) * (cap / W)
+        res = AggregateResult(mean_update=mean, total_weight=float(W), n_contributors=n_contrib)
+        if return_noise_budget:
+            return res, min_budget  # type: ignore[return-value]
+        return res
+
+    # ---------------------------------------------------------------- platform side
+    def load_params(self, public: bytes) -> BfvPlatformContext:
+        if not isinstance(public, (bytes, bytearray, memoryview)):
+            raise CodecError(f"public params must be bytes, got {type(public).__name__}")
+        public = bytes(public)
+        try:
+            seal_io.parse_header(public)
+        except ValueError as exc:
+            raise CodecError(f"not a {NAME} parameters blob: {exc}; publish codec.public_params(secret)") from exc
+        if len(public) > PARAMS_MAX_BYTES:
+            raise CodecError(f"refused: a parameters-only blob is under {PARAMS_MAX_BYTES} bytes, this one has {len(public)} "
+                             "bytes, so it holds key material or other data; publish codec.public_params(secret), never the secret")
+        parms = sealapi.EncryptionParameters(sealapi.SCHEME_TYPE.BFV)
+        try:
+            seal_io.load_into(parms, public)
+        except Exception as exc:
+            raise CodecError(f"blob does not load as SEAL encryption parameters ({exc}); publish codec.public_params(secret)") from exc
+        _check_parms(parms)
+        ctx = _seal_ctx(parms)
+        return BfvPlatformContext(ctx, sealapi.Evaluator(ctx), list(ctx.first_parms_id()), public_params_sha256(public))
+
+    def _max_part_bytes(self) -> int:
+        return seal_io.SEAL_HEADER_SIZE + _CT_META.size + 64 + 2 * POLY_DEGREE * len(COEFF_MODULUS) * 8 + 4096
+
+    def inspect_part(self, ctx: BfvPlatformContext, blob: bytes) -> None:
+        if not isinstance(blob, (bytes, bytearray, memoryview)):
+            raise CodecError(f"a ciphertext part must be bytes, got {type(blob).__name__}")
+        if len(blob) > self._max_part_bytes():
+            raise CodecError(f"ciphertext part of {len(blob)} bytes exceeds the {self._max_part_bytes()} a {NAME} ciphertext can take")
+        try:
+            _, _, compr, _ = seal_io.parse_header(blob)
+        except ValueError as exc:
+            raise CodecError(f"not a SEAL ciphertext: {exc}; send the parts returned by encrypt_update") from exc
+        pid0, pid1, pid2, pid3, is_ntt, size, degree, n_mod, _scale, _corr = _ct_meta(blob, compr)
+        pid = [pid0, pid1, pid2, pid3]
+        if pid == [0, 0, 0, 0]:
+            raise CodecError("this part is a plaintext, not a ciphertext: the platform only accepts encrypted updates")
+        if pid != ctx.parms_id:
+            raise CodecError(f"ciphertext belongs to other encryption parameters (parms_id {pid[0]:016x}..., expected "
+                             f"{ctx.parms_id[0]:016x}...): re-encrypt with this study's context (params sha256 {ctx.public_sha256[:16]}...)")
+        if is_ntt or size != 2 or degree != POLY_DEGREE or n_mod != len(COEFF_MODULUS):
+            raise CodecError(f"malformed ciphertext metadata (ntt={is_ntt}, size={size}, degree={degree}, moduli={n_mod}); "
+                             f"expected a fresh {NAME} ciphertext of size 2")
+
+    def aggregate(self, ctx: BfvPlatformContext, uploads: Iterable[list[bytes]], *,
+                  max_uploads: int | None = None) -> list[bytes]:
+        acc: list | None = None
+        n_expected = None
+        count = 0
+        for i, upload in enumerate(uploads):
+            parts = list(upload)
+            if n_expected is None:
+                n_expected = len(parts)
+                if n_expected == 0:
+                    raise CodecError(f"upload #{i} has no parts")
+            elif len(parts) != n_expected:
+                raise CodecError(f"upload #{i} has {len(parts)} parts, expected {n_expected} like upload #0")
+            if max_uploads is not None and count >= max_uploads:
+                raise CodecError(f"more than {max_uploads} uploads (max_hospitals): the sum would no longer be exact")
+            cts = []
+            for j, blob in enumerate(parts):
+                try:
+                    self.inspect_part(ctx, blob)
+                    ct = sealapi.Ciphertext()
+                    seal_io.load_into(ct, bytes(blob), ctx.context)
+                except CodecError as exc:
+                    raise CodecError(f"upload #{i} part #{j}: {exc}") from exc
+                except Exception as exc:  # SEAL's own validation (coefficients out of range, bad sizes...)
+                    raise CodecError(f"upload #{i} part #{j}: SEAL rejects the ciphertext ({exc})") from exc
+                cts.append(ct)
+            if acc is None:
+                acc = cts
+            else:
+                for a, ct in zip(acc, cts):
+                    ctx.evaluator.add_inplace(a, ct)
+            count += 1
+        if acc is None:
+            raise CodecError("no uploads to aggregate")
+        return [seal_io.save_bytes(a) for a in acc]
