@@ -1,0 +1,66 @@
+"""Shared test set-up. Real parts: PostgreSQL (DATABASE_URL), Redis (REDIS_URL), real processes.
+
+`make test` sets DATABASE_URL and REDIS_URL. Media and var folders live under test-output/.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+OUTPUT = Path(os.environ.get("TEST_OUTPUT_DIR", REPO / "test-output")).resolve()
+_RUN = OUTPUT / "run"
+if _RUN.exists():
+    shutil.rmtree(_RUN, ignore_errors=True)
+(_RUN / "media").mkdir(parents=True, exist_ok=True)
+os.environ.setdefault("FEDPLATFORM_VAR_DIR", str(_RUN / "var"))
+os.environ["FEDPLATFORM_MEDIA_ROOT"] = str(_RUN / "media")
+os.environ.setdefault("FEDPLATFORM_RECONCILE_S", "2")
+
+
+@pytest.fixture(scope="session")
+def output_dir() -> Path:
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    return OUTPUT
+
+
+@pytest.fixture
+def require_postgres_redis(transactional_db):
+    """Integration tests need the real services that `make test` points at."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql" or not os.environ.get("REDIS_URL"):
+        pytest.fail("integration tests need PostgreSQL and Redis: run them with `make test` "
+                    "(it sets DATABASE_URL and REDIS_URL and starts both if they are down)")
+    import redis
+
+    redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
+    return connection
+
+
+def db_url_for_children(connection) -> str:
+    s = connection.settings_dict
+    user = s.get("USER") or "postgres"
+    pw = f":{s['PASSWORD']}" if s.get("PASSWORD") else ""
+    return f"postgres://{user}{pw}@{s.get('HOST') or '127.0.0.1'}:{s.get('PORT') or 5432}/{s['NAME']}"
+
+
+@pytest.fixture
+def stack(require_postgres_redis, tmp_path):
+    """A platform web server (gunicorn) and a Celery worker (with beat) on the test database."""
+    from studies.localstack import Stack, child_env
+
+    env = child_env({"DATABASE_URL": db_url_for_children(require_postgres_redis),
+                     "REDIS_URL": os.environ["REDIS_URL"]})
+    s = Stack(log_dir=tmp_path / "logs", env=env)
+    s.start_web()
+    s.start_worker()
+    yield s
+    s.stop_all()
+    # Let the children's connections close before the test database is flushed.
+    time.sleep(0.5)

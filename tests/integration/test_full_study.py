@@ -1,0 +1,66 @@
+"""Full studies on PostgreSQL + Redis, a separate Celery worker process and node daemon processes
+talking HTTP to a real web server."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+from helpers import create_study, setup_consortium, study_status, wait_for
+
+from audit.selectors import verify_study_chain
+from fedproto.codec import get_codec
+from studies.models import (EncryptedUpdate, FinalModel, HEContext, PrivacySpend, Round, RoundReport, SealedKey, Study,
+                            TrainingJob)
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+
+def test_full_study_completes_with_dp_and_encryption(stack, tmp_path):
+    data, consortium, hospitals, configs = setup_consortium(stack, tmp_path)
+    nodes = [stack.start_node(f"n{i}", c) for i, c in enumerate(configs)]
+    study = create_study(consortium, hospitals, data, rounds=3, quorum=3)
+    wait_for(lambda: study_status(study) in ("completed", "failed") and FinalModel.objects.filter(study=study).exists()
+             or study_status(study) == "failed", 400, "the study to complete", nodes + stack.procs)
+    assert study_status(study) == "completed", study.status_reason
+    rounds = Round.objects.filter(study=study, status=Round.Status.DONE).order_by("number")
+    assert [r.number for r in rounds] == [1, 2, 3]
+    assert all(r.aggregate.n_contributors == 3 for r in rounds)
+    # Every hospital spent within its budget, with the accountant's inputs recorded.
+    for h in hospitals:
+        spends = PrivacySpend.objects.filter(job__hospital=h, job__round__study=study).order_by("job__round__number")
+        assert spends.count() == 3
+        assert 0 < spends.last().epsilon <= study.epsilon + 1e-9
+        assert spends.last().accountant == "rdp" and spends.last().noise_multiplier > 0
+    # All hospitals attested the same final model, and it is the released one.
+    wait_for(lambda: RoundReport.objects.filter(round=rounds.last()).count() == 3, 60, "final round reports")
+    hashes = set(RoundReport.objects.filter(round=rounds.last()).values_list("model_sha256", flat=True))
+    assert hashes == {study.final_model.sha256}
+    aucs = [r.metrics["auc"] for r in RoundReport.objects.filter(round=rounds.last())]
+    assert min(aucs) > 0.8, aucs
+    # The platform stores only public material: a parameters-only context and sealed blobs.
+    ctx = HEContext.objects.get(study=study)
+    get_codec(ctx.codec).load_params(bytes(ctx.public_params))  # refuses anything holding a key
+    assert SealedKey.objects.filter(study=study).count() == 2
+    assert EncryptedUpdate.objects.filter(job__round__study=study).count() == 9
+    chain = verify_study_chain(study.pk)
+    assert chain.ok, chain.problem
+    for n in nodes:
+        assert n.alive()
+        assert n.stop(sig=signal.SIGTERM) == 0, n.tail()
+
+
+def test_study_survives_a_node_killed_mid_study(stack, tmp_path):
+    data, consortium, hospitals, configs = setup_consortium(stack, tmp_path)
+    nodes = [stack.start_node(f"n{i}", c) for i, c in enumerate(configs)]
+    study = create_study(consortium, hospitals, data, rounds=3, quorum=2, deadline=12)
+    wait_for(lambda: Round.objects.filter(study=study, number=1, status=Round.Status.DONE).exists(), 300,
+             "round 1 to finish", nodes + stack.procs)
+    nodes[2].kill()  # SIGKILL: no goodbye to the platform
+    wait_for(lambda: study_status(study) in ("completed", "failed"), 300, "the study to finish", nodes + stack.procs)
+    assert study.status == Study.Status.COMPLETED, study.status_reason
+    last = Round.objects.get(study=study, number=3, status=Round.Status.DONE)
+    assert last.aggregate.n_contributors == 2
+    assert hospitals[2].pk not in last.aggregate.contributors
+    assert TrainingJob.objects.filter(round__study=study, hospital=hospitals[2], status=TrainingJob.Status.EXPIRED).exists()
+    assert verify_study_chain(study.pk).ok

@@ -1,0 +1,133 @@
+"""The node API: authentication, object isolation, key handling and upload validation."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+from nodeclient import encrypted_frame, run_setup
+
+from audit.models import AuditEvent
+from fedproto import wire
+from fedproto.codec import get_codec
+from studies.models import EncryptedUpdate, HEContext, SealedKey, Study, TrainingJob
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def job_of(node, study) -> int:
+    items = [i for i in node.work() if i["kind"] == "train"]
+    assert items, node.work()
+    return items[0]["job_id"]
+
+
+def test_bad_token_is_401_and_enrolment_token_is_one_time(world):
+    from rest_framework.test import APIClient
+
+    c = APIClient()
+    c.credentials(HTTP_AUTHORIZATION="Token node_not-a-real-token")
+    r = c.get("/api/node/work?wait=0")
+    assert r.status_code == 401
+    assert "re-enrol" in r.json()["error"]
+    from consortia.services import enrolment_token_create
+
+    _, token = enrolment_token_create(hospital=world["a"].hospital)
+    body = {"enrolment_token": token, "public_key": base64.b64encode(b"\x01" * 32).decode()}
+    assert APIClient().post("/api/node/enrol", body, format="json").status_code == 201
+    r = APIClient().post("/api/node/enrol", body, format="json")
+    assert r.status_code == 403 and "already used" in r.json()["error"]
+
+
+def test_tokens_are_stored_hashed(world):
+    from consortia.models import Hospital
+
+    h = Hospital.objects.get(pk=world["a"].hospital.pk)
+    assert world["a"].token not in h.token_hash and len(h.token_hash) == 64
+    assert not AuditEvent.objects.filter(data__icontains=world["a"].token).exists()
+
+
+def test_context_with_a_secret_key_is_refused_and_db_holds_only_public_material(world, eager_celery):
+    study, a = world["study"], world["a"]
+    for n in (a, world["b"]):
+        n.post(f"studies/{study.pk}/decision", {"decision": "approve"})
+    codec = get_codec("bfv-packed-v1")
+    secret = codec.generate_secret(study.encryption)
+    r = a.post(f"studies/{study.pk}/context", {"codec": "bfv-packed-v1", "public_params": base64.b64encode(secret).decode()})
+    assert r.status_code == 422, r.content
+    assert "public_params rejected" in r.json()["error"]
+    assert not HEContext.objects.filter(study=study).exists()
+    assert AuditEvent.objects.filter(study_id=study.pk, action="he_context.rejected").exists()
+    # The non-custodian may not publish at all.
+    r = world["b"].post(f"studies/{study.pk}/context", {"codec": "bfv-packed-v1",
+                                                        "public_params": base64.b64encode(codec.public_params(secret)).decode()})
+    assert r.status_code == 403
+    run_setup(world)
+    study.refresh_from_db()
+    assert study.status == Study.Status.RUNNING
+    # Nothing stored on the platform contains the secret: the context is parameters only and
+    # loads as such; sealed keys are opaque to the platform.
+    secret_a = world["a"].secret
+    ctx = HEContext.objects.get(study=study)
+    codec.load_params(bytes(ctx.public_params))
+    assert len(bytes(ctx.public_params)) < len(secret_a) // 4
+    assert secret_a not in bytes(ctx.public_params)
+    for sk in SealedKey.objects.filter(study=study):
+        assert secret_a not in bytes(sk.sealed)
+
+
+def test_upload_validation(world, eager_celery):
+    run_setup(world)
+    study, a, b = world["study"], world["a"], world["b"]
+    ja, jb = job_of(a, study), job_of(b, study)
+    # A node cannot see or touch another node's job.
+    assert a.put_bytes(f"jobs/{jb}/update", encrypted_frame(a, study)).status_code == 404
+    # Not an encrypted frame (a plaintext vector of floats).
+    plain = np.arange(study.n_params, dtype=np.float64).tobytes()
+    r = a.put_bytes(f"jobs/{ja}/update", plain)
+    assert r.status_code == 422 and "not an encrypted-update frame" in r.json()["error"]
+    # A frame whose part is a plaintext, not a ciphertext.
+    r = a.put_bytes(f"jobs/{ja}/update", wire.pack_parts([plain]))
+    assert r.status_code == 422, r.content
+    # A ciphertext under another context (foreign parameters: the CKKS baseline's).
+    ckks = get_codec("ckks-flare")
+    enc = ckks.validate_config({"codec": "ckks-flare"})
+    foreign = ckks.encrypt_update(ckks.generate_secret(enc), enc, np.zeros(study.n_params), 10, np.random.default_rng(1))
+    r = a.put_bytes(f"jobs/{ja}/update", wire.pack_parts(foreign[:1]))
+    assert r.status_code == 422, r.content
+    # Wrong number of parts.
+    good = encrypted_frame(a, study)
+    parts = wire.unpack_parts(good)
+    r = a.put_bytes(f"jobs/{ja}/update", wire.pack_parts(parts + parts))
+    assert r.status_code == 422 and "needs exactly" in r.json()["error"]
+    # Wrong media type.
+    assert a.put_bytes(f"jobs/{ja}/update", good, content_type="application/json").status_code == 415
+    assert not EncryptedUpdate.objects.exists()
+    rejected = AuditEvent.objects.filter(study_id=study.pk, action="update.rejected").count()
+    assert rejected >= 4
+    # A valid upload is accepted once; a duplicate is a 409.
+    r = a.put_bytes(f"jobs/{ja}/update", good)
+    assert r.status_code == 201, r.content
+    r = a.put_bytes(f"jobs/{ja}/update", good)
+    assert r.status_code == 409
+    assert TrainingJob.objects.get(pk=ja).status == TrainingJob.Status.UPLOADED
+
+
+def test_round_aggregates_and_nodes_decrypt_the_mean(world, eager_celery):
+    run_setup(world)
+    study, a, b = world["study"], world["a"], world["b"]
+    codec = get_codec(study.encryption["codec"])
+    rng = np.random.default_rng(3)
+    ua, ub = rng.normal(0, 0.05, study.n_params), rng.normal(0, 0.05, study.n_params)
+    for node, u, n in ((a, ua, 100), (b, ub, 300)):
+        jid = job_of(node, study)
+        frame = wire.pack_parts(codec.encrypt_update(node.secret, study.encryption, u, n, rng))
+        assert node.put_bytes(f"jobs/{jid}/update", frame).status_code == 201
+    r = b.get(f"studies/{study.pk}/rounds/1/aggregate")
+    assert r.status_code == 200 and r["X-Contributors"] == "2"
+    parts = wire.unpack_parts(b"".join(r.streaming_content))
+    res = codec.decrypt_aggregate(b.secret, study.encryption, parts, study.n_params)
+    expected = (100 * ua + 300 * ub) / 400
+    assert res.n_contributors == 2
+    assert np.max(np.abs(res.mean_update - expected)) < 2e-3
+    assert any(i["kind"] == "evaluate" for i in b.work())
