@@ -1,0 +1,132 @@
+"""HTTP client of the platform's node API (/api/node/). Outbound HTTPS only.
+
+401/403 -> FatalAuthError (stop, do not retry); network errors and 5xx -> TransientError
+(retry with backoff); other 4xx -> ApiError carrying the platform's {"error", "code"}.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from typing import Any
+
+import requests
+
+from . import NODE_VERSION
+from .errors import ApiError, FatalAuthError, TransientError
+
+log = logging.getLogger("hospital_node.client")
+
+
+class PlatformClient:
+    def __init__(self, base_url: str, token: str | None, timeout_s: float = 30.0):
+        self.base = base_url.rstrip("/") + "/api/node/"
+        self.timeout = float(timeout_s)
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = f"hospital-node/{NODE_VERSION}"
+        if token:
+            self.session.headers["Authorization"] = f"Token {token}"
+
+    # ------------------------------------------------------------------ core
+
+    def request(self, method: str, path: str, *, json: Any = None, data: bytes | None = None,
+                params: dict | None = None, timeout: float | None = None, ok_409: bool = False,
+                raw: bool = False) -> Any:
+        url = self.base + path.lstrip("/")
+        headers = {"Content-Type": "application/octet-stream"} if data is not None else None
+        try:
+            resp = self.session.request(method, url, json=json, data=data, params=params, headers=headers,
+                                        timeout=timeout or self.timeout)
+        except requests.RequestException as e:
+            raise TransientError(f"{method} {path}: platform unreachable ({type(e).__name__}: {e})") from None
+        if resp.status_code in (401, 403):
+            code, msg = _error_body(resp)
+            raise FatalAuthError(f"{method} {path} -> {resp.status_code} {code}: {msg}")
+        if resp.status_code >= 500 or resp.status_code == 429:
+            code, msg = _error_body(resp)
+            raise TransientError(f"{method} {path} -> {resp.status_code} {code}: {msg}")
+        if resp.status_code == 409 and ok_409:
+            code, msg = _error_body(resp)
+            log.info("%s %s -> 409 %s (%s): already done, treating as success", method, path, code, msg)
+            return None
+        if resp.status_code >= 400:
+            code, msg = _error_body(resp)
+            raise ApiError(resp.status_code, code, msg, method, path)
+        if raw:
+            return resp
+        if not resp.content:
+            return None
+        try:
+            return resp.json()
+        except ValueError:
+            raise TransientError(f"{method} {path} -> {resp.status_code} with a non-JSON body") from None
+
+    # ------------------------------------------------------------------ endpoints
+
+    def enrol(self, enrolment_token: str, public_key_b64: str) -> dict:
+        return self.request("POST", "enrol", json={"enrolment_token": enrolment_token,
+                                                   "public_key": public_key_b64, "node_version": NODE_VERSION})
+
+    def heartbeat(self, status: dict) -> dict:
+        return self.request("POST", "heartbeat", json={"node_version": NODE_VERSION, "status": status})
+
+    def work(self, wait: int) -> list[dict]:
+        body = self.request("GET", "work", params={"wait": int(wait)}, timeout=self.timeout + wait)
+        items = (body or {}).get("items", [])
+        if not isinstance(items, list):
+            raise TransientError("GET work returned a body without an 'items' list")
+        return items
+
+    def decision(self, study_id: int, decision: str, reason: str) -> Any:
+        return self.request("POST", f"studies/{study_id}/decision", json={"decision": decision, "reason": reason},
+                            ok_409=True)
+
+    def post_context(self, study_id: int, codec: str, public_params: bytes) -> Any:
+        return self.request("POST", f"studies/{study_id}/context", ok_409=True,
+                            json={"codec": codec, "public_params": base64.b64encode(public_params).decode()})
+
+    def get_context(self, study_id: int) -> dict:
+        return self.request("GET", f"studies/{study_id}/context")
+
+    def post_sealed_keys(self, study_id: int, keys: list[dict]) -> Any:
+        return self.request("POST", f"studies/{study_id}/sealed-keys", json={"keys": keys}, ok_409=True)
+
+    def get_sealed_key(self, study_id: int) -> dict:
+        return self.request("GET", f"studies/{study_id}/sealed-key")
+
+    def key_ack(self, study_id: int, public_params_sha256: str) -> Any:
+        return self.request("POST", f"studies/{study_id}/key-ack", ok_409=True,
+                            json={"public_params_sha256": public_params_sha256})
+
+    def refuse(self, job_id: int, code: str, reason: str) -> Any:
+        return self.request("POST", f"jobs/{job_id}/refuse", json={"reason": reason, "code": code}, ok_409=True)
+
+    def privacy_spend(self, job_id: int, spend: dict) -> Any:
+        return self.request("POST", f"jobs/{job_id}/privacy-spend", json=spend, ok_409=True)
+
+    def upload_update(self, job_id: int, frame: bytes) -> Any:
+        return self.request("PUT", f"jobs/{job_id}/update", data=frame, ok_409=True,
+                            timeout=max(self.timeout, 120.0))
+
+    def get_aggregate(self, study_id: int, round_no: int) -> tuple[bytes, int | None]:
+        resp = self.request("GET", f"studies/{study_id}/rounds/{round_no}/aggregate", raw=True,
+                            timeout=max(self.timeout, 120.0))
+        contrib = resp.headers.get("X-Contributors")
+        return resp.content, (int(contrib) if contrib and contrib.isdigit() else None)
+
+    def report(self, study_id: int, round_no: int, body: dict) -> Any:
+        return self.request("POST", f"studies/{study_id}/rounds/{round_no}/report", json=body, ok_409=True)
+
+    def upload_final_model(self, study_id: int, data: bytes) -> Any:
+        return self.request("PUT", f"studies/{study_id}/final-model", data=data, ok_409=True,
+                            timeout=max(self.timeout, 120.0))
+
+
+def _error_body(resp: requests.Response) -> tuple[str, str]:
+    try:
+        body = resp.json()
+        if isinstance(body, dict):
+            return str(body.get("code", "error")), str(body.get("error", body.get("detail", "")))[:500]
+    except ValueError:
+        pass
+    return "error", (resp.text or resp.reason or "")[:200].replace("\n", " ")

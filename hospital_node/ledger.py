@@ -1,0 +1,237 @@
+"""The node's local ledger (SQLite): privacy spend, job states, HE secrets, global models.
+
+The ledger is the node's memory across restarts. Every multi-row change is one
+transaction, and the privacy spend of a job is committed together with the job moving
+to ``spend_recorded`` (after its encrypted frame is on disk, before any upload), so a
+crash never loses or double-counts a spend.
+
+Job states: claimed -> trained -> spend_recorded -> spend_reported -> uploaded
+(also: refused is never stored — a refusal leaves the ledger unchanged; failed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+JOB_STATES = ("claimed", "trained", "spend_recorded", "spend_reported", "uploaded", "failed")
+RESUMABLE_STATES = ("spend_recorded", "spend_reported")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS studies (
+    study_id        INTEGER PRIMARY KEY,
+    config_json     TEXT NOT NULL,
+    config_sha256   TEXT NOT NULL,
+    noise_multiplier REAL,
+    sample_rate     REAL,
+    steps_per_job   INTEGER,
+    n_train         INTEGER,
+    target_epsilon  REAL,
+    history_json    TEXT NOT NULL DEFAULT '[]',
+    epsilon_spent   REAL NOT NULL DEFAULT 0,
+    rounds_trained  INTEGER NOT NULL DEFAULT 0,
+    he_secret       BLOB,
+    public_params_sha256 TEXT,
+    invitation_state TEXT,
+    updated_at      REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id          INTEGER PRIMARY KEY,
+    study_id        INTEGER NOT NULL,
+    round           INTEGER NOT NULL,
+    state           TEXT NOT NULL,
+    spend_json      TEXT,
+    frame_path      TEXT,
+    error           TEXT,
+    updated_at      REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS global_models (
+    study_id        INTEGER NOT NULL,
+    round           INTEGER NOT NULL,
+    flat            BLOB NOT NULL,
+    sha256          TEXT NOT NULL,
+    PRIMARY KEY (study_id, round)
+);
+"""
+
+
+def config_sha256(study: dict) -> str:
+    """Hash of the parts of a study config that the privacy plan depends on."""
+    keys = ("schema", "model", "rounds", "local_epochs", "batch_size", "learning_rate", "privacy",
+            "encryption", "seed")
+    return hashlib.sha256(json.dumps({k: study.get(k) for k in keys}, sort_keys=True).encode()).hexdigest()
+
+
+class Ledger:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.path), isolation_level=None, timeout=30)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA synchronous=FULL")
+        if not self._has_tables():
+            with self.tx() as db:
+                db.executescript(_SCHEMA)
+
+    def _has_tables(self) -> bool:
+        return self._db.execute("SELECT 1 FROM sqlite_master WHERE name='jobs'").fetchone() is not None
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            self._db.execute("COMMIT")
+
+    # ------------------------------------------------------------------ studies
+
+    def study(self, study_id: int) -> sqlite3.Row | None:
+        return self._db.execute("SELECT * FROM studies WHERE study_id=?", (int(study_id),)).fetchone()
+
+    def study_config(self, study_id: int) -> dict | None:
+        row = self.study(study_id)
+        return json.loads(row["config_json"]) if row else None
+
+    def studies(self) -> list[sqlite3.Row]:
+        return self._db.execute("SELECT * FROM studies ORDER BY study_id").fetchall()
+
+    def remember_study(self, study: dict, *, invitation_state: str | None = None) -> None:
+        """Insert or refresh the config of a study (does not touch its privacy state)."""
+        now = time.time()
+        with self.tx() as db:
+            _upsert_study(db, study, now)
+            if invitation_state is not None:
+                db.execute("UPDATE studies SET invitation_state=? WHERE study_id=?",
+                           (invitation_state, int(study["id"])))
+
+    def history(self, study_id: int) -> list[tuple[float, float, int]]:
+        row = self.study(study_id)
+        if row is None:
+            return []
+        return [(float(s), float(q), int(n)) for s, q, n in json.loads(row["history_json"])]
+
+    def set_secret(self, study_id: int, secret: bytes, public_sha256: str) -> None:
+        with self.tx() as db:
+            cur = db.execute("UPDATE studies SET he_secret=?, public_params_sha256=?, updated_at=? WHERE study_id=?",
+                             (secret, public_sha256, time.time(), int(study_id)))
+            if cur.rowcount != 1:
+                raise KeyError(f"study {study_id} is not in the ledger")
+
+    def secret(self, study_id: int) -> bytes | None:
+        row = self.study(study_id)
+        return bytes(row["he_secret"]) if row is not None and row["he_secret"] is not None else None
+
+    # ------------------------------------------------------------------ jobs
+
+    def job(self, job_id: int) -> sqlite3.Row | None:
+        return self._db.execute("SELECT * FROM jobs WHERE job_id=?", (int(job_id),)).fetchone()
+
+    def jobs(self, study_id: int | None = None, states: tuple[str, ...] | None = None) -> list[sqlite3.Row]:
+        q, args = "SELECT * FROM jobs WHERE 1=1", []
+        if study_id is not None:
+            q += " AND study_id=?"
+            args.append(int(study_id))
+        if states:
+            q += f" AND state IN ({','.join('?' * len(states))})"
+            args.extend(states)
+        return self._db.execute(q + " ORDER BY job_id", args).fetchall()
+
+    def claim_job(self, study: dict, job_id: int, round_no: int, plan: dict | None) -> None:
+        """Record a job as claimed; store the study's noise plan if this is its first job."""
+        now = time.time()
+        with self.tx() as db:
+            _upsert_study(db, study, now)
+            if plan is not None:
+                db.execute("UPDATE studies SET noise_multiplier=?, sample_rate=?, steps_per_job=?, n_train=?, "
+                           "target_epsilon=?, config_sha256=? WHERE study_id=? AND noise_multiplier IS NULL",
+                           (plan["noise_multiplier"], plan["sample_rate"], plan["steps_per_job"], plan["n_train"],
+                            plan["target_epsilon"], config_sha256(study), int(study["id"])))
+            db.execute("INSERT INTO jobs(job_id, study_id, round, state, updated_at) VALUES (?,?,?,?,?) "
+                       "ON CONFLICT(job_id) DO UPDATE SET state='claimed', error=NULL, updated_at=excluded.updated_at "
+                       "WHERE jobs.state IN ('claimed','trained','failed')",
+                       (int(job_id), int(study["id"]), int(round_no), "claimed", now))
+
+    def set_job_state(self, job_id: int, state: str, *, error: str | None = None,
+                      expect: tuple[str, ...] | None = None) -> bool:
+        assert state in JOB_STATES, state
+        with self.tx() as db:
+            q, args = "UPDATE jobs SET state=?, error=?, updated_at=? WHERE job_id=?", [state, error, time.time(), int(job_id)]
+            if expect:
+                q += f" AND state IN ({','.join('?' * len(expect))})"
+                args.extend(expect)
+            return db.execute(q, args).rowcount == 1
+
+    def record_spend(self, job_id: int, study_id: int, entry: tuple[float, float, int], spend: dict,
+                     frame_path: str) -> None:
+        """Atomically: append the job's (sigma, q, steps) to the study history, set the cumulative
+        epsilon, and move the job to spend_recorded with its report and stored frame."""
+        now = time.time()
+        with self.tx() as db:
+            job = db.execute("SELECT state FROM jobs WHERE job_id=?", (int(job_id),)).fetchone()
+            if job is None or job["state"] not in ("claimed", "trained"):
+                raise RuntimeError(f"job {job_id} is in state {job and job['state']!r}; its spend cannot be recorded again")
+            row = db.execute("SELECT history_json FROM studies WHERE study_id=?", (int(study_id),)).fetchone()
+            hist = json.loads(row["history_json"])
+            hist.append([float(entry[0]), float(entry[1]), int(entry[2])])
+            db.execute("UPDATE studies SET history_json=?, epsilon_spent=?, rounds_trained=rounds_trained+1, "
+                       "updated_at=? WHERE study_id=?",
+                       (json.dumps(hist), float(spend["epsilon"]), now, int(study_id)))
+            db.execute("UPDATE jobs SET state='spend_recorded', spend_json=?, frame_path=?, updated_at=? WHERE job_id=?",
+                       (json.dumps(spend), frame_path, now, int(job_id)))
+
+    # ------------------------------------------------------------------ global models
+
+    def put_global_model(self, study_id: int, round_no: int, flat: np.ndarray, sha256: str) -> None:
+        with self.tx() as db:
+            db.execute("INSERT OR REPLACE INTO global_models(study_id, round, flat, sha256) VALUES (?,?,?,?)",
+                       (int(study_id), int(round_no), np.asarray(flat, dtype="<f8").tobytes(), sha256))
+
+    def global_model(self, study_id: int, round_no: int) -> tuple[np.ndarray, str] | None:
+        row = self._db.execute("SELECT flat, sha256 FROM global_models WHERE study_id=? AND round=?",
+                               (int(study_id), int(round_no))).fetchone()
+        if row is None:
+            return None
+        return np.frombuffer(row["flat"], dtype="<f8").copy(), row["sha256"]
+
+    def latest_global_round(self, study_id: int, at_most: int) -> int:
+        row = self._db.execute("SELECT MAX(round) AS r FROM global_models WHERE study_id=? AND round<=?",
+                               (int(study_id), int(at_most))).fetchone()
+        return int(row["r"]) if row and row["r"] is not None else -1
+
+    # ------------------------------------------------------------------ summary
+
+    def summary(self) -> list[dict[str, Any]]:
+        out = []
+        for s in self.studies():
+            cfg = json.loads(s["config_json"])
+            last = self._db.execute("SELECT job_id, round, state, error FROM jobs WHERE study_id=? "
+                                    "ORDER BY round DESC, job_id DESC LIMIT 1", (s["study_id"],)).fetchone()
+            out.append({"study_id": s["study_id"], "name": cfg.get("name", ""),
+                        "epsilon_spent": s["epsilon_spent"], "epsilon_budget": cfg["privacy"]["epsilon"],
+                        "target_epsilon": s["target_epsilon"], "delta": cfg["privacy"]["delta"],
+                        "noise_multiplier": s["noise_multiplier"], "rounds_trained": s["rounds_trained"],
+                        "rounds": cfg.get("rounds"), "has_key": s["he_secret"] is not None,
+                        "invitation": s["invitation_state"],
+                        "last_job": dict(last) if last else None})
+        return out
+
+
+def _upsert_study(db: sqlite3.Connection, study: dict, now: float) -> None:
+    db.execute("INSERT INTO studies(study_id, config_json, config_sha256, updated_at) VALUES (?,?,?,?) "
+               "ON CONFLICT(study_id) DO UPDATE SET config_json=excluded.config_json, updated_at=excluded.updated_at "
+               "WHERE studies.config_json != excluded.config_json",
+               (int(study["id"]), json.dumps(study, sort_keys=True), config_sha256(study), now))

@@ -1,0 +1,259 @@
+"""Differentially private local training (Opacus DP-SGD) and privacy accounting.
+
+Accounting model (per study, per hospital):
+  * one noise multiplier sigma, computed once at the first job so that the planned
+    ``rounds`` jobs end at <= min(study epsilon, hospital cap);
+  * history = [(sigma, sample_rate, steps), ...], one entry per trained job, kept in the
+    ledger; the Opacus accountant is rebuilt from it, so spend composes across rounds
+    and survives restarts;
+  * before a job, the epsilon the job would bring the total to is computed; over the
+    budget -> refuse, nothing trained, nothing recorded.
+
+Sampling: Opacus Poisson sampling as ``make_private(poisson_sampling=True)`` realises it,
+i.e. sample_rate = 1 / ceil(n_train / batch_size) (= batch_size / n_train when
+batch_size divides n_train) and ceil(n_train / batch_size) steps per epoch. The same
+rate is used to plan sigma and to account, so the reported epsilon is exactly what
+the accountant says for what was run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+import opacus
+import torch
+from opacus.accountants import create_accountant
+from opacus.accountants.utils import get_noise_multiplier
+from torch import nn
+
+from .errors import BudgetExceeded
+from .models import build_model, flatten, initial_model, unflatten_into
+
+GRAD_SAMPLE_MODES = ("hooks", "functorch", "ew", "ghost")
+DEFAULT_GRAD_SAMPLE_MODE = "hooks"
+EPS_TOLERANCE = 1e-9
+ACCOUNTANT_VERSION = opacus.__version__
+
+History = list[tuple[float, float, int]]
+
+
+class TrainingInterrupted(Exception):
+    """Training was abandoned between steps (shutdown requested); nothing was spent."""
+
+
+# ----------------------------------------------------------------------------- accounting
+
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    return math.ceil(n_train / batch_size)
+
+
+def sample_rate_for(n_train: int, batch_size: int) -> float:
+    """The Poisson rate Opacus uses for a loader of ceil(n/batch_size) batches."""
+    return 1.0 / steps_per_epoch(n_train, batch_size)
+
+
+def job_steps(n_train: int, batch_size: int, local_epochs: int) -> int:
+    return int(local_epochs) * steps_per_epoch(n_train, batch_size)
+
+
+def make_accountant(name: str, history: Iterable[Iterable[float]] = ()):
+    """A fresh Opacus accountant (``rdp`` or ``prv``) with ``history`` loaded."""
+    acc = create_accountant(mechanism=name)
+    acc.history = [(float(s), float(q), int(n)) for s, q, n in history]
+    return acc
+
+
+def epsilon_of(history: Iterable[Iterable[float]], delta: float, accountant: str = "rdp") -> float:
+    """Epsilon of the composed ``history`` at ``delta`` (0.0 for an empty history)."""
+    history = list(history)
+    if not history:
+        return 0.0
+    return float(make_accountant(accountant, history).get_epsilon(delta=delta))
+
+
+@dataclass(frozen=True)
+class NoisePlan:
+    noise_multiplier: float
+    sample_rate: float
+    steps_per_job: int
+    target_epsilon: float
+    n_train: int
+
+
+def effective_epsilon_cap(study: dict, hospital_max_epsilon: float | None) -> float:
+    eps = float(study["privacy"]["epsilon"])
+    return eps if hospital_max_epsilon is None else min(eps, float(hospital_max_epsilon))
+
+
+def plan_noise(study: dict, n_train: int, hospital_max_epsilon: float | None = None) -> NoisePlan:
+    """sigma such that ``rounds`` jobs of ``local_epochs`` epochs end at <= the effective cap."""
+    bs, epochs, rounds = int(study["batch_size"]), int(study["local_epochs"]), int(study["rounds"])
+    q = sample_rate_for(n_train, bs)
+    per_job = job_steps(n_train, bs, epochs)
+    target = effective_epsilon_cap(study, hospital_max_epsilon)
+    sigma = get_noise_multiplier(target_epsilon=target, target_delta=float(study["privacy"]["delta"]),
+                                 sample_rate=q, steps=rounds * per_job,
+                                 accountant=study["privacy"].get("accountant", "rdp"))
+    return NoisePlan(float(sigma), q, per_job, target, int(n_train))
+
+
+def check_budget(study: dict, history: History, plan: NoisePlan, hospital_max_epsilon: float | None) -> tuple[float, float]:
+    """Return (epsilon after this job, epsilon before); raise BudgetExceeded naming both limits."""
+    delta = float(study["privacy"]["delta"])
+    acc = study["privacy"].get("accountant", "rdp")
+    before = epsilon_of(history, delta, acc)
+    after = epsilon_of([*history, (plan.noise_multiplier, plan.sample_rate, plan.steps_per_job)], delta, acc)
+    budget = float(study["privacy"]["epsilon"])
+    if after > budget + EPS_TOLERANCE:
+        raise BudgetExceeded(f"training this job would bring epsilon to {after:.4f} (now {before:.4f}), "
+                             f"over the study budget of {budget:g} (delta={delta:g})")
+    if hospital_max_epsilon is not None and after > float(hospital_max_epsilon) + EPS_TOLERANCE:
+        raise BudgetExceeded(f"training this job would bring epsilon to {after:.4f} (now {before:.4f}), "
+                             f"over this hospital's cap max_epsilon={float(hospital_max_epsilon):g} "
+                             f"(delta={delta:g})")
+    return after, before
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _criterion(task: str) -> nn.Module:
+    return nn.BCEWithLogitsLoss() if task == "binary_classification" else nn.MSELoss()
+
+
+def _secure_reseed(seed: int | None) -> torch.Generator:
+    """DP noise and Poisson sampling must not be predictable from the public study seed."""
+    s = int.from_bytes(os.urandom(8), "little") if seed is None else int(seed)
+    torch.manual_seed(s)
+    g = torch.Generator()
+    g.manual_seed(s)
+    return g
+
+
+def dp_train(model: nn.Module, X: np.ndarray, y: np.ndarray, *, task: str, epochs: int, batch_size: int,
+             learning_rate: float, noise_multiplier: float, clip_norm: float,
+             grad_sample_mode: str = DEFAULT_GRAD_SAMPLE_MODE, seed: int | None = None,
+             should_stop: Callable[[], bool] | None = None) -> tuple[nn.Module, int]:
+    """DP-SGD on (X, y) starting from ``model`` (copied). Returns (trained plain module, steps run)."""
+    if grad_sample_mode not in GRAD_SAMPLE_MODES:
+        raise ValueError(f"grad_sample_mode must be one of {GRAD_SAMPLE_MODES}, got {grad_sample_mode!r}")
+    gen = _secure_reseed(seed)
+    work = build_model_like(model)
+    work.train()
+    ds = torch.utils.data.TensorDataset(torch.as_tensor(X, dtype=torch.float32),
+                                        torch.as_tensor(y, dtype=torch.float32))
+    loader = torch.utils.data.DataLoader(ds, batch_size=int(batch_size), generator=gen)
+    opt = torch.optim.SGD(work.parameters(), lr=float(learning_rate))
+    crit = _criterion(task)
+    engine = opacus.PrivacyEngine(accountant="rdp")
+    kw = dict(module=work, optimizer=opt, data_loader=loader, noise_multiplier=float(noise_multiplier),
+              max_grad_norm=float(clip_norm), poisson_sampling=True, grad_sample_mode=grad_sample_mode)
+    if grad_sample_mode == "ghost":
+        dp_model, dp_opt, crit, dp_loader = engine.make_private(criterion=crit, **kw)
+    else:
+        dp_model, dp_opt, dp_loader = engine.make_private(**kw)
+    steps = 0
+    for _ in range(int(epochs)):
+        for xb, yb in dp_loader:
+            if should_stop is not None and should_stop():
+                raise TrainingInterrupted("shutdown requested during training")
+            dp_opt.zero_grad()
+            loss = crit(dp_model(xb), yb)
+            loss.backward()
+            dp_opt.step()
+            steps += 1
+    trained = build_model_like(model)
+    inner = getattr(dp_model, "_module", dp_model)
+    trained.load_state_dict({k: v.detach().clone() for k, v in inner.state_dict().items()})
+    return trained, steps
+
+
+def build_model_like(model: nn.Module) -> nn.Module:
+    """A fresh, unwrapped copy of ``model`` (same class and weights)."""
+    inner = getattr(model, "_module", model)
+    import copy
+
+    clone = copy.deepcopy(inner)
+    for p in clone.parameters():
+        p.requires_grad_(True)
+    return clone
+
+
+@dataclass
+class JobResult:
+    update: np.ndarray  # float64, trained - global, param_shapes order
+    model: nn.Module
+    steps: int
+
+
+def train_job(study: dict, global_model: nn.Module, X_train: np.ndarray, y_train: np.ndarray, plan: NoisePlan, *,
+              grad_sample_mode: str = DEFAULT_GRAD_SAMPLE_MODE, seed: int | None = None,
+              should_stop: Callable[[], bool] | None = None) -> JobResult:
+    """One round's local training; the update is (trained - global) flattened float64."""
+    trained, steps = dp_train(global_model, X_train, y_train, task=study["schema"]["task"],
+                              epochs=int(study["local_epochs"]), batch_size=int(study["batch_size"]),
+                              learning_rate=float(study["learning_rate"]),
+                              noise_multiplier=plan.noise_multiplier,
+                              clip_norm=float(study["privacy"]["clip_norm"]),
+                              grad_sample_mode=grad_sample_mode, seed=seed, should_stop=should_stop)
+    return JobResult(flatten(trained) - flatten(global_model), trained, steps)
+
+
+def train_local_only(study: dict, X_train: np.ndarray, y_train: np.ndarray,
+                     rounds_equivalent_epochs: int | None = None, *, hospital_max_epsilon: float | None = None,
+                     grad_sample_mode: str = DEFAULT_GRAD_SAMPLE_MODE, seed: int | None = None) -> nn.Module:
+    """Local-only baseline under the same privacy budget: the study's initial model trained with
+    DP-SGD on this hospital's data alone for ``rounds_equivalent_epochs`` epochs in total
+    (default rounds * local_epochs), sigma chosen so the whole run ends at <= the budget."""
+    epochs = int(rounds_equivalent_epochs or int(study["rounds"]) * int(study["local_epochs"]))
+    n = len(y_train)
+    bs = int(study["batch_size"])
+    q = sample_rate_for(n, bs)
+    target = effective_epsilon_cap(study, hospital_max_epsilon)
+    sigma = get_noise_multiplier(target_epsilon=target, target_delta=float(study["privacy"]["delta"]),
+                                 sample_rate=q, steps=epochs * steps_per_epoch(n, bs),
+                                 accountant=study["privacy"].get("accountant", "rdp"))
+    trained, _ = dp_train(initial_model(study), X_train, y_train, task=study["schema"]["task"], epochs=epochs,
+                          batch_size=bs, learning_rate=float(study["learning_rate"]), noise_multiplier=sigma,
+                          clip_norm=float(study["privacy"]["clip_norm"]), grad_sample_mode=grad_sample_mode,
+                          seed=seed)
+    return trained
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def predict(model: nn.Module, X: np.ndarray) -> np.ndarray:
+    inner = getattr(model, "_module", model)
+    inner.eval()
+    with torch.no_grad():
+        return inner(torch.as_tensor(X, dtype=torch.float32)).double().numpy()
+
+
+def evaluate(model: nn.Module, X: np.ndarray, y: np.ndarray, task: str) -> dict:
+    """{"auc", "accuracy"} for binary classification (auc None if one class), {"rmse"} for regression."""
+    out = predict(model, X)
+    y = np.asarray(y, dtype=np.float64)
+    if task == "binary_classification":
+        from sklearn.metrics import accuracy_score, roc_auc_score
+
+        auc = float(roc_auc_score(y, out)) if len(np.unique(y)) == 2 else None
+        return {"auc": auc, "accuracy": float(accuracy_score(y, (out > 0).astype(np.float64)))}
+    return {"rmse": float(np.sqrt(np.mean((out - y) ** 2)))}
+
+
+def apply_update(model: nn.Module, mean_update: np.ndarray) -> nn.Module:
+    """global(n) = global(n-1) + mean update of round n (returns a new module)."""
+    new = build_model_like(model)
+    return unflatten_into(new, flatten(model) + np.asarray(mean_update, dtype=np.float64))
+
+
+__all__ = ["ACCOUNTANT_VERSION", "GRAD_SAMPLE_MODES", "JobResult", "NoisePlan", "TrainingInterrupted",
+           "apply_update", "build_model", "check_budget", "dp_train", "effective_epsilon_cap", "epsilon_of",
+           "evaluate", "job_steps", "make_accountant", "plan_noise", "predict", "sample_rate_for",
+           "steps_per_epoch", "train_job", "train_local_only"]
