@@ -10,6 +10,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/node/", include(node_urls)),
     path("api/", include(researcher_urls)),
+    path("audit/", include("audit.urls")),
 ]
 if "portal" in settings.INSTALLED_APPS:
     urlpatterns.append(path("", include("portal.urls")))

@@ -13,20 +13,13 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from audit.services import actor_label
-from consortia.models import Consortium, Hospital, Membership
+from consortia.models import Consortium, Hospital
+from consortia.selectors import MANAGE_STUDY_ROLES as MANAGE_ROLES
+from consortia.selectors import roles_in
 
 from .. import selectors, services
 from ..models import Study
 from .errors import error
-
-MANAGE_ROLES = {Membership.Role.CONSORTIUM_ADMIN, Membership.Role.RESEARCHER}
-
-
-def roles_in(user, consortium_id: int) -> set[str]:
-    if user.is_superuser:
-        return set(Membership.Role.values)
-    return set(Membership.objects.filter(user=user, consortium_id=consortium_id).values_list("role", flat=True))
-
 
 class StudyCreateSerializer(serializers.Serializer):
     consortium_id = serializers.IntegerField()
