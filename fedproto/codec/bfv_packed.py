@@ -433,9 +433,20 @@ class BfvPackedCodec(Codec):
             cts = []
             for j, blob in enumerate(parts):
                 try:
-                    self.inspect_part(ctx, blob)
+                    # inspect_part already ran on the request path; here SEAL's full load validates
+                    # the data (coefficients < q) and we re-check what the load does not.
+                    if not isinstance(blob, (bytes, bytearray, memoryview)) or len(blob) > self._max_part_bytes():
+                        raise CodecError("not a ciphertext part (wrong type or too large)")
+                    try:
+                        seal_io.parse_header(blob)
+                    except ValueError as exc:
+                        raise CodecError(f"not a SEAL ciphertext: {exc}") from exc
                     ct = sealapi.Ciphertext()
                     seal_io.load_into(ct, bytes(blob), ctx.context)
+                    if list(ct.parms_id()) != ctx.parms_id:
+                        raise CodecError("ciphertext belongs to other encryption parameters; re-encrypt with this study's context")
+                    if ct.size() != 2 or ct.is_ntt_form():
+                        raise CodecError(f"ciphertext has size {ct.size()} / ntt={ct.is_ntt_form()}, expected a fresh size-2 BFV ciphertext")
                 except CodecError as exc:
                     raise CodecError(f"upload #{i} part #{j}: {exc}") from exc
                 except Exception as exc:  # SEAL's own validation (coefficients out of range, bad sizes...)
