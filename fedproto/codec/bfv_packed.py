@@ -415,49 +415,53 @@ class BfvPackedCodec(Codec):
             raise CodecError(f"malformed ciphertext metadata (ntt={is_ntt}, size={size}, degree={degree}, moduli={n_mod}); "
                              f"expected a fresh {NAME} ciphertext of size 2")
 
-    def aggregate(self, ctx: BfvPlatformContext, uploads: Iterable[list[bytes]], *,
-                  max_uploads: int | None = None) -> list[bytes]:
-        acc: list | None = None
-        n_expected = None
-        count = 0
-        for i, upload in enumerate(uploads):
-            parts = list(upload)
-            if n_expected is None:
-                n_expected = len(parts)
-                if n_expected == 0:
-                    raise CodecError(f"upload #{i} has no parts")
-            elif len(parts) != n_expected:
-                raise CodecError(f"upload #{i} has {len(parts)} parts, expected {n_expected} like upload #0")
-            if max_uploads is not None and count >= max_uploads:
-                raise CodecError(f"more than {max_uploads} uploads (max_hospitals): the sum would no longer be exact")
-            cts = []
-            for j, blob in enumerate(parts):
+    def accumulate(self, ctx: BfvPlatformContext, acc: list | None, upload: list[bytes], index: int) -> list:
+        """Deserialise one upload fully (all parts, so a bad part leaves acc untouched) and add it to acc."""
+        parts = list(upload)
+        if not parts:
+            raise CodecError(f"upload #{index} has no parts")
+        if acc is not None and len(parts) != len(acc):
+            raise CodecError(f"upload #{index} has {len(parts)} parts, expected {len(acc)} like upload #0")
+        cts = []
+        for j, blob in enumerate(parts):
+            try:
+                # inspect_part already ran on the request path; here SEAL's full load validates
+                # the data (coefficients < q) and we re-check what the load does not.
+                if not isinstance(blob, (bytes, bytearray, memoryview)) or len(blob) > self._max_part_bytes():
+                    raise CodecError("not a ciphertext part (wrong type or too large)")
                 try:
-                    # inspect_part already ran on the request path; here SEAL's full load validates
-                    # the data (coefficients < q) and we re-check what the load does not.
-                    if not isinstance(blob, (bytes, bytearray, memoryview)) or len(blob) > self._max_part_bytes():
-                        raise CodecError("not a ciphertext part (wrong type or too large)")
-                    try:
-                        seal_io.parse_header(blob)
-                    except ValueError as exc:
-                        raise CodecError(f"not a SEAL ciphertext: {exc}") from exc
-                    ct = sealapi.Ciphertext()
-                    seal_io.load_into(ct, bytes(blob), ctx.context)
-                    if list(ct.parms_id()) != ctx.parms_id:
-                        raise CodecError("ciphertext belongs to other encryption parameters; re-encrypt with this study's context")
-                    if ct.size() != 2 or ct.is_ntt_form():
-                        raise CodecError(f"ciphertext has size {ct.size()} / ntt={ct.is_ntt_form()}, expected a fresh size-2 BFV ciphertext")
-                except CodecError as exc:
-                    raise CodecError(f"upload #{i} part #{j}: {exc}") from exc
-                except Exception as exc:  # SEAL's own validation (coefficients out of range, bad sizes...)
-                    raise CodecError(f"upload #{i} part #{j}: SEAL rejects the ciphertext ({exc})") from exc
-                cts.append(ct)
-            if acc is None:
-                acc = cts
-            else:
-                for a, ct in zip(acc, cts):
-                    ctx.evaluator.add_inplace(a, ct)
-            count += 1
+                    seal_io.parse_header(blob)
+                except ValueError as exc:
+                    raise CodecError(f"not a SEAL ciphertext: {exc}") from exc
+                ct = sealapi.Ciphertext()
+                seal_io.load_into(ct, bytes(blob), ctx.context)
+                if list(ct.parms_id()) != ctx.parms_id:
+                    raise CodecError("ciphertext belongs to other encryption parameters; re-encrypt with this study's context")
+                if ct.size() != 2 or ct.is_ntt_form():
+                    raise CodecError(f"ciphertext has size {ct.size()} / ntt={ct.is_ntt_form()}, expected a fresh size-2 BFV ciphertext")
+            except CodecError as exc:
+                raise CodecError(f"upload #{index} part #{j}: {exc}") from exc
+            except Exception as exc:  # SEAL's own validation (coefficients out of range, bad sizes...)
+                raise CodecError(f"upload #{index} part #{j}: SEAL rejects the ciphertext ({exc})") from exc
+            cts.append(ct)
+        if acc is None:
+            return cts
+        for a, ct in zip(acc, cts):
+            ctx.evaluator.add_inplace(a, ct)
+        return acc
+
+    def finish(self, ctx: BfvPlatformContext, acc: list | None) -> list[bytes]:
+        """Serialise the accumulator: full (unseeded) ciphertexts, zstd-compressed by SEAL."""
         if acc is None:
             raise CodecError("no uploads to aggregate")
         return [seal_io.save_bytes(a) for a in acc]
+
+    def aggregate(self, ctx: BfvPlatformContext, uploads: Iterable[list[bytes]], *,
+                  max_uploads: int | None = None) -> list[bytes]:
+        """Streaming sum: memory is one deserialised upload plus the accumulator."""
+        acc = None
+        for i, upload in enumerate(uploads):
+            if max_uploads is not None and i >= max_uploads:
+                raise CodecError(f"more than {max_uploads} uploads (max_hospitals): the sum would no longer be exact")
+            acc = self.accumulate(ctx, acc, upload, i)
+        return self.finish(ctx, acc)

@@ -122,20 +122,28 @@ class CkksFlareCodec(Codec):
         except Exception as exc:
             raise CodecError(f"not a CKKS vector of this context ({exc})") from exc
 
-    def aggregate(self, ctx, uploads: Iterable[list[bytes]], *, max_uploads: int | None = None) -> list[bytes]:
-        acc = None
-        for i, upload in enumerate(uploads):
-            try:
-                vecs = [ts.ckks_vector_from(ctx, bytes(b)) for b in upload]
-            except Exception as exc:
-                raise CodecError(f"upload #{i}: not a CKKS vector of this context ({exc})") from exc
-            if acc is None:
-                acc = vecs
-            else:
-                if len(vecs) != len(acc):
-                    raise CodecError(f"upload #{i} has {len(vecs)} parts, expected {len(acc)}")
-                for a, v in zip(acc, vecs):
-                    a += v
+    def accumulate(self, ctx, acc, upload, index: int):
+        try:
+            vecs = [ts.ckks_vector_from(ctx, bytes(b)) for b in upload]
+        except Exception as exc:
+            raise CodecError(f"upload #{index}: not a CKKS vector of this context ({exc})") from exc
+        if acc is None:
+            return vecs
+        if len(vecs) != len(acc):
+            raise CodecError(f"upload #{index} has {len(vecs)} parts, expected {len(acc)}")
+        for a, v in zip(acc, vecs):
+            a += v
+        return acc
+
+    def finish(self, ctx, acc) -> list[bytes]:
         if acc is None:
             raise CodecError("no uploads to aggregate")
         return [a.serialize() for a in acc]
+
+    def aggregate(self, ctx, uploads: Iterable[list[bytes]], *, max_uploads: int | None = None) -> list[bytes]:
+        acc = None
+        for i, upload in enumerate(uploads):
+            if max_uploads is not None and i >= max_uploads:
+                raise CodecError(f"more than {max_uploads} uploads")
+            acc = self.accumulate(ctx, acc, upload, i)
+        return self.finish(ctx, acc)
