@@ -59,7 +59,22 @@ def enrolment_token_create(*, hospital: Hospital, user=None, ttl_hours: int = 72
 
 def node_enrol(*, enrolment_token: str, public_key: str, node_version: str) -> tuple[Hospital, str]:
     """Bind a node to its hospital: consume the one-time token, store the node's public key and
-    the hash of a fresh node API token. Returns the clear node token (shown once)."""
+    the hash of a fresh node API token. Returns the clear node token (shown once).
+    A refused attempt is itself an audit event (node.enrol_refused; the token is never recorded)."""
+    try:
+        return _node_enrol(enrolment_token=enrolment_token, public_key=public_key, node_version=node_version)
+    except EnrolmentError as exc:
+        with transaction.atomic():
+            et = EnrolmentToken.objects.select_related("hospital").filter(token_hash=token_hash(enrolment_token)).first()
+            h = et.hospital if et is not None else None
+            audit_record(action="node.enrol_refused", actor="anonymous", obj=h,
+                         consortium_id=h.consortium_id if h else None, hospital_id=h.pk if h else None,
+                         data={"reason": str(exc), "enrolment_token_id": et.pk if et else None,
+                               "node_version": str(node_version)[:64]})
+        raise
+
+
+def _node_enrol(*, enrolment_token: str, public_key: str, node_version: str) -> tuple[Hospital, str]:
     try:
         raw = base64.b64decode(public_key, validate=True)
     except (ValueError, TypeError):

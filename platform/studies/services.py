@@ -241,10 +241,19 @@ def participation_decide(*, participation: Participation, decision: str, actor: 
     return p
 
 
+def _audit_refusal(study: Study, action: str, hospital: Hospital, reason: str, **data) -> None:
+    """Record a refused request in its own transaction (the refusal itself changes no state)."""
+    with transaction.atomic():
+        _study_audit(study, action, f"node:{hospital.pk}:{hospital.name}", hospital_id=hospital.pk,
+                     data={"reason": reason, **data})
+
+
 def he_context_publish(*, study: Study, hospital: Hospital, codec_name: str, public_params: bytes) -> HEContext:
     if study.custodian_id != hospital.pk:
+        _audit_refusal(study, "he_context.rejected", hospital, "not the study's key custodian", code="not_custodian")
         raise ServiceError("only the study's key custodian publishes the encryption context", code="not_custodian", status=403)
     if codec_name != study.encryption["codec"]:
+        _audit_refusal(study, "he_context.rejected", hospital, f"wrong codec {codec_name!r}", code="wrong_codec")
         raise ServiceError(f"this study uses codec {study.encryption['codec']!r}, not {codec_name!r}", code="wrong_codec", status=422)
     codec = get_codec(codec_name)
     try:
@@ -379,7 +388,7 @@ def round_open(*, study: Study, number: int, attempt: int) -> Round | None:
                      .select_related("hospital").values_list("hospital_id", flat=True))
     TrainingJob.objects.bulk_create([TrainingJob(round=rnd, hospital_id=h) for h in hospitals])
     _study_audit(study, "round.opened", "system", obj=rnd,
-                 data={"round": number, "attempt": attempt, "jobs_dispatched": len(hospitals),
+                 data={"round": number, "attempt": attempt, "jobs_dispatched": len(hospitals), "hospitals": hospitals,
                        "deadline": rnd.deadline.isoformat()})
     _on_commit(_tasks().close_round_at_deadline, rnd.pk)
     return rnd
@@ -668,6 +677,10 @@ def final_model_store(*, study: Study, hospital: Hospital, data: bytes) -> Final
         raise ServiceError("the final model can be released only after the study completed", code="not_ready")
     sha = hashlib.sha256(data).hexdigest()
     attested = set(RoundReport.objects.filter(round=last).values_list("model_sha256", flat=True))
+    if sha not in attested or len(attested) > 1:
+        _audit_refusal(study, "model.release_refused", hospital,
+                       "hashes attested differently by hospitals" if len(attested) > 1 else "hash not attested",
+                       sha256=sha, attested=sorted(attested), round=last.number)
     if sha not in attested:
         raise ServiceError("this model's SHA-256 was not attested by any hospital for the final round; "
                            "report the final round first", code="unattested", status=422)
