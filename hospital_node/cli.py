@@ -65,7 +65,6 @@ def cmd_enrol(args) -> int:
 def cmd_run(args) -> int:
     from .config import load_config
     from .credentials import load_credentials
-    from .daemon import Node
 
     cfg = load_config(args.config)
     if args.grad_sample_mode:
@@ -73,6 +72,7 @@ def cmd_run(args) -> int:
 
         cfg = dataclasses.replace(cfg, grad_sample_mode=args.grad_sample_mode)
     creds = load_credentials(cfg.credentials_file)
+    from .daemon import Node  # imports torch/Opacus: only once the config is known to be good
     node = Node(cfg, creds)
     node.install_signal_handlers()
     return node.run(once=args.once)

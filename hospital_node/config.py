@@ -12,6 +12,9 @@ from fedproto.specs import MODEL_TYPES
 
 from .errors import ConfigError
 
+# Opacus per-sample gradient engines (kept here so reading a config never imports torch)
+GRAD_SAMPLE_MODES = ("hooks", "functorch", "ew", "ghost")
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -92,8 +95,6 @@ def load_config(path: str | Path) -> NodeConfig:
     url = get("platform", "url")
     if not isinstance(url, str) or not url.startswith(("https://", "http://")):
         raise ConfigError(f"platform.url must be the platform's base URL, like \"https://fl.example.org\", got {url!r}")
-
-    from .trainer import GRAD_SAMPLE_MODES
 
     gsm = get("node", "grad_sample_mode", "hooks")
     if gsm not in GRAD_SAMPLE_MODES:

@@ -100,8 +100,12 @@ def study_codec_name(study: dict) -> str:
 # ----------------------------------------------------------------------------- study checks
 
 
-def check_local_limits(study: dict, cfg: NodeConfig) -> list[str]:
-    """Reasons why ``study`` does not fit this hospital's limits (empty list if it fits)."""
+def check_local_limits(study: dict, cfg: NodeConfig, *, for_training: bool = False) -> list[str]:
+    """Reasons why ``study`` does not fit this hospital's limits (empty list if it fits).
+
+    For a training job (``for_training``) a study epsilon above the hospital's max_epsilon is
+    not a refusal by itself: the node plans its noise for min(study epsilon, max_epsilon) and
+    the budget check refuses the job that would cross the cap."""
     reasons = []
     lim = cfg.limits
     if study.get("protocol_version", PROTOCOL_VERSION) != PROTOCOL_VERSION:
@@ -111,12 +115,14 @@ def check_local_limits(study: dict, cfg: NodeConfig) -> list[str]:
         schema = validate_schema(study.get("schema"))
         validate_model_spec(study.get("model"), schema["task"])
         priv = validate_privacy(study.get("privacy"))
+        enc = study.get("encryption") or {}
+        _codec(enc.get("codec", DEFAULT_CODEC)).validate_config(enc)
     except SpecError as e:
         return reasons + [f"invalid study configuration: {e}"]
     mtype = study["model"]["type"]
     if mtype not in lim.allowed_models:
         reasons.append(f"model type {mtype} is not in this hospital's allowed_models ({', '.join(lim.allowed_models)})")
-    if priv["epsilon"] > lim.max_epsilon:
+    if priv["epsilon"] > lim.max_epsilon and not for_training:
         reasons.append(f"study epsilon {priv['epsilon']:g} exceeds this hospital's max_epsilon {lim.max_epsilon:g}")
     if priv["delta"] > lim.max_delta:
         reasons.append(f"study delta {priv['delta']:g} exceeds this hospital's max_delta {lim.max_delta:g}")
@@ -444,7 +450,7 @@ class Node:
 
     def _plan_job(self, study: dict):
         """(plan, epsilon after, epsilon before) for the next job of ``study``, or raise Refuse. No writes."""
-        reasons = check_local_limits(study, self.cfg)
+        reasons = check_local_limits(study, self.cfg, for_training=True)
         if reasons:
             raise Refuse("local_limit", "; ".join(reasons))
         study["privacy"] = validate_privacy(study["privacy"])

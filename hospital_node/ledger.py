@@ -77,8 +77,7 @@ class Ledger:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA synchronous=FULL")
         if not self._has_tables():
-            with self.tx() as db:
-                db.executescript(_SCHEMA)
+            self._db.executescript(_SCHEMA)  # idempotent (IF NOT EXISTS); executescript commits itself
 
     def _has_tables(self) -> bool:
         return self._db.execute("SELECT 1 FROM sqlite_master WHERE name='jobs'").fetchone() is not None

@@ -33,7 +33,7 @@ from torch import nn
 from .errors import BudgetExceeded
 from .models import build_model, flatten, initial_model, unflatten_into
 
-GRAD_SAMPLE_MODES = ("hooks", "functorch", "ew", "ghost")
+from .config import GRAD_SAMPLE_MODES  # noqa: E402
 DEFAULT_GRAD_SAMPLE_MODE = "hooks"
 EPS_TOLERANCE = 1e-9
 ACCOUNTANT_VERSION = opacus.__version__

@@ -1,0 +1,50 @@
+"""Fixtures of the node's unit tests: a small study and CSV data (real torch/Opacus)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def make_study(n_features: int = 4, **over) -> dict:
+    study = {
+        "id": 7, "name": "unit", "consortium": "c", "protocol_version": 1,
+        "schema": {"task": "binary_classification",
+                   "features": [{"name": f"f{i}", "type": "float"} for i in range(n_features)],
+                   "label": {"name": "y", "type": "binary"}},
+        "model": {"type": "logistic_regression"},
+        "rounds": 3, "local_epochs": 1, "batch_size": 16, "learning_rate": 0.5,
+        "privacy": {"epsilon": 1.0, "delta": 1e-5, "clip_norm": 1.0, "accountant": "rdp"},
+        "encryption": {"codec": "bfv-packed-v1", "max_hospitals": 200, "quant_bits": 12,
+                       "update_clip": 1.0, "weight_cap_samples": 1000},
+        "quorum": 2, "round_deadline_s": 600, "seed": 1234, "custodian_hospital_id": None,
+    }
+    study.update(over)
+    return study
+
+
+def write_csv(path: Path, n_rows: int = 100, n_features: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n_rows, n_features))
+    y = (X[:, 0] + 0.5 * X[:, 1] + 0.3 * rng.normal(size=n_rows) > 0).astype(int)
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow([*(f"f{i}" for i in range(n_features)), "y", "extra"])
+        for row, label in zip(X, y):
+            w.writerow([*(f"{v:.6f}" for v in row), label, "ignored"])
+    return X, y
+
+
+@pytest.fixture
+def study() -> dict:
+    return make_study()
+
+
+@pytest.fixture
+def data_csv(tmp_path: Path) -> Path:
+    p = tmp_path / "data.csv"
+    write_csv(p)
+    return p

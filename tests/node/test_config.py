@@ -1,0 +1,78 @@
+"""Node configuration: defaults, relative paths, clear errors (exit code 2, no traceback)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hospital_node.config import load_config
+from hospital_node.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+GOOD = """
+[platform]
+url = "https://fl.example.org/"
+credentials_file = "secrets/creds.json"
+[data]
+csv = "data/patients.csv"
+[node]
+ledger = "state/ledger.sqlite3"
+poll_wait_s = 5
+[limits]
+max_epsilon = 2.0
+allowed_models = ["logistic_regression"]
+auto_approve = true
+"""
+
+
+def _cfg(tmp_path, text):
+    p = tmp_path / "node.toml"
+    p.write_text(text)
+    return p
+
+
+def test_good_config_resolves_paths_against_its_folder(tmp_path):
+    cfg = load_config(_cfg(tmp_path, GOOD))
+    assert cfg.platform_url == "https://fl.example.org"
+    assert cfg.credentials_file == tmp_path / "secrets/creds.json"
+    assert cfg.data_csv == tmp_path / "data/patients.csv"
+    assert cfg.ledger == tmp_path / "state/ledger.sqlite3"
+    assert cfg.work_dir == tmp_path / "work"
+    assert cfg.poll_wait_s == 5 and cfg.request_timeout_s == 30
+    assert cfg.limits.max_epsilon == 2.0 and cfg.limits.allowed_models == ("logistic_regression",)
+    assert cfg.limits.auto_approve is True and cfg.grad_sample_mode == "hooks"
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda t: t.replace('url = "https://fl.example.org/"\n', ""), r"missing platform\.url"),
+    (lambda t: t.replace('csv = "data/patients.csv"', ""), r"missing data\.csv"),
+    (lambda t: t.replace("max_epsilon = 2.0", 'max_epsilon = "lots"'), r"limits\.max_epsilon must be a number"),
+    (lambda t: t.replace("poll_wait_s = 5", "poll_wait_s = 99"), r"node\.poll_wait_s must be an integer between 0 and 30"),
+    (lambda t: t.replace('["logistic_regression"]', '["resnet"]'), r"limits\.allowed_models has unknown model type"),
+    (lambda t: t.replace("auto_approve = true", 'auto_approve = "yes"'), r"limits\.auto_approve must be true or false"),
+    (lambda t: t + "\n[extra]\nx = 1\n", r"unknown section \[extra\]"),
+    (lambda t: t.replace("poll_wait_s = 5", "pol_wait = 5"), r"unknown key\(s\) node\.pol_wait"),
+    (lambda t: t.replace("[data]", "[data"), r"not valid TOML"),
+])
+def test_bad_config_names_the_key(tmp_path, edit, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(_cfg(tmp_path, edit(GOOD)))
+
+
+def test_cli_bad_config_exits_2_without_traceback(tmp_path):
+    p = _cfg(tmp_path, GOOD.replace("max_epsilon = 2.0", "max_epsilon = -1"))
+    r = subprocess.run([sys.executable, "-m", "hospital_node", "status", "--config", str(p)],
+                       cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "limits.max_epsilon" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_run_without_credentials_says_enrol(tmp_path):
+    p = _cfg(tmp_path, GOOD)
+    r = subprocess.run([sys.executable, "-m", "hospital_node", "run", "--once", "--config", str(p)],
+                       cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "enrol" in r.stderr and "Traceback" not in r.stderr

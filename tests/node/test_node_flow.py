@@ -1,0 +1,129 @@
+"""The node's job handling in-process, with a recording stand-in for the HTTP client
+(the real HTTP path against a live platform is covered by the integration tests).
+Real Opacus training, real codec encryption, real SQLite ledger."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from nacl.public import PrivateKey
+
+from fedproto.codec import get_codec
+from fedproto.wire import unpack_parts
+from hospital_node import trainer
+from hospital_node.config import load_config
+from hospital_node.credentials import Credentials
+from hospital_node.daemon import Node
+
+
+class RecordingClient:
+    def __init__(self):
+        self.calls: list[tuple] = []
+
+    def __getattr__(self, name):
+        def call(*args, **kwargs):
+            self.calls.append((name, *args))
+            return {}
+        return call
+
+    def named(self, name):
+        return [c for c in self.calls if c[0] == name]
+
+
+@pytest.fixture
+def node(tmp_path, data_csv, study):
+    (tmp_path / "node.toml").write_text(f"""
+[platform]
+url = "http://127.0.0.1:9"
+[data]
+csv = "{data_csv}"
+[limits]
+max_epsilon = 1.0
+""")
+    cfg = load_config(tmp_path / "node.toml")
+    creds = Credentials(hospital_id=3, hospital_name="H", node_token="t", private_key=bytes(PrivateKey.generate()),
+                        platform_url=cfg.platform_url)
+    n = Node(cfg, creds, client=RecordingClient())
+    codec = get_codec("bfv-packed-v1")
+    n.ledger.remember_study(study)
+    secret = codec.generate_secret(study["encryption"])
+    n.ledger.set_secret(study["id"], secret, codec.public_params_sha256(codec.public_params(secret)))
+    yield n
+    n.ledger.close()
+
+
+def _train_item(study, job_id, rnd):
+    return {"kind": "train", "job_id": job_id, "study": study, "round": rnd}
+
+
+def test_train_records_spend_before_upload_and_never_retrains(node, study):
+    node.handle(_train_item(study, 11, 1))
+    names = [c[0] for c in node.client.calls]
+    assert names == ["privacy_spend", "upload_update"]
+    spend = node.client.named("privacy_spend")[0][2]
+    job = node.ledger.job(11)
+    assert job["state"] == "uploaded"
+    hist = node.ledger.history(study["id"])
+    assert len(hist) == 1 and spend["steps"] == hist[0][2] == trainer.job_steps(80, 16, 1)
+    assert spend["epsilon"] == pytest.approx(trainer.epsilon_of(hist, 1e-5))
+    assert spend["epsilon"] <= 1.0 and spend["accountant"] == "rdp" and spend["clip_norm"] == 1.0
+    frame = node.client.named("upload_update")[0][2]
+    codec = get_codec("bfv-packed-v1")
+    agg = codec.decrypt_aggregate(node.ledger.secret(study["id"]), study["encryption"], unpack_parts(frame), 5)
+    assert agg.n_contributors == 1 and np.abs(agg.mean_update).max() > 0
+    # the same job again (platform retry): not retrained, no second spend
+    node.handle(_train_item(study, 11, 1))
+    assert len(node.ledger.history(study["id"])) == 1
+
+
+def test_crash_after_spend_recorded_resumes_from_stored_frame(node, study, monkeypatch):
+    def boom(*a, **k):
+        raise ConnectionError("simulated crash before upload")
+
+    monkeypatch.setattr(node, "deliver", boom)
+    with pytest.raises(ConnectionError):
+        node.handle(_train_item(study, 12, 1))
+    assert node.ledger.job(12)["state"] == "spend_recorded"
+    monkeypatch.undo()
+    node.client.calls.clear()
+    node.resume_pending()  # what the daemon does first after a restart
+    assert [c[0] for c in node.client.calls] == ["privacy_spend", "upload_update"]
+    assert node.ledger.job(12)["state"] == "uploaded" and len(node.ledger.history(study["id"])) == 1
+
+
+def test_budget_refusal_leaves_ledger_byte_for_byte_unchanged(node, study):
+    for r in range(1, study["rounds"] + 1):
+        node.handle(_train_item(study, 20 + r, r if r == 1 else 1))  # round 1 model each time: no aggregates needed
+    spent = node.ledger.study(study["id"])["epsilon_spent"]
+    assert spent <= 1.0
+    node.client.calls.clear()
+    before = node.cfg.ledger.read_bytes()
+    node.handle(_train_item(study, 99, 1))
+    assert node.cfg.ledger.read_bytes() == before
+    (call,) = node.client.calls
+    assert call[:3] == ("refuse", 99, "budget_exceeded")
+    assert f"{spent:.4f}" in call[3] and "study budget of 1" in call[3]
+    assert node.ledger.job(99) is None
+
+
+def test_hospital_cap_refusal_names_the_cap(node, study):
+    node.handle(_train_item(study, 31, 1))
+    import dataclasses
+    node.cfg = dataclasses.replace(node.cfg, limits=dataclasses.replace(node.cfg.limits, max_epsilon=0.9))
+    # two more planned jobs fit the study budget (1.0) but not a cap lowered to below it
+    node.handle(_train_item(study, 32, 1))
+    node.client.calls.clear()
+    before = node.cfg.ledger.read_bytes()
+    node.handle(_train_item(study, 33, 1))
+    refusals = node.client.named("refuse")
+    assert refusals and refusals[0][2] == "budget_exceeded" and "max_epsilon=0.9" in refusals[0][3]
+    assert node.cfg.ledger.read_bytes() == before
+
+
+def test_invitation_declines_what_does_not_fit(node, study):
+    node.handle({"kind": "invitation", "study": {**study, "id": 8, "privacy": {**study["privacy"], "epsilon": 5.0}}})
+    (call,) = node.client.named("decision")
+    assert call[1:3] == (8, "decline") and "max_epsilon" in call[3]
+    node.client.calls.clear()
+    node.handle({"kind": "invitation", "study": {**study, "id": 9}})  # fits, auto_approve off: left to the admin
+    assert node.client.calls == [] and node.ledger.study(9)["invitation_state"] == "pending_admin"
