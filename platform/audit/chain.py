@@ -40,6 +40,8 @@ class ChainResult:
 
 def verify_events(stream: str, events: Iterable[Mapping], expected_head: tuple[int, str] | None = None) -> ChainResult:
     """Walk events (dicts with HASHED_FIELDS + 'hash') in stored order; name the first broken link."""
+    events = list(events)
+    present = {ev["seq"] for ev in events}
     prev = GENESIS
     n = 0
     last_seq = 0
@@ -47,8 +49,11 @@ def verify_events(stream: str, events: Iterable[Mapping], expected_head: tuple[i
         n += 1
         seq = ev["seq"]
         if seq != last_seq + 1:
-            what = "missing (deleted)" if seq > last_seq + 1 else "out of order (reordered)"
-            return ChainResult(stream, False, n - 1, prev, f"event #{last_seq + 1} is {what}: found #{seq} after #{last_seq}", last_seq + 1)
+            expected = last_seq + 1
+            what = ("out of order (reordered)" if expected in present or seq <= last_seq
+                    else "missing (deleted)")
+            return ChainResult(stream, False, n - 1, prev,
+                               f"event #{expected} is {what}: found #{seq} ({ev['action']}) after #{last_seq}", expected)
         if ev["prev_hash"] != prev:
             return ChainResult(stream, False, n - 1, prev, f"event #{seq} does not link to the event before it (prev_hash mismatch: deleted, reordered or edited predecessor)", seq)
         h = event_hash(ev)

@@ -1,3 +1,14 @@
-"""Audit views (study audit report HTML/PDF, trail). Filled in by the audit work (issue 4)."""
+"""Audit views: study audit report (HTML/PDF), chain export and the trail (read-only)."""
 
-urlpatterns: list = []
+from django.urls import path
+
+from . import views
+
+app_name = "audit"
+
+urlpatterns = [
+    path("trail/", views.trail, name="trail"),
+    path("studies/<int:study_id>/report/", views.study_report, name="study_report"),
+    path("studies/<int:study_id>/report.pdf", views.study_report_pdf, name="study_report_pdf"),
+    path("studies/<int:study_id>/export.jsonl", views.study_export, name="study_export"),
+]

@@ -1,0 +1,191 @@
+"""The study audit report: one template, rendered as an HTML page and as a PDF (WeasyPrint).
+
+It is built only from the database and the audit chain (nothing the nodes could not also check),
+and reads: configuration, participants and approvals, per-round participation, privacy spend
+(reported and recomputed), encryption parameters, attested model hashes, every refusal, rejection
+and failure, software versions and the chain verification result with its head hash.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.template.loader import render_to_string
+from django.utils import timezone
+
+import fedproto
+from fedproto.codec import get_codec
+
+from . import selectors
+from .privacy import recompute_study
+
+# Encryption parameters shown first, in this order; the rest follow alphabetically.
+ENC_FIRST = ("codec", "scheme", "security_level_bits", "poly_modulus_degree", "plain_modulus", "plain_modulus_bits",
+             "coeff_mod_bit_sizes", "encryption", "quant_bits", "quant_step", "update_clip", "weight_cap_samples",
+             "max_hospitals")
+ENC_SKIP = ("coeff_modulus",)  # the primes themselves: long, and implied by the bit sizes and SEAL's defaults
+
+
+def _fmt_value(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_fmt_value(x) for x in v)
+    if isinstance(v, dict):
+        return "; ".join(f"{k}: {_fmt_value(x)}" for k, x in v.items())
+    return "—" if v is None else str(v)
+
+
+def _encryption(study) -> dict:
+    from studies.models import HEContext, SealedKey
+
+    try:
+        desc = get_codec(study.encryption["codec"]).describe(study.encryption)
+    except Exception as exc:  # an unknown codec must not hide the rest of the report
+        desc = {"codec": study.encryption.get("codec"), "error": str(exc)}
+    keys = [k for k in ENC_FIRST if k in desc] + sorted(k for k in desc if k not in ENC_FIRST and k not in ENC_SKIP)
+    ctx = HEContext.objects.filter(study=study).select_related("published_by").first()
+    return {
+        "params": [(k.replace("_", " "), _fmt_value(desc[k])) for k in keys],
+        "scheme": desc.get("scheme", study.encryption.get("codec")),
+        "security_level_bits": desc.get("security_level_bits"),
+        "context": ctx,
+        "sealed_keys": SealedKey.objects.filter(study=study).count(),
+    }
+
+
+def _participants(study) -> list[dict]:
+    from studies.models import Participation
+
+    rows = []
+    for p in Participation.objects.filter(study=study).select_related("hospital").order_by("hospital__name"):
+        rows.append({"hospital": p.hospital.name, "state": p.state, "decided_by": p.decided_by,
+                     "decided_at": p.decided_at, "reason": p.reason, "key_acked_at": p.key_acked_at,
+                     "custodian": study.custodian_id == p.hospital_id, "node_version": p.hospital.node_version,
+                     "max_epsilon": p.hospital.max_epsilon})
+    return rows
+
+
+def _privacy(study, recomputed) -> list[dict]:
+    checks = {h.hospital: h for h in recomputed.hospitals}
+    rows = []
+    for name, row in selectors.privacy_spends(study).items():
+        spends = row["spends"]
+        last = spends[-1] if spends else None
+        chk = checks.get(name)
+        rows.append({
+            "hospital": name, "jobs": len(spends), "epsilon": row["epsilon"],
+            "recomputed": chk.recomputed if chk else None, "ok": chk.ok if chk else True,
+            "within_budget": chk.within_budget if chk else True,
+            "problems": chk.problems if chk else [],
+            "budget": study.epsilon, "max_epsilon": row["max_epsilon"],
+            "delta": last.delta if last else None, "noise_multiplier": last.noise_multiplier if last else None,
+            "clip_norm": last.clip_norm if last else None, "sample_rate": last.sample_rate if last else None,
+            "steps": sum(s.steps for s in spends), "accountant": last.accountant if last else "",
+            "accountant_version": last.accountant_version if last else "",
+            "used_pct": 100.0 * row["epsilon"] / study.epsilon if study.epsilon else None,
+        })
+    return rows
+
+
+def _software(study) -> dict:
+    import opacus
+
+    from studies.models import Participation
+
+    node_versions = sorted({v for v in Participation.objects.filter(study=study)
+                            .values_list("hospital__node_version", flat=True) if v})
+    try:
+        import tenseal
+        tenseal_version = tenseal.__version__
+    except Exception:  # pragma: no cover - TenSEAL is a platform dependency
+        tenseal_version = "unavailable"
+    return {"software_version": fedproto.SOFTWARE_VERSION, "protocol_version": fedproto.PROTOCOL_VERSION,
+            "opacus_version": opacus.__version__, "tenseal_version": tenseal_version, "node_versions": node_versions}
+
+
+def _describe_problem(ev) -> str:
+    d = ev.data or {}
+    parts = []
+    if "round" in d:
+        parts.append(f"round {d['round']}" + (f" (attempt {d['attempt']})" if d.get("attempt", 1) != 1 else ""))
+    if ev.action == "privacy.recompute":
+        bad = [h for h in d.get("hospitals", []) if not (h.get("ok") and h.get("within_budget", True))]
+        parts.append("epsilon recomputation found mismatches for " + ", ".join(h["hospital"] for h in bad))
+    elif ev.action == "model.attestation_mismatch":
+        parts.append("hospitals attested different model hashes: " + ", ".join(h[:16] + "…" for h in d.get("hashes", [])))
+    if d.get("code"):
+        parts.append(f"[{d['code']}]")
+    if d.get("reason"):
+        parts.append(str(d["reason"]))
+    return " ".join(parts) if parts else "—"
+
+
+def build_context(study) -> dict:
+    from studies.models import FinalModel
+
+    chain = selectors.verify_study_chain(study.pk)
+    recomputed = recompute_study(study)
+    events = selectors.study_events(study.pk)
+    problems = [{"seq": ev.seq, "at": ev.created_at, "action": ev.action, "actor": ev.actor,
+                 "what": _describe_problem(ev)} for ev in selectors.problem_events(study.pk)]
+    fm = FinalModel.objects.filter(study=study).select_related("uploaded_by").first()
+    atts = selectors.attestations(study)
+    schema = study.schema or {}
+    return {
+        "study": study,
+        "generated_at": timezone.now(),
+        "config": [
+            ("Task", schema.get("task", "")),
+            ("Features", f"{len(schema.get('features', []))}: "
+                         + ", ".join(f.get("name", "?") for f in schema.get("features", []))),
+            ("Label", (schema.get("label") or {}).get("name", "")),
+            ("Model", _fmt_value(study.model_spec)),
+            ("Parameters", study.n_params),
+            ("Rounds", study.rounds),
+            ("Local epochs × batch size", f"{study.local_epochs} × {study.batch_size}"),
+            ("Learning rate", _fmt_value(study.learning_rate)),
+            ("Quorum", f"{study.quorum} updates per round; {study.max_round_attempts} attempts per round"),
+            ("Round deadline", f"{study.round_deadline_s} s"),
+            ("Privacy budget", f"ε = {study.epsilon:g}, δ = {study.delta:g}, clip norm {study.clip_norm:g}, "
+                               f"accountant {study.accountant.upper()}"),
+            ("Seed", study.seed),
+        ],
+        "participants": _participants(study),
+        "rounds": selectors.round_participation(study),
+        "privacy": _privacy(study, recomputed),
+        "recompute": recomputed,
+        "encryption": _encryption(study),
+        "attestations": atts,
+        "attestation_mismatch": any(a["mismatch"] for a in atts),
+        "final_model": fm,
+        "downloads": events.filter(action="model.downloaded").count(),
+        "problems": problems,
+        "software": _software(study),
+        "chain": chain,
+        "n_events": events.count(),
+    }
+
+
+def render_html(study, *, for_pdf: bool = False, request=None, context: dict | None = None) -> str:
+    ctx = dict(context or build_context(study))
+    ctx["for_pdf"] = for_pdf
+    return render_to_string("audit/report.html", ctx, request=request)
+
+
+def render_pdf(study, *, context: dict | None = None) -> bytes:
+    from weasyprint import HTML
+
+    html = render_html(study, for_pdf=True, context=context)
+    return HTML(string=html, base_url=str(Path(__file__).parent)).write_pdf()
+
+
+def write_study_report(*, study, out_dir) -> list[Path]:
+    """Write report.html and report.pdf for ``study`` into ``out_dir``; return their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = build_context(study)
+    html_path, pdf_path = out / "report.html", out / "report.pdf"
+    html_path.write_text(render_html(study, context=ctx), encoding="utf-8")
+    pdf_path.write_bytes(render_pdf(study, context=ctx))
+    return [html_path, pdf_path]

@@ -1,0 +1,41 @@
+"""Number formatting for the audit report, and a safe CSS string for @page margin boxes."""
+
+from __future__ import annotations
+
+from django import template
+from django.utils.safestring import mark_safe
+
+register = template.Library()
+
+
+@register.filter
+def f4(value) -> str:
+    """Four significant digits (epsilons, noise multipliers, sampling rates)."""
+    if value is None or value == "":
+        return "—"
+    try:
+        return f"{float(value):.4g}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+@register.filter
+def g(value) -> str:
+    if value is None or value == "":
+        return "—"
+    try:
+        return f"{float(value):g}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+@register.filter
+def css_string(value) -> str:
+    """Escape text for use inside a double-quoted CSS string in a <style> element."""
+    out = []
+    for ch in str(value):
+        if ch in '\\"<>&' or ord(ch) < 32:
+            out.append(f"\\{ord(ch):x} ")
+        else:
+            out.append(ch)
+    return mark_safe("".join(out))
