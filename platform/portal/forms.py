@@ -1,0 +1,174 @@
+"""Forms of the portal. Validation uses the shared rules (fedproto) so the form says exactly what
+the service would refuse; the service (studies.services.study_create) still has the last word."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from django import forms
+
+from consortia.models import Consortium, Hospital
+from fedproto.codec import CODECS, get_codec
+from fedproto.errors import SpecError
+from fedproto.schema import validate_schema
+from fedproto.specs import MODEL_TYPES, TASKS, validate_model_spec
+
+# Encryption presets offered in the form; each is validated by its codec before it is offered.
+ENCRYPTION_PRESETS: list[tuple[str, str, dict]] = [
+    ("bfv-standard", "BFV packed — 12-bit quantisation, up to 200 hospitals (recommended)",
+     {"codec": "bfv-packed-v1"}),
+    ("bfv-precise", "BFV packed — 16-bit quantisation, up to 20 hospitals (finer updates)",
+     {"codec": "bfv-packed-v1", "quant_bits": 16, "max_hospitals": 20}),
+    ("ckks-flare", "CKKS baseline (approximate arithmetic; for comparison benchmarks)", {"codec": "ckks-flare"}),
+]
+
+
+def encryption_presets() -> list[tuple[str, str, dict]]:
+    out = []
+    for key, label, enc in ENCRYPTION_PRESETS:
+        if enc["codec"] not in CODECS:
+            continue
+        try:
+            out.append((key, label, get_codec(enc["codec"]).validate_config(dict(enc))))
+        except SpecError:
+            continue
+    return out
+
+
+# Whole-study presets (filled in by a small script; the researcher can change every field).
+STUDY_PRESETS = {
+    "pilot": {"label": "Quick pilot", "rounds": 3, "local_epochs": 1, "batch_size": 32, "learning_rate": 0.5,
+              "epsilon": 3.0, "delta": 1e-5, "clip_norm": 1.0, "round_deadline_s": 600},
+    "standard": {"label": "Standard", "rounds": 10, "local_epochs": 2, "batch_size": 64, "learning_rate": 0.1,
+                 "epsilon": 1.0, "delta": 1e-5, "clip_norm": 1.0, "round_deadline_s": 1800},
+    "strict": {"label": "Strict privacy", "rounds": 5, "local_epochs": 1, "batch_size": 128, "learning_rate": 0.1,
+               "epsilon": 0.5, "delta": 1e-6, "clip_norm": 0.5, "round_deadline_s": 1800},
+}
+
+NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def schema_from_text(text: str, *, task: str, label: str) -> dict:
+    """A data schema from either a JSON object or a pasted CSV header line (all features float)."""
+    text = (text or "").strip()
+    if not text:
+        raise SpecError("paste a data schema (JSON) or the CSV header line of the data files")
+    if text.startswith("{"):
+        try:
+            schema = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SpecError(f"the schema is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+        return validate_schema(schema)
+    header = text.splitlines()[0]
+    cols = [c.strip().strip('"') for c in header.split(",") if c.strip()]
+    if len(cols) < 2:
+        raise SpecError("the CSV header needs at least one feature column and the label column, separated by commas")
+    label = (label or "").strip() or cols[-1]
+    if label not in cols:
+        raise SpecError(f"label column {label!r} is not in the CSV header ({', '.join(cols[:8])}…)")
+    bad = [c for c in cols if not NAME_RE.match(c)]
+    if bad:
+        raise SpecError(f"column name(s) {bad[:5]} are not valid identifiers (letters, digits, underscore)")
+    schema = {"task": task,
+              "features": [{"name": c, "type": "float"} for c in cols if c != label],
+              "label": {"name": label, "type": "binary" if task == "binary_classification" else "float"}}
+    return validate_schema(schema)
+
+
+class StudyForm(forms.Form):
+    consortium = forms.ModelChoiceField(queryset=Consortium.objects.none(), empty_label=None)
+    name = forms.CharField(max_length=200)
+    purpose = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+    schema_text = forms.CharField(label="Data schema", widget=forms.Textarea(attrs={"rows": 8, "spellcheck": "false"}),
+                                  help_text="A JSON schema (task, features, label), or the CSV header line of the data files.")
+    task = forms.ChoiceField(choices=[(t, t.replace("_", " ")) for t in TASKS], initial="binary_classification",
+                             help_text="Used when you paste a CSV header.")
+    label_column = forms.CharField(required=False, max_length=100,
+                                   help_text="CSV header only: the label column (default: the last column).")
+    model_type = forms.ChoiceField(choices=[(k, f"{k} — {v['description']}") for k, v in MODEL_TYPES.items()],
+                                   initial="logistic_regression")
+    hidden = forms.CharField(required=False, initial="16", max_length=60,
+                             help_text="MLP only: hidden layer widths, e.g. 32,16")
+    rounds = forms.IntegerField(min_value=1, max_value=1000, initial=3)
+    local_epochs = forms.IntegerField(min_value=1, max_value=100, initial=1)
+    batch_size = forms.IntegerField(min_value=1, max_value=100_000, initial=32)
+    learning_rate = forms.FloatField(min_value=1e-9, max_value=10.0, initial=0.5)
+    epsilon = forms.FloatField(label="ε (epsilon)", min_value=1e-6, max_value=100, initial=3.0,
+                               help_text="Total privacy budget per hospital over the whole study.")
+    delta = forms.FloatField(label="δ (delta)", min_value=1e-12, max_value=0.1, initial=1e-5)
+    clip_norm = forms.FloatField(label="Clip norm", min_value=1e-6, max_value=1000, initial=1.0,
+                                 help_text="Per-sample gradient L2 clipping bound.")
+    encryption_preset = forms.ChoiceField(choices=[], initial="bfv-standard")
+    quorum = forms.IntegerField(min_value=1, initial=2, help_text="Minimum updates for a round to aggregate.")
+    round_deadline_s = forms.IntegerField(label="Round deadline (s)", min_value=5, max_value=7 * 24 * 3600, initial=600)
+    hospitals = forms.ModelMultipleChoiceField(queryset=Hospital.objects.none(), widget=forms.CheckboxSelectMultiple,
+                                               label="Invited hospitals")
+    dataset_sizes = forms.CharField(required=False, initial="200, 1000, 5000", max_length=100,
+                                    label="Expected local dataset sizes",
+                                    help_text="Only for the privacy preview (sample counts are never shared).")
+
+    def __init__(self, *args, consortia, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["consortium"].queryset = consortia
+        self.fields["hospitals"].queryset = (Hospital.objects.filter(consortium__in=consortia, revoked_at__isnull=True)
+                                             .select_related("consortium").order_by("consortium__name", "name"))
+        self.fields["hospitals"].label_from_instance = (
+            lambda h: h.name if consortia.count() == 1 else f"{h.name} ({h.consortium.name})")
+        self.presets = encryption_presets()
+        self.fields["encryption_preset"].choices = [(k, label) for k, label, _ in self.presets]
+
+    def clean(self):
+        d = super().clean()
+        errors = {}
+        if "schema_text" in d:
+            try:
+                d["schema"] = schema_from_text(d["schema_text"], task=d.get("task", "binary_classification"),
+                                               label=d.get("label_column", ""))
+            except SpecError as exc:
+                errors["schema_text"] = str(exc)
+        if "model_type" in d:
+            spec = {"type": d["model_type"]}
+            if MODEL_TYPES[d["model_type"]]["mlp"]:
+                try:
+                    spec["hidden"] = [int(x) for x in re.split(r"[,\s]+", d.get("hidden") or "16") if x]
+                except ValueError:
+                    errors["hidden"] = "hidden layer widths must be whole numbers separated by commas, e.g. 32,16"
+            if "hidden" not in errors:
+                try:
+                    d["model_spec"] = validate_model_spec(spec, d["schema"]["task"] if "schema" in d else None)
+                except SpecError as exc:
+                    errors["model_type"] = str(exc)
+        presets = {k: enc for k, _, enc in self.presets}
+        if d.get("encryption_preset") in presets:
+            d["encryption"] = dict(presets[d["encryption_preset"]])
+        hospitals = d.get("hospitals")
+        consortium = d.get("consortium")
+        if hospitals is not None and consortium is not None:
+            foreign = [h.name for h in hospitals if h.consortium_id != consortium.pk]
+            if foreign:
+                errors["hospitals"] = f"{', '.join(foreign)} not in consortium {consortium.name}"
+            if d.get("quorum") and d["quorum"] > len(hospitals):
+                errors["quorum"] = f"the quorum ({d['quorum']}) cannot exceed the number of invited hospitals ({len(hospitals)})"
+        for k, v in errors.items():
+            self.add_error(k, v)
+        return d
+
+
+class HospitalForm(forms.Form):
+    consortium = forms.ModelChoiceField(queryset=Consortium.objects.none(), empty_label=None)
+    name = forms.CharField(max_length=200)
+    max_epsilon = forms.FloatField(required=False, min_value=1e-6, max_value=100, label="Max ε (hospital's own cap)")
+    allowed_models = forms.MultipleChoiceField(required=False, choices=[(k, k) for k in MODEL_TYPES],
+                                               widget=forms.CheckboxSelectMultiple,
+                                               help_text="None ticked: any model type from the registry.")
+
+    def __init__(self, *args, consortia, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["consortium"].queryset = consortia
+
+    def clean(self):
+        d = super().clean()
+        if d.get("consortium") and d.get("name") and Hospital.objects.filter(consortium=d["consortium"], name=d["name"]).exists():
+            self.add_error("name", "a hospital with this name already exists in the consortium")
+        return d
