@@ -18,7 +18,7 @@ from studies.models import Participation, PrivacySpend, Round, TrainingJob
 SCHEMA = {"task": "binary_classification",
           "features": [{"name": f"f{i}", "type": "float"} for i in range(6)],
           "label": {"name": "y", "type": "binary"}}
-NOISE, RATE, STEPS = 1.1, 0.1, 20
+NOISE, RATE, STEPS = 2.0, 0.05, 20
 
 
 @pytest.fixture
