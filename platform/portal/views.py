@@ -371,11 +371,11 @@ def study_action(request, study_id: int, action: str):
 @require_GET
 def model_download(request, study_id: int):
     scope = access.study_scope(request.user, study_id)
-    if not scope.can_download_model:
-        raise PermissionDenied("only the study's researchers, auditors and participating hospitals download the model")
     fm = getattr(scope.study, "final_model", None)
     if fm is None:
         raise Http404("the final model is not released yet")
+    if not scope.can_download_model:
+        raise PermissionDenied("only the study's researchers, auditors and participating hospitals download the model")
     services.final_model_downloaded(study=scope.study, actor=actor_label(user=request.user))
     resp = FileResponse(open(Path(settings.MEDIA_ROOT) / fm.path, "rb"), as_attachment=True,
                         filename=f"study_{scope.study.pk}_model.safetensors", content_type="application/octet-stream")

@@ -1,0 +1,171 @@
+"""Role x page x own/other object: the exact status code each combination gets."""
+
+from __future__ import annotations
+
+import pytest
+
+from audit.models import AuditEvent
+from studies.models import Participation, Study
+
+pytestmark = pytest.mark.django_db
+
+USERS = ["cadmin", "researcher", "auditor", "hadmin1", "hadmin2", "outsider", "hadmin3"]
+
+
+def _url(w, tmpl: str) -> str:
+    return tmpl.format(s1=w.s1.pk, s2=w.s2.pk, s3=w.s3.pk, both=w.both.pk, draft=w.draft.pk, h1=w.h1.pk, h3=w.h3.pk,
+                       p1=w.p1.pk, p2=w.p2.pk, p3=w.p3.pk)
+
+
+PREVIEW = "/studies/privacy-preview/?epsilon=1&delta=1e-5&batch_size=32&rounds=2&local_epochs=1&sizes=500"
+
+# path -> expected status for each user in USERS order
+GET_MATRIX = {
+    "/":                              [200, 200, 200, 200, 200, 200, 200],
+    "/hospitals/":                    [200, 200, 200, 200, 200, 200, 200],
+    "/hospitals/{h1}/":               [200, 403, 403, 200, 404, 404, 404],
+    "/hospitals/{h3}/":               [404, 404, 404, 404, 404, 403, 200],
+    "/studies/new/":                  [200, 200, 403, 403, 403, 200, 403],
+    PREVIEW:                          [200, 200, 403, 403, 403, 200, 403],
+    "/studies/{s1}/":                 [200, 200, 200, 200, 404, 404, 404],
+    "/studies/{s2}/":                 [200, 200, 200, 404, 200, 404, 404],
+    "/studies/{both}/":               [200, 200, 200, 200, 200, 404, 404],
+    "/studies/{draft}/":              [200, 200, 200, 404, 404, 404, 404],
+    "/studies/{s3}/":                 [404, 404, 404, 404, 404, 200, 200],
+    "/studies/{s1}/live/":            [200, 200, 200, 200, 404, 404, 404],
+    "/studies/{s1}/charts/metrics.svg": [200, 200, 200, 200, 404, 404, 404],
+    "/studies/{s1}/charts/privacy.svg": [200, 200, 200, 200, 404, 404, 404],
+    "/studies/{s1}/model-card/":      [200, 200, 200, 200, 404, 404, 404],
+    "/studies/{s1}/model/":           [200, 200, 200, 403, 404, 404, 404],   # hadmin1: invited, not approved
+    "/studies/{s2}/model/":           [404, 404, 404, 404, 404, 404, 404],   # not released (or not visible)
+    "/inbox/":                        [403, 403, 403, 200, 200, 403, 200],
+    "/inbox/{p1}/":                   [403, 403, 403, 200, 404, 403, 404],
+    "/inbox/{p3}/":                   [403, 403, 403, 404, 404, 403, 200],
+}
+
+
+@pytest.mark.parametrize("path", list(GET_MATRIX))
+def test_get_matrix(world, client, path):
+    got = []
+    for name in USERS:
+        client.force_login(world.users[name])
+        got.append(client.get(_url(world, path)).status_code)
+        client.logout()
+    assert got == GET_MATRIX[path], dict(zip(USERS, got))
+
+
+POST_MATRIX = {
+    # state-changing endpoints; 302 = allowed (redirect after the service call)
+    "/hospitals/{h1}/token/":         [200, 403, 403, 403, 404, 404, 404],
+    "/hospitals/{h3}/revoke/":        [404, 404, 404, 404, 404, 403, 403],   # a hospital admin reads, never revokes
+    "/studies/{s1}/pause/":           [302, 302, 403, 403, 404, 404, 404],   # allowed, but a recruiting study cannot pause
+    "/studies/{s3}/cancel/":          [404, 404, 404, 404, 404, 302, 403],   # outsider owns the South consortium study
+    "/inbox/{p3}/":                   [403, 403, 403, 404, 404, 403, 302],
+}
+
+
+@pytest.mark.parametrize("path", list(POST_MATRIX))
+def test_post_matrix(world, client, path):
+    got = []
+    for name in USERS:
+        client.force_login(world.users[name])
+        got.append(client.post(_url(world, path), {"decision": "decline", "reason": "test"}).status_code)
+        client.logout()
+    assert got == POST_MATRIX[path], dict(zip(USERS, got))
+
+
+def test_hospital_admin_reads_own_hospital_but_cannot_create_tokens(world, client):
+    client.force_login(world.users["hadmin3"])
+    assert client.get(f"/hospitals/{world.h3.pk}/").status_code == 200
+    assert client.post(f"/hospitals/{world.h3.pk}/token/").status_code == 403
+    assert not world.h3.enrolment_tokens.exists()
+
+
+def test_anonymous_is_sent_to_login(world, client):
+    for path in ["/", "/hospitals/", f"/studies/{world.s1.pk}/", "/inbox/", "/studies/new/",
+                 f"/studies/{world.s1.pk}/model/"]:
+        r = client.get(path)
+        assert r.status_code == 302 and r["Location"].startswith("/login/?next="), path
+    r = client.post(f"/studies/{world.s1.pk}/cancel/")
+    assert r.status_code == 302 and r["Location"].startswith("/login/")
+    assert Study.objects.get(pk=world.s1.pk).status == Study.Status.RECRUITING
+
+
+def test_lists_do_not_leak(world, client):
+    client.force_login(world.users["hadmin1"])
+    html = client.get("/").content.decode()
+    assert "Sepsis alpha" in html and "Joint study" in html
+    for other in ["Stroke beta", "Draft alpha", "Gamma study", "South consortium", "Beta Hospital", "Gamma Hospital"]:
+        assert other not in html, other
+    html = client.get("/hospitals/").content.decode()
+    assert "Alpha Hospital" in html and "Beta Hospital" not in html
+    # Inside a shared study a hospital admin sees only their own hospital's participation.
+    html = client.get(f"/studies/{world.both.pk}/").content.decode()
+    assert "Alpha Hospital" in html and "Beta Hospital" not in html
+    html = client.get(f"/studies/{world.both.pk}/model-card/").content.decode()
+    assert "Beta Hospital" not in html
+    client.logout()
+    client.force_login(world.users["outsider"])
+    html = client.get("/").content.decode()
+    for other in ["Sepsis alpha", "Stroke beta", "Joint study", "Alpha Hospital", "North consortium"]:
+        assert other not in html, other
+    assert "Gamma study" in html
+    html = client.get("/studies/new/").content.decode()
+    assert "Alpha Hospital" not in html and "Gamma Hospital" in html
+
+
+def test_hospital_admin_approves_from_inbox(world, client):
+    client.force_login(world.users["hadmin1"])
+    html = client.get(f"/inbox/{world.p1.pk}/").content.decode()
+    assert "Approve for Alpha Hospital" in html and "within the cap" in html
+    r = client.post(f"/inbox/{world.p1.pk}/", {"decision": "approve", "reason": "ethics ok"})
+    assert r.status_code == 302
+    p = Participation.objects.get(pk=world.p1.pk)
+    assert p.state == "approved" and p.decided_by == f"user:{world.users['hadmin1'].pk}:hadmin1"
+    assert AuditEvent.objects.filter(action="participation.approved", study_id=world.s1.pk).exists()
+    # now a participant: may download the released model
+    assert client.get(f"/studies/{world.s1.pk}/model/").status_code == 200
+
+
+def test_model_download_is_audited(world, client):
+    client.force_login(world.users["researcher"])
+    r = client.get(f"/studies/{world.s1.pk}/model/")
+    assert r.status_code == 200 and r["X-Model-SHA256"] == "a" * 64
+    assert b"".join(r.streaming_content).startswith(b"\x08")
+    ev = AuditEvent.objects.filter(action="model.downloaded", study_id=world.s1.pk).get()
+    assert ev.actor == f"user:{world.users['researcher'].pk}:researcher"
+
+
+def test_study_actions_for_managers(world, client):
+    client.force_login(world.users["researcher"])
+    r = client.post(f"/studies/{world.draft.pk}/start/")
+    assert r.status_code == 302
+    assert Study.objects.get(pk=world.draft.pk).status == Study.Status.RECRUITING
+    r = client.post(f"/studies/{world.draft.pk}/cancel/")
+    assert r.status_code == 302
+    assert Study.objects.get(pk=world.draft.pk).status == Study.Status.CANCELLED
+    assert AuditEvent.objects.filter(action="study.cancelled", study_id=world.draft.pk).exists()
+    r = client.post(f"/studies/{world.draft.pk}/frobnicate/")
+    assert r.status_code == 404
+    # GET never changes state
+    assert client.get(f"/studies/{world.s1.pk}/cancel/").status_code == 405
+
+
+def test_enrolment_token_shown_once_with_commands(world, client):
+    client.force_login(world.users["cadmin"])
+    r = client.post(f"/hospitals/{world.h1.pk}/token/")
+    html = r.content.decode()
+    assert r.status_code == 200 and r["Cache-Control"] == "no-store"
+    import re
+    tok = re.search(r'id="enrol-token">([^<]+)<', html).group(1)
+    assert f"python -m hospital_node enrol --config node.toml --token {tok}" in html
+    assert "python -m hospital_node run --config node.toml" in html
+    assert "[limits]" in html and "credentials_file" in html
+    assert tok not in client.get(f"/hospitals/{world.h1.pk}/").content.decode()
+
+
+def test_django_admin_for_staff_consortium_admin(world, client):
+    client.force_login(world.users["cadmin"])
+    assert client.get("/admin/").status_code == 200
+    client.force_login(world.users["researcher"])
+    assert client.get("/admin/").status_code == 302

@@ -1,0 +1,84 @@
+"""The new-study form: valid definitions become drafts; invalid ones say what to fix."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import SCHEMA
+from studies.models import Study
+
+pytestmark = pytest.mark.django_db
+
+
+def form_data(w, **over):
+    d = {"consortium": w.c1.pk, "name": "Form study", "purpose": "test", "schema_text": json.dumps(SCHEMA),
+         "task": "binary_classification", "label_column": "", "model_type": "logistic_regression", "hidden": "16",
+         "rounds": 2, "local_epochs": 1, "batch_size": 32, "learning_rate": 0.5, "epsilon": 1.0, "delta": 1e-5,
+         "clip_norm": 1.0, "encryption_preset": "bfv-standard", "quorum": 2, "round_deadline_s": 120,
+         "hospitals": [w.h1.pk, w.h2.pk], "dataset_sizes": "300, 3000"}
+    d.update(over)
+    return d
+
+
+def test_create_draft_from_json_schema(world, client):
+    client.force_login(world.users["researcher"])
+    r = client.post("/studies/new/", form_data(world))
+    assert r.status_code == 302, r.content.decode()[:2000]
+    s = Study.objects.get(name="Form study")
+    assert s.status == Study.Status.DRAFT and s.owner == world.users["researcher"]
+    assert s.encryption["codec"] == "bfv-packed-v1" and s.participations.count() == 2
+    page = client.get(r["Location"])
+    html = page.content.decode()
+    assert "Before you start" in html and "σ at ε = 1.0 (chosen)" in html and "3000" in html
+    assert 'id="start-btn"' in html
+
+
+def test_create_from_csv_header(world, client):
+    client.force_login(world.users["cadmin"])
+    r = client.post("/studies/new/", form_data(world, name="CSV study", schema_text="age,bmi,sbp,outcome",
+                                               model_type="mlp_classifier", hidden="8,4", quorum=1))
+    assert r.status_code == 302
+    s = Study.objects.get(name="CSV study")
+    assert [f["name"] for f in s.schema["features"]] == ["age", "bmi", "sbp"] and s.schema["label"]["name"] == "outcome"
+    assert s.model_spec == {"type": "mlp_classifier", "hidden": [8, 4]}
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"model_type": "linear_regression"}, "is for regression, but the data schema&#x27;s task is binary_classification"),
+    ({"schema_text": "{not json"}, "the schema is not valid JSON"),
+    ({"schema_text": "age,bmi", "label_column": "nope"}, "label column"),
+    ({"quorum": 3}, "cannot exceed the number of invited hospitals"),
+    ({"name": "Sepsis alpha"}, "already exists in this consortium"),          # from studies.services (SpecError)
+    ({"hidden": "8,x", "model_type": "mlp_classifier"}, "whole numbers"),
+    ({"epsilon": 0}, "greater than or equal to"),
+])
+def test_errors_shown_on_form(world, client, over, message):
+    client.force_login(world.users["researcher"])
+    r = client.post("/studies/new/", form_data(world, **over))
+    assert r.status_code == 422
+    assert message in r.content.decode()
+    assert not Study.objects.filter(name="Form study").exists()
+
+
+def test_cannot_invite_other_consortium_hospital(world, client):
+    client.force_login(world.users["researcher"])
+    r = client.post("/studies/new/", form_data(world, hospitals=[world.h1.pk, world.h3.pk]))
+    assert r.status_code == 422 and "Select a valid choice" in r.content.decode()
+    client.force_login(world.users["outsider"])
+    r = client.post("/studies/new/", form_data(world, consortium=world.c1.pk, hospitals=[world.h3.pk], quorum=1))
+    assert r.status_code == 422 and not Study.objects.filter(name="Form study").exists()
+
+
+def test_privacy_preview_fragment(world, client):
+    client.force_login(world.users["researcher"])
+    r = client.get("/studies/privacy-preview/?epsilon=1&delta=1e-5&batch_size=32&rounds=2&local_epochs=1&sizes=1000")
+    html = r.content.decode()
+    assert r.status_code == 200 and "<table" in html and "1000" in html
+    from portal.privacy import noise_multiplier
+
+    sigma = noise_multiplier(1.0, 1e-5, 32, 1000, 2, 1)
+    assert 0.3 < sigma < 5 and f"{sigma:.2f}" in html
+    r = client.get("/studies/privacy-preview/?epsilon=abc")
+    assert r.status_code == 200 and "Fill in" in r.content.decode()
