@@ -43,10 +43,12 @@ def _encryption(study) -> dict:
         desc = get_codec(study.encryption["codec"]).describe(study.encryption)
     except Exception as exc:  # an unknown codec must not hide the rest of the report
         desc = {"codec": study.encryption.get("codec"), "error": str(exc)}
-    keys = [k for k in ENC_FIRST if k in desc] + sorted(k for k in desc if k not in ENC_FIRST and k not in ENC_SKIP)
+    keys = [k for k in ENC_FIRST if k in desc]
+    technical = sorted(k for k in desc if k not in ENC_FIRST and k not in ENC_SKIP)
     ctx = HEContext.objects.filter(study=study).select_related("published_by").first()
     return {
         "params": [(k.replace("_", " "), _fmt_value(desc[k])) for k in keys],
+        "technical": [(k.replace("_", " "), _fmt_value(desc[k])) for k in technical],
         "scheme": desc.get("scheme", study.encryption.get("codec")),
         "security_level_bits": desc.get("security_level_bits"),
         "context": ctx,

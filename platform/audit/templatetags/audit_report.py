@@ -39,3 +39,15 @@ def css_string(value) -> str:
         else:
             out.append(ch)
     return mark_safe("".join(out))
+
+
+@register.filter
+def actor(value) -> str:
+    """'user:3:alice' -> 'alice (user #3)', 'node:5:Hospital B' -> 'Hospital B (node)'; others unchanged."""
+    kind, _, rest = str(value or "").partition(":")
+    ident, _, name = rest.partition(":")
+    if kind == "user" and ident.isdigit() and name:
+        return f"{name} (user #{ident})"
+    if kind == "node" and ident.isdigit() and name:
+        return f"{name} (node)"
+    return str(value or "—")
