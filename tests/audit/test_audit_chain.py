@@ -180,3 +180,27 @@ def test_export_reverifies_with_the_documented_snippet(light_world, tmp_path, ca
 def test_export_of_unknown_study_fails(postgres):
     with pytest.raises(CommandError, match="no audit events"):
         call_command("audit_export", "--study", "999999", "--format", "jsonl")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_cli_exit_status_names_the_broken_link(postgres, tmp_path):
+    """The real command line, as an operator runs it: exit status 1 naming the edited event."""
+    import os
+
+    from conftest import enrolled, make_study
+    from consortia.services import consortium_create
+    from tests_db import db_url_for_children
+
+    c = consortium_create(name="CLI consortium")
+    study = make_study(c, [enrolled(c, "A"), enrolled(c, "B")])
+    env = {**os.environ, "DATABASE_URL": db_url_for_children(connection)}
+
+    def run():
+        return subprocess.run([sys.executable, "manage.py", "audit_verify", "--study", str(study.pk)], cwd=REPO,
+                              env=env, capture_output=True, text=True, timeout=120)
+
+    with trigger_disabled():
+        AuditEvent.objects.filter(stream=f"study:{study.pk}", seq=2).update(actor="user:666:mallory")
+    r = run()
+    assert r.returncode == 1
+    assert f"study:{study.pk} event #2: event #2 (study.recruiting) was edited" in r.stderr

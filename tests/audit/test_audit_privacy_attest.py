@@ -11,6 +11,7 @@ from django.core.management.base import CommandError
 
 from audit.models import AuditEvent
 from audit.privacy import recompute_study
+from audit.report import render_html
 from audit.selectors import attestations, problem_events
 from studies import services
 from studies.models import Participation
@@ -78,8 +79,11 @@ def test_misreported_epsilon_is_flagged(light_world):
     assert abs(rows["Hospital B"]["recomputed"] - true_eps) < 1e-9
     assert "round 2: reported cumulative epsilon" in rows["Hospital B"]["problems"][0]
     assert "understates" in rows["Hospital B"]["problems"][0]
-    # The failed recomputation is listed among the study's problems (and so in the report).
+    # The failed recomputation is listed among the study's problems, and the report says so.
     assert problem_events(study.pk).filter(action="privacy.recompute").exists()
+    html = render_html(study)
+    assert "epsilon recomputation found mismatches for Hospital B" in html
+    assert '<span class="small bad">MISMATCH</span>' in html and "understates the spend" in html
 
 
 def test_inputs_that_differ_from_the_study_are_flagged(light_world):
@@ -136,3 +140,5 @@ def test_attestations_that_disagree_are_flagged(light_world):
     ev = AuditEvent.objects.get(study_id=study.pk, action="model.attestation_mismatch")
     assert ev.data == {"round": 2, "hashes": [good, other]} and ev.hospital_id == b.pk
     assert problem_events(study.pk).filter(action="model.attestation_mismatch").count() == 1
+    html = render_html(study)
+    assert '<span class="bad">hospitals disagree</span>' in html and "MISMATCH" in html and other in html
