@@ -48,7 +48,7 @@ def study_events(study_id: int):
 
 # Audit actions that record a refusal, a rejection or a failure (shown in the report's own section).
 PROBLEM_ACTIONS = ("job.refused", "update.rejected", "round.failed", "study.failed", "he_context.rejected",
-                   "model.attestation_mismatch", "model.release_refused")
+                   "model.attestation_mismatch", "model.release_refused", "key.rejected")
 
 
 def attestations(study) -> list[dict]:

@@ -320,6 +320,8 @@ def key_ack(*, study: Study, hospital: Hospital, public_params_sha256: str) -> N
     if ctx is None:
         raise ServiceError("the study has no encryption context yet", code="not_ready")
     if public_params_sha256 != ctx.sha256:
+        _audit_refusal(study, "key.rejected", hospital, "the node's key does not match the published context",
+                       public_params_sha256=str(public_params_sha256)[:64], expected=ctx.sha256)
         raise ServiceError("the key you hold does not match the study's published context (sha256 differs)",
                            code="context_mismatch", status=422)
     with transaction.atomic():
