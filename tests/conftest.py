@@ -51,13 +51,16 @@ def db_url_for_children(connection) -> str:
 
 
 @pytest.fixture
-def stack(require_postgres_redis, tmp_path):
-    """A platform web server (gunicorn) and a Celery worker (with beat) on the test database."""
+def stack(require_postgres_redis, request):
+    """A platform web server (gunicorn) and a Celery worker (with beat) on the test database.
+    Process logs are kept under test-output/logs/<test name>/."""
     from studies.localstack import Stack, child_env
 
     env = child_env({"DATABASE_URL": db_url_for_children(require_postgres_redis),
                      "REDIS_URL": os.environ["REDIS_URL"]})
-    s = Stack(log_dir=tmp_path / "logs", env=env)
+    log_dir = OUTPUT / "logs" / request.node.name
+    shutil.rmtree(log_dir, ignore_errors=True)
+    s = Stack(log_dir=log_dir, env=env)
     s.start_web()
     s.start_worker()
     yield s

@@ -109,7 +109,8 @@ class Codec:
     def inspect_part(self, ctx: Any, blob: bytes) -> None:  # pragma: no cover
         raise NotImplementedError
 
-    def aggregate(self, ctx: Any, uploads: Iterable[list[bytes]]) -> list[bytes]:  # pragma: no cover
+    def aggregate(self, ctx: Any, uploads: Iterable[list[bytes]], *,
+                  max_uploads: int | None = None) -> list[bytes]:  # pragma: no cover
         raise NotImplementedError
 
     def public_params_sha256(self, public: bytes) -> str:

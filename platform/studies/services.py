@@ -594,7 +594,7 @@ def round_aggregate(*, round_id: int) -> Aggregate | None:
     t0 = time.perf_counter()
     good = updates
     try:  # fast path: one streaming pass that fully deserialises (verifies) and adds every ciphertext
-        parts = codec.aggregate(ctx, (read_upload(u) for u in updates))
+        parts = codec.aggregate(ctx, (read_upload(u) for u in updates), max_uploads=study.encryption.get("max_hospitals"))
     except CodecError:
         # Find the offending upload(s), record why, and aggregate the rest if the quorum still holds.
         bad: list[tuple[EncryptedUpdate, str]] = []
@@ -621,7 +621,7 @@ def round_aggregate(*, round_id: int) -> Aggregate | None:
                              data={"round": rnd.number, "reason": "too few valid updates after full verification"})
                 _on_commit(_tasks().advance_study, study.pk)
             return None
-        parts = codec.aggregate(ctx, (read_upload(u) for u in good))
+        parts = codec.aggregate(ctx, (read_upload(u) for u in good), max_uploads=study.encryption.get("max_hospitals"))
     seconds = time.perf_counter() - t0
     frame = wire.pack_parts(parts)
     d = Path(settings.MEDIA_ROOT) / "aggregates" / f"study_{study.pk}"

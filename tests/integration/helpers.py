@@ -41,11 +41,18 @@ def create_study(consortium, hospitals, data, *, rounds=3, quorum=2, deadline=60
 
 
 def wait_for(predicate, timeout: float, what: str, procs=(), interval: float = 0.25):
+    """Poll until predicate() is truthy; fail at once if one of `procs` that was alive exits."""
+    procs = list(procs)
+    alive = [p for p in procs if p.alive()]
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         value = predicate()
         if value:
             return value
+        dead = [p for p in alive if not p.alive()]
+        if dead:
+            raise AssertionError(f"{', '.join(p.name for p in dead)} exited while waiting for {what}\n"
+                                 + "\n".join(f"--- {p.name} ---\n{p.tail(40)}" for p in dead))
         time.sleep(interval)
     logs = "\n".join(f"--- {p.name} ---\n{p.tail(25)}" for p in procs)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{logs}")

@@ -218,4 +218,4 @@ class Command(BaseCommand):
 
 
 # Study hyper-parameters tuned for DP at epsilon 1 on ~150 training rows per hospital.
-DEMO_HYPER = {"local_epochs": 2, "batch_size": 32, "learning_rate": 0.5, "clip_norm": 1.0}
+DEMO_HYPER = {"local_epochs": 5, "batch_size": 16, "learning_rate": 0.1, "clip_norm": 1.0}
