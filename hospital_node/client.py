@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import logging
-from typing import Any
+from typing import Any, Iterable
 
 import requests
 
@@ -70,8 +70,13 @@ class PlatformClient:
     def heartbeat(self, status: dict) -> dict:
         return self.request("POST", "heartbeat", json={"node_version": NODE_VERSION, "status": status})
 
-    def work(self, wait: int) -> list[dict]:
-        body = self.request("GET", "work", params={"wait": int(wait)}, timeout=self.timeout + wait)
+    def work(self, wait: int, skip: Iterable[str] = ()) -> list[dict]:
+        """Long-poll for work; `skip` names item keys this node cannot act on yet."""
+        params = {"wait": int(wait)}
+        skip = sorted(skip)
+        if skip:
+            params["skip"] = ",".join(skip)
+        body = self.request("GET", "work", params=params, timeout=self.timeout + wait)
         items = (body or {}).get("items", [])
         if not isinstance(items, list):
             raise TransientError("GET work returned a body without an 'items' list")

@@ -57,6 +57,11 @@ class Refuse(Exception):
         self.code, self.reason = code, reason
 
 
+# How long an item this node cannot act on is skipped in the long-poll before it is retried.
+FAILED_ITEM_RETRY_S = 30.0
+PENDING_INVITATION_RECHECK_S = 300.0
+
+
 class Backoff:
     """Jittered exponential backoff: base * 2^k, capped, times a random factor in [0.5, 1]."""
 
@@ -155,6 +160,7 @@ class Node:
         self._data_cache: dict[int, tuple[tuple, Dataset]] = {}
         self._last_heartbeat = 0.0
         self._logged_pending: set[int] = set()
+        self._deferred: dict[str, float] = {}  # item key -> monotonic time until which it is skipped
         (cfg.work_dir / "frames").mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------ signals
@@ -212,7 +218,9 @@ class Node:
         try:
             if self.stop.is_set():
                 return []
-            return self.client.work(self.cfg.poll_wait_s)
+            now = time.monotonic()
+            self._deferred = {k: until for k, until in self._deferred.items() if until > now}
+            return self.client.work(self.cfg.poll_wait_s, skip=self._deferred)
         finally:
             self._in_poll = False
 
@@ -224,6 +232,12 @@ class Node:
         resp = self.client.heartbeat({"studies": len(self.ledger.studies()), "pending_uploads": pending})
         self._last_heartbeat = now
         return resp
+
+    def defer(self, item: dict, seconds: float) -> None:
+        """Ask the platform not to return this item for a while (it cannot be acted on now)."""
+        key = item.get("key") if isinstance(item, dict) else None
+        if isinstance(key, str):
+            self._deferred[key] = time.monotonic() + seconds
 
     def handle_safely(self, item: dict) -> bool:
         """Handle one item; never raise except FatalAuthError. False on a transient failure."""
@@ -238,6 +252,7 @@ class Node:
             return False
         except Exception as e:  # one bad item must not stop the node
             log.error("%s item failed: %s: %s", kind, type(e).__name__, e, exc_info=log.isEnabledFor(logging.DEBUG))
+            self.defer(item, FAILED_ITEM_RETRY_S)
             if kind == "train" and "job_id" in item:
                 job = self.ledger.job(item["job_id"])
                 if job is None or job["state"] not in (*RESUMABLE_STATES, "uploaded"):
@@ -301,6 +316,8 @@ class Node:
                          "portal (auto_approve is off)", sid, study.get("name", ""))
                 self._logged_pending.add(sid)
             self.ledger.remember_study(study, invitation_state="pending_admin")
+            # Nothing to do until the admin decides; the decision makes other items appear.
+            self.defer(item, PENDING_INVITATION_RECHECK_S)
 
     # ------------------------------------------------------------------ keys
 

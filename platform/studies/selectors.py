@@ -26,46 +26,56 @@ def study_config(study: Study) -> dict:
 ACTIVE = [Study.Status.RECRUITING, Study.Status.RUNNING, Study.Status.PAUSED, Study.Status.COMPLETED]
 
 
-def work_items_for(hospital: Hospital) -> list[dict]:
-    """Everything this node should do now. Computed from the database: nothing is lost if a
-    message or a node process is."""
+def work_items_for(hospital: Hospital, skip: frozenset[str] = frozenset()) -> list[dict]:
+    """Everything this node should do now, minus the item keys it asked to skip (items it cannot
+    act on yet, e.g. an invitation awaiting the hospital admin). Computed from the database:
+    nothing is lost if a message or a node process is."""
+    return [i for i in _work_items(hospital) if i["key"] not in skip]
+
+
+def _work_items(hospital: Hospital) -> list[dict]:
     items: list[dict] = []
     parts = list(Participation.objects.filter(hospital=hospital, study__status__in=ACTIVE)
                  .select_related("study", "study__consortium"))
     for p in parts:
         study = p.study
         if p.state == Participation.State.INVITED and study.status == Study.Status.RECRUITING:
-            items.append({"kind": "invitation", "study": study_config(study)})
+            items.append({"kind": "invitation", "key": f"invitation:{study.pk}", "study": study_config(study)})
             continue
         if p.state != Participation.State.APPROVED:
             continue
         custodian = study.custodian_id == hospital.pk
         has_ctx = HEContext.objects.filter(study=study).exists()
         if custodian and not has_ctx and study.status in (Study.Status.RECRUITING, Study.Status.RUNNING):
-            items.append({"kind": "publish_context", "study": study_config(study)})
+            items.append({"kind": "publish_context", "key": f"publish_context:{study.pk}", "study": study_config(study)})
         if custodian and has_ctx:
             need = (Participation.objects.filter(study=study, state=Participation.State.APPROVED)
                     .exclude(hospital=hospital).exclude(hospital__sealed_keys__study=study)
                     .select_related("hospital"))
             recipients = [{"hospital_id": q.hospital_id, "public_key": q.hospital.public_key} for q in need]
             if recipients:
-                items.append({"kind": "seal_keys", "study_id": study.pk, "recipients": recipients})
+                items.append({"kind": "seal_keys", "key": f"seal_keys:{study.pk}", "study_id": study.pk,
+                              "recipients": recipients})
         if not custodian and p.key_acked_at is None and SealedKey.objects.filter(study=study, recipient=hospital).exists():
-            items.append({"kind": "fetch_key", "study_id": study.pk, "study": study_config(study)})
+            items.append({"kind": "fetch_key", "key": f"fetch_key:{study.pk}", "study_id": study.pk,
+                          "study": study_config(study)})
         if p.key_acked_at is None:
             continue
         for job in (TrainingJob.objects.filter(hospital=hospital, round__study=study, status=TrainingJob.Status.DISPATCHED,
                                                round__status=Round.Status.COLLECTING).select_related("round")):
-            items.append({"kind": "train", "job_id": job.pk, "study": study_config(study), "round": job.round.number,
+            items.append({"kind": "train", "key": f"train:{job.pk}", "job_id": job.pk, "study": study_config(study),
+                          "round": job.round.number,
                           "attempt": job.round.attempt, "deadline": job.round.deadline.isoformat()})
         reported = set(RoundReport.objects.filter(hospital=hospital, round__study=study).values_list("round_id", flat=True))
         done = list(Round.objects.filter(study=study, status=Round.Status.DONE).order_by("number"))
         for rnd in done:
             if rnd.pk not in reported:
-                items.append({"kind": "evaluate", "study_id": study.pk, "study": study_config(study), "round": rnd.number})
+                items.append({"kind": "evaluate", "key": f"evaluate:{study.pk}:{rnd.number}", "study_id": study.pk,
+                              "study": study_config(study), "round": rnd.number})
         if (custodian and study.status == Study.Status.COMPLETED and done and done[-1].pk in reported
                 and not FinalModel.objects.filter(study=study).exists()):
-            items.append({"kind": "upload_final_model", "study_id": study.pk, "study": study_config(study),
+            items.append({"kind": "upload_final_model", "key": f"upload_final_model:{study.pk}", "study_id": study.pk,
+                          "study": study_config(study),
                           "round": done[-1].number})
     return items
 

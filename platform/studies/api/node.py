@@ -100,12 +100,16 @@ class WorkView(NodeView):
         except ValueError:
             return error("wait must be a number of seconds", "invalid", 422)
         wait = max(0.0, min(wait, settings.NODE_LONGPOLL_MAX_S))
+        skip_raw = request.query_params.get("skip", "")
+        skip = frozenset(k for k in skip_raw.split(",") if k)
+        if len(skip) > 1000:
+            return error("skip lists at most 1000 item keys", "invalid", 422)
         deadline = time.monotonic() + wait
         from consortia.models import Hospital
 
         Hospital.objects.filter(pk=self.hospital.pk).update(last_heartbeat=timezone.now())
         while True:
-            items = selectors.work_items_for(self.hospital)
+            items = selectors.work_items_for(self.hospital, skip)
             if items or time.monotonic() >= deadline:
                 return Response({"items": items})
             close_old_connections()
