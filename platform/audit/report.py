@@ -176,7 +176,11 @@ def render_html(study, *, for_pdf: bool = False, request=None, context: dict | N
 
 
 def render_pdf(study, *, context: dict | None = None) -> bytes:
+    import logging
+
     from weasyprint import HTML
+
+    logging.getLogger("weasyprint.progress").setLevel(logging.WARNING)  # one INFO line per layout step
 
     html = render_html(study, for_pdf=True, context=context)
     return HTML(string=html, base_url=str(Path(__file__).parent)).write_pdf()
