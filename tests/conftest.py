@@ -14,13 +14,17 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 OUTPUT = Path(os.environ.get("TEST_OUTPUT_DIR", REPO / "test-output")).resolve()
-_RUN = OUTPUT / "run"
-if _RUN.exists():
-    shutil.rmtree(_RUN, ignore_errors=True)
+# One folder per pytest session: sessions running side by side must not share uploads.
+_RUN = OUTPUT / "run" / str(os.getpid())
+shutil.rmtree(_RUN, ignore_errors=True)
 (_RUN / "media").mkdir(parents=True, exist_ok=True)
 os.environ.setdefault("FEDPLATFORM_VAR_DIR", str(_RUN / "var"))
 os.environ["FEDPLATFORM_MEDIA_ROOT"] = str(_RUN / "media")
 os.environ.setdefault("FEDPLATFORM_RECONCILE_S", "2")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_RUN, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

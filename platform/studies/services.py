@@ -587,9 +587,13 @@ def round_aggregate(*, round_id: int) -> Aggregate | None:
     root = Path(settings.MEDIA_ROOT)
 
     def read_upload(u: EncryptedUpdate) -> list[bytes]:
-        with open(root / u.path, "rb") as fh:
-            n = wire.read_frame_header(fh)
-            return list(wire.iter_frame_parts(fh, n))
+        try:
+            data = (root / u.path).read_bytes()
+        except OSError as exc:
+            raise CodecError(f"stored upload of job {u.job_id} cannot be read: {exc.strerror}") from None
+        if hashlib.sha256(data).hexdigest() != u.sha256:
+            raise CodecError(f"stored upload of job {u.job_id} changed on disk since it was accepted (sha256 differs)")
+        return wire.unpack_parts(data)
 
     t0 = time.perf_counter()
     good = updates
