@@ -37,14 +37,15 @@ def metrics_chart(reports: list[dict], *, rounds_planned: int, title: str) -> by
     regression = names == {"rmse"} or ("rmse" in names and not names & {"auc", "accuracy"})
     hospitals = sorted({h for _, h in series})
     styles = {"auc": "-", "accuracy": "--", "rmse": "-"}
+    markers = {"auc": "o", "accuracy": "s", "rmse": "o"}
     for (metric, hosp), pts in sorted(series.items()):
         if regression and metric != "rmse":
             continue
         if not regression and metric not in ("auc", "accuracy"):
             continue
         pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], styles.get(metric, ":"), marker="o", markersize=4,
-                color=COLORS[hospitals.index(hosp) % len(COLORS)], label=f"{metric.upper()} · {hosp}")
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], styles.get(metric, ":"), marker=markers.get(metric, "o"),
+                markersize=5, color=COLORS[hospitals.index(hosp) % len(COLORS)], label=f"{metric.upper()} · {hosp}")
     ax.set_xlabel("round")
     ax.set_xlim(0.5, max(rounds_planned, 1) + 0.5)
     ax.set_xticks(range(1, max(rounds_planned, 1) + 1))
@@ -56,7 +57,7 @@ def metrics_chart(reports: list[dict], *, rounds_planned: int, title: str) -> by
     ax.set_title(title, fontsize=11)
     ax.grid(True, alpha=0.3)
     if series:
-        ax.legend(fontsize=8, loc="lower right" if not regression else "upper right", frameon=False)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, frameon=False)
     else:
         _empty(ax, "no round evaluated yet")
     return _svg(fig)
@@ -71,9 +72,12 @@ def privacy_chart(spends: list[dict], *, budget: float, rounds_planned: int, cap
         by_h[s["hospital"]].append((s["round"], s["epsilon"]))
     hospitals = sorted(by_h)
     ymax = budget
+    marks = ["o", "s", "^", "D", "v", "P", "X", "*"]
     for i, h in enumerate(hospitals):
         pts = sorted(by_h[h])
-        ax.plot([0] + [p[0] for p in pts], [0.0] + [p[1] for p in pts], "-", marker="o", markersize=4,
+        # Hospitals often spend identically (same data size): later lines are thinner so earlier ones show.
+        ax.plot([0] + [p[0] for p in pts], [0.0] + [p[1] for p in pts], "-", marker=marks[i % len(marks)],
+                markersize=max(4, 9 - 2 * i), linewidth=max(1.0, 3.2 - 0.8 * i), alpha=0.9,
                 color=COLORS[i % len(COLORS)], label=f"ε spent · {h}")
         ymax = max(ymax, max(p[1] for p in pts))
         cap = caps.get(h)
@@ -88,7 +92,7 @@ def privacy_chart(spends: list[dict], *, budget: float, rounds_planned: int, cap
     ax.set_ylim(0, ymax * 1.15)
     ax.set_title("Privacy spent per hospital (from each node's accountant)", fontsize=11)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", frameon=False)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, frameon=False)
     if not spends:
         _empty(ax, "no privacy spend reported yet")
     return _svg(fig)

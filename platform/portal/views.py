@@ -397,6 +397,7 @@ def _model_card_ctx(scope):
             reports = list(scope.filter_hospital(RoundReport.objects.filter(round=last).select_related("hospital"))
                            .order_by("hospital__name"))
     approved = [p for p in scope.participations() if p.state == Participation.State.APPROVED]
+    last_spend = dict(sorted(last_spend.items()))
     return {"s": study, "scope": scope, "fm": fm, "sites": approved, "spend": last_spend, "reports": reports,
             "enc": get_codec(study.encryption["codec"]).describe(study.encryption),
             "generated": timezone.now()}

@@ -124,8 +124,9 @@ def test_researcher_runs_a_study_in_the_browser(stack, browser, shots, tmp_path,
     page.fill("#id_dataset_sizes", "150, 500, 2000")
     for h in hospitals:
         page.check(f"input[name=hospitals][value='{h.pk}']")
-    page.wait_for_selector("#privacy-preview td.chosen")
-    page.wait_for_function("document.querySelector('#privacy-preview').textContent.includes('2000')")
+    page.wait_for_function("(() => { const t = document.querySelector('#privacy-preview').textContent;"
+                           " return t.includes('ε = 1.0 (chosen)') && t.includes('2 rounds') && t.includes('2000'); })()",
+                           timeout=30000)
     page.screenshot(path=str(shots / "03_new_study_form.png"), full_page=True)
     page.click("button:has-text('Create draft study')")
     page.wait_for_url(re.compile(r".*/studies/\d+/.*"))
@@ -172,6 +173,8 @@ def test_researcher_runs_a_study_in_the_browser(stack, browser, shots, tmp_path,
             page.reload()
     study.refresh_from_db()
     assert study.status == Study.Status.COMPLETED, f"{study.status}: {study.status_reason}\n{procs_tail()}"
+    # A settled page (a completed study is not polled, so nothing reloads it under our feet).
+    page.goto(f"{base}/studies/{study.pk}/", wait_until="load")
     page.wait_for_selector("#download-model")
     # Charts are real images that loaded (SVG from the server).
     for img in ("#chart-metrics", "#chart-privacy"):

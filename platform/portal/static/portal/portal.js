@@ -52,15 +52,16 @@
         refresh();
       });
     });
-    var box = document.getElementById("privacy-preview"), t = null;
+    var box = document.getElementById("privacy-preview"), t = null, seq = 0;
     function refresh() {
+      var mine = ++seq;  // answers can arrive out of order: show only the latest
       var q = new URLSearchParams();
       ["epsilon", "delta", "batch_size", "rounds", "local_epochs"].forEach(function (k) { q.set(k, form.elements[k].value); });
       q.set("sizes", form.elements["dataset_sizes"].value);
       fetch(box.dataset.url + "?" + q.toString(), {credentials: "same-origin"})
         .then(function (r) { return r.text(); })
-        .then(function (html) { box.innerHTML = html; })
-        .catch(function () { box.innerHTML = "<p class='muted'>Preview unavailable.</p>"; });
+        .then(function (html) { if (mine === seq) box.innerHTML = html; })
+        .catch(function () { if (mine === seq) box.innerHTML = "<p class='muted'>Preview unavailable.</p>"; });
     }
     ["epsilon", "delta", "batch_size", "rounds", "local_epochs", "dataset_sizes"].forEach(function (k) {
       form.elements[k].addEventListener("input", function () { clearTimeout(t); t = setTimeout(refresh, 500); });
