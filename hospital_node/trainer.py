@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -34,6 +35,14 @@ from .errors import BudgetExceeded
 from .models import build_model, flatten, initial_model, unflatten_into
 
 from .config import GRAD_SAMPLE_MODES  # noqa: E402
+
+# Known, understood warnings that would otherwise repeat on every job: secure_mode needs
+# torchcsprng (not available for this torch; noise comes from torch's generator seeded from
+# os.urandom, see docs/node.md), and the full-backward-hook note is Opacus' hooks mode on a first
+# layer whose inputs need no gradient.
+warnings.filterwarnings("ignore", message="Secure RNG turned off")
+warnings.filterwarnings("ignore", message="Full backward hook is firing")
+warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
 DEFAULT_GRAD_SAMPLE_MODE = "hooks"
 EPS_TOLERANCE = 1e-9
 ACCOUNTANT_VERSION = opacus.__version__

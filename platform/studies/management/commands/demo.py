@@ -70,8 +70,7 @@ class Command(BaseCommand):
 
     def _run(self, opts, out, data, consortium, hospitals, stack, t_start):
         self.stdout.write("Starting the platform web server and a Celery worker …")
-        stack.start_web()
-        stack.start_worker()
+        infra = [stack.start_web(), stack.start_worker()]
         nodes = []
         for h in hospitals:
             _, token = enrolment_token_create(hospital=h)
@@ -93,7 +92,7 @@ class Command(BaseCommand):
         services.study_open_recruitment(study=study, actor="demo")
         self.stdout.write(f"Study #{study.pk} '{study.name}' is recruiting; the nodes approve under their own limits.")
         t_study = time.monotonic()
-        self._follow(study, nodes, opts["timeout"])
+        self._follow(study, nodes, infra, opts["timeout"])
         wall_study = time.monotonic() - t_study
         summary = self._summary(study, data, hospitals, wall_study, time.monotonic() - t_start)
         self._print_summary(summary)
@@ -104,7 +103,7 @@ class Command(BaseCommand):
             self.stdout.write(f"Summary written to {path}")
         self._write_report(study, out)
 
-    def _follow(self, study: Study, nodes, timeout: float) -> None:
+    def _follow(self, study: Study, nodes, infra, timeout: float) -> None:
         from tqdm import tqdm
 
         deadline = time.monotonic() + timeout
@@ -133,6 +132,9 @@ class Command(BaseCommand):
                 dead = [n for n in nodes if not n.alive()]
                 if len(dead) == len(nodes):
                     raise CommandError("every node daemon exited:\n" + self._logs(nodes))
+                down = [p for p in infra if not p.alive()]
+                if down:
+                    raise CommandError(f"the platform's {down[0].name} process exited:\n{down[0].tail(30)}")
                 time.sleep(0.2)
         finally:
             bar.close()
@@ -147,7 +149,10 @@ class Command(BaseCommand):
         from hospital_node.models import load_model_bytes
         from hospital_node.trainer import evaluate, train_local_only
 
+        from audit.privacy import recompute_study
+
         cfg = study_config(study)
+        recomputed = {h.hospital_id: h for h in recompute_study(study).hospitals}
         center = np.array([f["center"] for f in data.schema["features"]])
         scale = np.array([f["scale"] for f in data.schema["features"]])
         X_test = ((data.X_test - center) / scale).astype(np.float32)
@@ -168,21 +173,31 @@ class Command(BaseCommand):
                 "steps": sum(PrivacySpend.objects.filter(job__hospital=h, job__round__study=study)
                              .values_list("steps", flat=True)),
                 "accountant": spend.accountant if spend else None,
+                # Opacus's accountant re-run here from the inputs the node reported (not trusted from the node).
+                "epsilon_recomputed": recomputed[h.pk].recomputed if h.pk in recomputed else None,
+                "epsilon_matches_accountant": bool(h.pk in recomputed and recomputed[h.pk].ok),
                 "local_only_test_auc": evaluate(local, X_test, data.y_test, "binary_classification")["auc"],
             })
         sizes = list(EncryptedUpdate.objects.filter(job__round__study=study).values_list("size_bytes", flat=True))
         codec = get_codec(study.encryption["codec"])
+        params = codec.describe(study.encryption)
+        n_parts = codec.n_parts(study.encryption, study.n_params)
+        # A ciphertext holds many more values than this 31-parameter model: report the wire cost per
+        # parameter slot of a full upload (what a real model pays) and the cost for this model.
+        capacity = params["values_per_slot"] * (params["slots_per_ciphertext"] * n_parts - params["header_slots"]) \
+            if {"values_per_slot", "slots_per_ciphertext", "header_slots"} <= params.keys() else None
         chain = verify_study_chain(study.pk)
         rounds_done = Round.objects.filter(study=study, status=Round.Status.DONE).count()
         return {
             "study_id": study.pk, "rounds_completed": rounds_done, "rounds_planned": study.rounds,
             "test_auc": test["auc"], "test_accuracy": test["accuracy"], "n_test": int(len(data.y_test)),
             "hospitals": rows,
-            "encryption": {"scheme": codec.describe(study.encryption).get("scheme", study.encryption["codec"]),
+            "encryption": {"scheme": params.get("scheme", study.encryption["codec"]),
                            "codec": study.encryption["codec"],
-                           "bytes_per_parameter": (float(np.mean(sizes)) / study.n_params) if sizes else None,
-                           "n_params": study.n_params, "mean_upload_bytes": float(np.mean(sizes)) if sizes else None,
-                           "parameters": codec.describe(study.encryption)},
+                           "bytes_per_parameter": (float(np.mean(sizes)) / capacity) if sizes and capacity else None,
+                           "bytes_per_parameter_this_model": (float(np.mean(sizes)) / study.n_params) if sizes else None,
+                           "upload_capacity_parameters": capacity, "n_params": study.n_params,
+                           "mean_upload_bytes": float(np.mean(sizes)) if sizes else None, "parameters": params},
             "final_model_sha256": fm.sha256,
             "audit_chain_valid": chain.ok and all(r.ok for r in verify_all()),
             "audit_head_hash": chain.head_hash,
@@ -197,13 +212,15 @@ class Command(BaseCommand):
           f"in {s['wall_seconds_study']:.1f} s")
         w(f"Federated model on the held-out set: ROC AUC {s['test_auc']:.4f}, accuracy {s['test_accuracy']:.4f} "
           f"(n={s['n_test']})")
-        w(f"{'hospital':34} {'n_train':>7} {'epsilon':>8} {'budget':>7} {'local-only AUC':>15}")
+        w(f"{'hospital':34} {'n_train':>7} {'epsilon':>8} {'Opacus':>8} {'budget':>7} {'local-only AUC':>15}")
         for h in s["hospitals"]:
-            w(f"{h['name']:34} {h['n_train']:7d} {h['epsilon_spent']:8.4f} {h['epsilon_budget']:7.2f} "
-              f"{h['local_only_test_auc']:15.4f}")
+            w(f"{h['name']:34} {h['n_train']:7d} {h['epsilon_spent']:8.4f} {h['epsilon_recomputed'] or 0:8.4f} "
+              f"{h['epsilon_budget']:7.2f} {h['local_only_test_auc']:15.4f}")
+        w("  (epsilon: reported by the node; Opacus: recomputed here from the noise, sampling rate and steps it used)")
         e = s["encryption"]
-        w(f"Encryption: {e['scheme']} ({e['codec']}), {e['bytes_per_parameter']:.2f} bytes per parameter on the wire "
-          f"({e['n_params']} parameters)")
+        w(f"Encryption: {e['scheme']} ({e['codec']}): {e['bytes_per_parameter']:.2f} bytes per parameter on the wire "
+          f"for a full upload ({e['upload_capacity_parameters']} parameters per upload); this "
+          f"{e['n_params']}-parameter model pays {e['mean_upload_bytes'] / 1024:.1f} KiB per upload")
         w(f"Audit chain valid: {s['audit_chain_valid']} (head {s['audit_head_hash'][:16]}…)")
         w("=" * 72)
 
