@@ -96,7 +96,7 @@ def load_config(path: str | Path) -> NodeConfig:
     if not isinstance(url, str) or not url.startswith(("https://", "http://")):
         raise ConfigError(f"platform.url must be the platform's base URL, like \"https://fl.example.org\", got {url!r}")
 
-    gsm = get("node", "grad_sample_mode", "hooks")
+    gsm = get("node", "grad_sample_mode", "ew")
     if gsm not in GRAD_SAMPLE_MODES:
         raise ConfigError(f"node.grad_sample_mode must be one of {', '.join(GRAD_SAMPLE_MODES)}, got {gsm!r}")
 
