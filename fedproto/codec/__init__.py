@@ -13,12 +13,14 @@ from __future__ import annotations
 from ..errors import CodecError, SpecError
 from .base import AggregateResult, Codec, public_params_sha256
 from .bfv_packed import BfvPackedCodec
+from .bfv_raw import BfvPackedRawCodec
 from .ckks_flare import CkksFlareCodec
 
 DEFAULT_CODEC = "bfv-packed-v1"
 
 CODECS: dict[str, Codec] = {
     BfvPackedCodec.name: BfvPackedCodec(),
+    BfvPackedRawCodec.name: BfvPackedRawCodec(),
     CkksFlareCodec.name: CkksFlareCodec(),
 }
 

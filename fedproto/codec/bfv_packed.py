@@ -144,16 +144,16 @@ def _seal_ctx(parms) -> Any:
     return ctx
 
 
-def _check_parms(parms) -> None:
+def _check_parms(parms, name: str = NAME) -> None:
     if parms.scheme() != sealapi.SCHEME_TYPE.BFV:
-        raise CodecError(f"parameters are for scheme {parms.scheme().name}, {NAME} needs BFV")
+        raise CodecError(f"parameters are for scheme {parms.scheme().name}, {name} needs BFV")
     if parms.poly_modulus_degree() != POLY_DEGREE:
-        raise CodecError(f"poly_modulus_degree {parms.poly_modulus_degree()} != {POLY_DEGREE} of {NAME}")
+        raise CodecError(f"poly_modulus_degree {parms.poly_modulus_degree()} != {POLY_DEGREE} of {name}")
     if parms.plain_modulus().value() != PLAIN_MODULUS:
-        raise CodecError(f"plain modulus {parms.plain_modulus().value()} != {PLAIN_MODULUS} of {NAME}")
+        raise CodecError(f"plain modulus {parms.plain_modulus().value()} != {PLAIN_MODULUS} of {name}")
     cm = tuple(m.value() for m in parms.coeff_modulus())
     if cm != COEFF_MODULUS:
-        raise CodecError(f"coefficient modulus {cm} != {COEFF_MODULUS} of {NAME}")
+        raise CodecError(f"coefficient modulus {cm} != {COEFF_MODULUS} of {name}")
 
 
 def _ct_meta(blob: bytes, compr: int) -> tuple:
@@ -175,6 +175,9 @@ def _ct_meta(blob: bytes, compr: int) -> tuple:
 
 class BfvPackedCodec(Codec):
     name = NAME
+    encryption_description = "symmetric, seeded (hospitals share the study secret key); aggregates are full ciphertexts"
+    upload_bytes_per_slot = UPLOAD_BYTES_PER_SLOT
+    aggregate_bytes_per_slot = AGGREGATE_BYTES_PER_SLOT
 
     def __init__(self) -> None:
         self._node_cache: dict[bytes, _NodeCtx] = {}
@@ -182,14 +185,15 @@ class BfvPackedCodec(Codec):
 
     # ---------------------------------------------------------------- config
     def validate_config(self, enc: dict) -> dict:
+        defaults = {**DEFAULTS, "codec": self.name}
         if not isinstance(enc, dict):
-            raise SpecError("encryption must be an object like " + repr(DEFAULTS))
-        unknown = set(enc) - set(DEFAULTS)
+            raise SpecError("encryption must be an object like " + repr(defaults))
+        unknown = set(enc) - set(defaults)
         if unknown:
-            raise SpecError(f"unknown encryption setting(s) {sorted(unknown)} for {NAME}; allowed: {sorted(DEFAULTS)}")
-        out = {**DEFAULTS, **enc}
-        if out["codec"] != NAME:
-            raise SpecError(f"encryption.codec is {out['codec']!r}, this codec is {NAME!r}")
+            raise SpecError(f"unknown encryption setting(s) {sorted(unknown)} for {self.name}; allowed: {sorted(defaults)}")
+        out = {**defaults, **enc}
+        if out["codec"] != self.name:
+            raise SpecError(f"encryption.codec is {out['codec']!r}, this codec is {self.name!r}")
         check_number(out, "max_hospitals", lo=1, hi=MAX_HOSPITALS_LIMIT, integer=True)
         check_number(out, "quant_bits", lo=4, hi=24, integer=True)
         check_number(out, "update_clip", lo=1e-9, hi=1e6, integer=False)
@@ -210,7 +214,7 @@ class BfvPackedCodec(Codec):
         B, k = layout(enc)
         L = (1 << enc["quant_bits"]) - 1
         return {
-            "codec": NAME,
+            "codec": self.name,
             "scheme": "BFV (Microsoft SEAL via TenSEAL sealapi), batching",
             "poly_modulus_degree": POLY_DEGREE,
             "plain_modulus": PLAIN_MODULUS,
@@ -218,7 +222,7 @@ class BfvPackedCodec(Codec):
             "coeff_mod_bit_sizes": list(COEFF_BITS),
             "coeff_modulus": list(COEFF_MODULUS),
             "security_level_bits": 128,
-            "encryption": "symmetric, seeded (hospitals share the study secret key); aggregates are full ciphertexts",
+            "encryption": self.encryption_description,
             "slots_per_ciphertext": SLOTS,
             "header_slots": HEADER_SLOTS,
             "values_per_slot": k,
@@ -230,8 +234,8 @@ class BfvPackedCodec(Codec):
             "max_hospitals": enc["max_hospitals"],
             "headroom": {"digit_bits_over_quant_bits": B - enc["quant_bits"],
                          "max_exact_contributors": ((1 << B) - 1) // L},
-            "upload_bytes_per_param": UPLOAD_BYTES_PER_SLOT / k,
-            "aggregate_bytes_per_param": AGGREGATE_BYTES_PER_SLOT / k,
+            "upload_bytes_per_param": self.upload_bytes_per_slot / k,
+            "aggregate_bytes_per_param": self.aggregate_bytes_per_slot / k,
         }
 
     def n_parts(self, enc: dict, n_params: int) -> int:
@@ -245,7 +249,7 @@ class BfvPackedCodec(Codec):
         parms = _make_parms()
         ctx = _seal_ctx(parms)
         sk = sealapi.KeyGenerator(ctx).secret_key()
-        return pack_secret(NAME, [seal_io.save_bytes(parms), seal_io.save_bytes(sk)])
+        return pack_secret(self.name, [seal_io.save_bytes(parms), seal_io.save_bytes(sk)])
 
     def _node(self, secret: bytes) -> _NodeCtx:
         key = sha256(secret).digest()
@@ -259,7 +263,7 @@ class BfvPackedCodec(Codec):
             seal_io.load_into(parms, params_blob)
         except Exception as exc:
             raise CodecError(f"secret material holds unreadable parameters ({exc})") from exc
-        _check_parms(parms)
+        _check_parms(parms, self.name)
         ctx = _seal_ctx(parms)
         sk = sealapi.SecretKey()
         try:
@@ -274,9 +278,9 @@ class BfvPackedCodec(Codec):
         return node
 
     def _split_secret(self, secret: bytes) -> tuple[bytes, bytes]:
-        items = unpack_secret(NAME, secret)
+        items = unpack_secret(self.name, secret)
         if len(items) != 2:
-            raise CodecError(f"{NAME} secret blob must hold parameters and a secret key")
+            raise CodecError(f"{self.name} secret blob must hold parameters and a secret key")
         return items[0], items[1]
 
     def public_params(self, secret: bytes) -> bytes:
@@ -295,13 +299,11 @@ class BfvPackedCodec(Codec):
         q = fl + (rng.random(y.shape[0]) < (y - fl))
         return np.clip(q, 0, L).astype(np.uint64), wnum
 
-    def encrypt_update(self, secret: bytes, enc: dict, update: np.ndarray, n_samples: int,
-                       rng: np.random.Generator) -> list[bytes]:
-        enc = self.validate_config(enc)
+    def encode_slots(self, enc: dict, update: np.ndarray, n_samples: int, rng: np.random.Generator) -> np.ndarray:
+        """Validated, quantised, packed slot values (uint64, a multiple of SLOTS long; header slots first)."""
         upd = as_update(update)
         if isinstance(n_samples, bool) or int(n_samples) != n_samples or n_samples < 1:
             raise SpecError(f"n_samples must be a positive integer, got {n_samples!r}")
-        node = self._node(secret)
         B, k = layout(enc)
         q, wnum = self.quantise(enc, upd, n_samples, rng)
         n = q.shape[0]
@@ -317,9 +319,20 @@ class BfvPackedCodec(Codec):
         slots[0] = wnum
         slots[1] = 1
         slots[HEADER_SLOTS:HEADER_SLOTS + n_slots_data] = packed
+        return slots
+
+    def encrypt_update(self, secret: bytes, enc: dict, update: np.ndarray, n_samples: int,
+                       rng: np.random.Generator) -> list[bytes]:
+        enc = self.validate_config(enc)
+        node = self._node(secret)
+        slots = self.encode_slots(enc, update, n_samples, rng)
+        return self._encrypt_slots(node, slots)
+
+    def _encrypt_slots(self, node: _NodeCtx, slots: np.ndarray) -> list[bytes]:
+        """One seeded symmetric ciphertext (SEAL serialisation, zstd) per SLOTS slots."""
         out = []
         pt = sealapi.Plaintext()
-        for p in range(n_parts):
+        for p in range(slots.shape[0] // SLOTS):
             node.encoder.encode(slots[p * SLOTS:(p + 1) * SLOTS].tolist(), pt)
             out.append(seal_io.save_bytes(node.encryptor.encrypt_symmetric(pt)))
         return out
@@ -337,12 +350,7 @@ class BfvPackedCodec(Codec):
         pt = sealapi.Plaintext()
         min_budget = None
         for p, blob in enumerate(parts):
-            ct = sealapi.Ciphertext()
-            try:
-                seal_io.parse_header(blob)
-                seal_io.load_into(ct, blob, node.context)
-            except Exception as exc:
-                raise CodecError(f"aggregate part #{p} is not a ciphertext of this study ({exc})") from exc
+            ct = self._load_aggregate_part(node, blob, p)
             if list(ct.parms_id()) != list(parms_id) or ct.size() != 2:
                 raise CodecError(f"aggregate part #{p} belongs to other encryption parameters")
             budget = node.decryptor.invariant_noise_budget(ct)
@@ -371,6 +379,15 @@ class BfvPackedCodec(Codec):
             return res, min_budget  # type: ignore[return-value]
         return res
 
+    def _load_aggregate_part(self, node: _NodeCtx, blob: bytes, p: int) -> Any:
+        ct = sealapi.Ciphertext()
+        try:
+            seal_io.parse_header(blob)
+            seal_io.load_into(ct, blob, node.context)
+        except Exception as exc:
+            raise CodecError(f"aggregate part #{p} is not a ciphertext of this study ({exc})") from exc
+        return ct
+
     # ---------------------------------------------------------------- platform side
     def load_params(self, public: bytes) -> BfvPlatformContext:
         if not isinstance(public, (bytes, bytearray, memoryview)):
@@ -379,7 +396,7 @@ class BfvPackedCodec(Codec):
         try:
             seal_io.parse_header(public)
         except ValueError as exc:
-            raise CodecError(f"not a {NAME} parameters blob: {exc}; publish codec.public_params(secret)") from exc
+            raise CodecError(f"not a {self.name} parameters blob: {exc}; publish codec.public_params(secret)") from exc
         if len(public) > PARAMS_MAX_BYTES:
             raise CodecError(f"refused: a parameters-only blob is under {PARAMS_MAX_BYTES} bytes, this one has {len(public)} "
                              "bytes, so it holds key material or other data; publish codec.public_params(secret), never the secret")
@@ -388,7 +405,7 @@ class BfvPackedCodec(Codec):
             seal_io.load_into(parms, public)
         except Exception as exc:
             raise CodecError(f"blob does not load as SEAL encryption parameters ({exc}); publish codec.public_params(secret)") from exc
-        _check_parms(parms)
+        _check_parms(parms, self.name)
         ctx = _seal_ctx(parms)
         return BfvPlatformContext(ctx, sealapi.Evaluator(ctx), list(ctx.first_parms_id()), public_params_sha256(public))
 
