@@ -1,10 +1,10 @@
-"""Benchmark of the update encodings: bfv-packed-v1 (ours) vs ckks-flare (NVIDIA FLARE default).
+"""Benchmark of the update encodings: bfv-packed-v1 and bfv-packed-raw-v1 (ours) vs ckks-flare (NVIDIA FLARE default).
 
 Usage:
     python bench/bench_encoding.py [--sizes 1e5,1e6,1e7] [--hospitals 3,10,100,200] [--quick]
-                                   [--sample N] [--seed S]
+                                   [--sample N] [--seed S] [--codecs a,b,...]
 
-For each model size and hospital count, both codecs run in the same process:
+For each model size and hospital count, every codec runs in the same process:
   upload bytes/param, aggregate bytes/param, encryption time per upload, platform
   aggregation time per hospital per million parameters (full deserialise + add, as
   fedproto.codec.Codec.aggregate does it), decryption time, and the max abs error of
@@ -30,7 +30,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from fedproto.codec import get_codec  # noqa: E402
 
-CODECS = ("bfv-packed-v1", "ckks-flare")
+CODECS = ("bfv-packed-v1", "bfv-packed-raw-v1", "ckks-flare")
+BASELINE = "ckks-flare"
 TARGET_UPLOAD = 8.0
 STRETCH_UPLOAD = 4.0
 TARGET_ENC_SPEEDUP = 4.0
@@ -97,7 +98,9 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--sample", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--codecs", default=",".join(CODECS), help="comma-separated; ratios need ckks-flare")
     args = ap.parse_args(argv)
+    codecs = [c for c in args.codecs.split(",") if c]
     if args.quick:
         args.sizes, args.hospitals = "1e5,1e6", "3,200"
         args.sample = args.sample or 3
@@ -108,32 +111,33 @@ def main(argv=None) -> None:
     t_start = time.perf_counter()
     for n in sizes:
         sample = args.sample or (3 if n >= 10_000_000 else 10)
-        for name in CODECS:
+        for name in codecs:
             rows.extend(run_size(name, n, hospitals, sample, args.seed))
             print(f"  done {name} n={n:.0e} ({time.perf_counter() - t_start:.0f} s)", file=sys.stderr)
-    hdr = f"{'params':>8} {'H':>4} {'timed':>6} {'codec':<14} {'up B/p':>7} {'agg B/p':>8} {'enc s/upl':>10} " \
+    hdr = f"{'params':>8} {'H':>4} {'timed':>6} {'codec':<17} {'up B/p':>7} {'agg B/p':>8} {'enc s/upl':>10} " \
           f"{'agg ms/h/M':>11} {'agg out s':>9} {'dec s':>7} {'max|err|':>9}"
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
         timed = f"{r['timed']}/{r['H']}" + ("*" if r["timed"] < r["H"] else "")
-        print(f"{r['n']:>8.0e} {r['H']:>4} {timed:>6} {r['codec']:<14} {r['up_bpp']:>7.2f} {r['agg_bpp']:>8.2f} "
+        print(f"{r['n']:>8.0e} {r['H']:>4} {timed:>6} {r['codec']:<17} {r['up_bpp']:>7.2f} {r['agg_bpp']:>8.2f} "
               f"{r['enc_s']:>10.3f} {r['agg_ms_per_h_per_M']:>11.1f} {r['fin_s']:>9.3f} {r['dec_s']:>7.3f} {r['max_err']:>9.2e}")
     print("* aggregation timed on the first `timed` uploads, per-hospital time extrapolated to H; "
           "the error is that of the timed uploads' mean")
-    print("\nratios (bfv-packed-v1 vs ckks-flare) and targets:")
-    for n in sizes:
-        for H in hospitals:
-            b = next(r for r in rows if r["n"] == n and r["H"] == H and r["codec"] == "bfv-packed-v1")
-            c = next(r for r in rows if r["n"] == n and r["H"] == H and r["codec"] == "ckks-flare")
-            ok = lambda cond: "MET" if cond else "MISSED"  # noqa: E731
-            print(f"  n={n:.0e} H={H:>3}: upload {c['up_bpp'] / b['up_bpp']:.1f}x smaller "
-                  f"[<= {TARGET_UPLOAD:g} B/p {ok(b['up_bpp'] <= TARGET_UPLOAD)}, stretch <= {STRETCH_UPLOAD:g} "
-                  f"{ok(b['up_bpp'] <= STRETCH_UPLOAD)}], encrypt {c['enc_s'] / b['enc_s']:.1f}x faster "
-                  f"[>= {TARGET_ENC_SPEEDUP:g}x {ok(c['enc_s'] / b['enc_s'] >= TARGET_ENC_SPEEDUP)}], aggregate "
-                  f"{c['agg_ms_per_h_per_M'] / b['agg_ms_per_h_per_M']:.1f}x faster "
-                  f"[<= {TARGET_AGG_MS:g} ms/h/M {ok(b['agg_ms_per_h_per_M'] <= TARGET_AGG_MS)}], "
-                  f"decrypt {c['dec_s'] / b['dec_s']:.1f}x faster")
+    for ours in [c for c in codecs if c != BASELINE] if BASELINE in codecs else []:
+        print(f"\nratios ({ours} vs {BASELINE}) and targets:")
+        for n in sizes:
+            for H in hospitals:
+                b = next(r for r in rows if r["n"] == n and r["H"] == H and r["codec"] == ours)
+                c = next(r for r in rows if r["n"] == n and r["H"] == H and r["codec"] == BASELINE)
+                ok = lambda cond: "MET" if cond else "MISSED"  # noqa: E731
+                print(f"  n={n:.0e} H={H:>3}: upload {c['up_bpp'] / b['up_bpp']:.1f}x smaller "
+                      f"[<= {TARGET_UPLOAD:g} B/p {ok(b['up_bpp'] <= TARGET_UPLOAD)}, stretch <= {STRETCH_UPLOAD:g} "
+                      f"{ok(b['up_bpp'] <= STRETCH_UPLOAD)}], encrypt {c['enc_s'] / b['enc_s']:.1f}x faster "
+                      f"[>= {TARGET_ENC_SPEEDUP:g}x {ok(c['enc_s'] / b['enc_s'] >= TARGET_ENC_SPEEDUP)}], aggregate "
+                      f"{c['agg_ms_per_h_per_M'] / b['agg_ms_per_h_per_M']:.1f}x faster "
+                      f"[<= {TARGET_AGG_MS:g} ms/h/M {ok(b['agg_ms_per_h_per_M'] <= TARGET_AGG_MS)}], "
+                      f"decrypt {c['dec_s'] / b['dec_s']:.1f}x faster")
     print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
 
 
