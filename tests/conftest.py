@@ -47,18 +47,11 @@ def require_postgres_redis(transactional_db):
     return connection
 
 
-def db_url_for_children(connection) -> str:
-    s = connection.settings_dict
-    user = s.get("USER") or "postgres"
-    pw = f":{s['PASSWORD']}" if s.get("PASSWORD") else ""
-    return f"postgres://{user}{pw}@{s.get('HOST') or '127.0.0.1'}:{s.get('PORT') or 5432}/{s['NAME']}"
-
-
 @pytest.fixture
 def stack(require_postgres_redis, request):
     """A platform web server (gunicorn) and a Celery worker (with beat) on the test database.
     Process logs are kept under test-output/logs/<test name>/."""
-    from studies.localstack import Stack, child_env
+    from studies.localstack import Stack, child_env, db_url_for_children
 
     env = child_env({"DATABASE_URL": db_url_for_children(require_postgres_redis),
                      "REDIS_URL": os.environ["REDIS_URL"]})

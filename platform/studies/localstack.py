@@ -21,6 +21,14 @@ REPO = Path(__file__).resolve().parents[2]
 PLATFORM_DIR = REPO / "platform"
 
 
+def db_url_for_children(connection) -> str:
+    """A DATABASE_URL that points child processes at the same PostgreSQL database as `connection`."""
+    s = connection.settings_dict
+    user = s.get("USER") or "postgres"
+    pw = f":{s['PASSWORD']}" if s.get("PASSWORD") else ""
+    return f"postgres://{user}{pw}@{s.get('HOST') or '127.0.0.1'}:{s.get('PORT') or 5432}/{s['NAME']}"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import trigger_disabled
+from audit_support import trigger_disabled
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import DatabaseError, connection, transaction
@@ -187,9 +187,9 @@ def test_cli_exit_status_names_the_broken_link(postgres, tmp_path):
     """The real command line, as an operator runs it: exit status 1 naming the edited event."""
     import os
 
-    from conftest import enrolled, make_study
+    from audit_support import enrolled, make_study
     from consortia.services import consortium_create
-    from tests_db import db_url_for_children
+    from studies.localstack import db_url_for_children
 
     c = consortium_create(name="CLI consortium")
     study = make_study(c, [enrolled(c, "A"), enrolled(c, "B")])

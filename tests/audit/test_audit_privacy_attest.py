@@ -5,7 +5,7 @@ from __future__ import annotations
 from io import StringIO
 
 import pytest
-from conftest import done_round_with_jobs, spend_for
+from audit_support import done_round_with_jobs, spend_for
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
@@ -43,7 +43,7 @@ def recompute_cmd(study) -> str:
 
 @pytest.mark.parametrize("accountant", ["rdp", "prv"])
 def test_honest_spends_recompute_exactly(postgres, accountant):
-    from conftest import enrolled, make_study
+    from audit_support import enrolled, make_study
     from consortia.services import consortium_create
 
     c = consortium_create(name=f"Privacy {accountant}")

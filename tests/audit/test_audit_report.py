@@ -7,7 +7,7 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import run_study_end_to_end
+from audit_support import run_study_end_to_end
 from django.contrib.auth import get_user_model
 from django.test import Client
 

@@ -9,7 +9,7 @@ from audit.models import AuditEvent
 from portal import auth
 from studies.models import Study
 
-from conftest import PASSWORD
+from portal_support import PASSWORD
 
 pytestmark = pytest.mark.django_db
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import SCHEMA
+from portal_support import SCHEMA
 from studies.models import Study
 
 pytestmark = pytest.mark.django_db
