@@ -3,10 +3,8 @@ from django.contrib import admin
 from .models import AuditEvent
 
 
-@admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
-    list_display = ("stream", "seq", "created_at", "actor", "action", "object_type", "object_id")
-    list_filter = ("action",)
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Raw data for consortium admins; state changes go through the services (and the audit trail)."""
 
     def has_add_permission(self, request):
         return False
@@ -16,3 +14,9 @@ class AuditEventAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(ReadOnlyAdmin):
+    list_display = ("stream", "seq", "created_at", "actor", "action", "object_type", "object_id")
+    list_filter = ("action",)

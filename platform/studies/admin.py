@@ -1,20 +1,9 @@
 from django.contrib import admin
 
+from audit.admin import ReadOnlyAdmin as ReadOnly
+
 from .models import (Aggregate, EncryptedUpdate, FinalModel, HEContext, Participation, PrivacySpend, Round,
                      RoundReport, Study, TrainingJob)
-
-
-class ReadOnly(admin.ModelAdmin):
-    """Raw data for consortium admins; state changes go through the services (and the audit trail)."""
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(Study)
