@@ -31,3 +31,19 @@ def validate_privacy(p: Any) -> dict:
     if extra:
         raise SpecError(f"privacy has unknown field(s) {sorted(extra)}")
     return out
+
+
+# How DP-SGD with Poisson sampling runs on a node (what Opacus's make_private(poisson_sampling=True)
+# realises for a loader of ceil(n / batch_size) batches). The node plans and accounts with these,
+# and the portal's preview and the auditor's recomputation use the same numbers.
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    return -(-int(n_train) // int(batch_size))
+
+
+def sample_rate(n_train: int, batch_size: int) -> float:
+    return 1.0 / steps_per_epoch(n_train, batch_size)
+
+
+def planned_steps(n_train: int, batch_size: int, rounds: int, local_epochs: int) -> int:
+    return int(rounds) * int(local_epochs) * steps_per_epoch(n_train, batch_size)

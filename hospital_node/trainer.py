@@ -18,7 +18,6 @@ the accountant says for what was run.
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -30,6 +29,9 @@ import torch
 from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
 from torch import nn
+
+from fedproto import privacy as fedproto_privacy
+from fedproto.privacy import steps_per_epoch
 
 from .errors import BudgetExceeded
 from .models import build_model, flatten, initial_model, unflatten_into
@@ -59,13 +61,8 @@ class TrainingInterrupted(Exception):
 # ----------------------------------------------------------------------------- accounting
 
 
-def steps_per_epoch(n_train: int, batch_size: int) -> int:
-    return math.ceil(n_train / batch_size)
-
-
-def sample_rate_for(n_train: int, batch_size: int) -> float:
-    """The Poisson rate Opacus uses for a loader of ceil(n/batch_size) batches."""
-    return 1.0 / steps_per_epoch(n_train, batch_size)
+# The Poisson rate Opacus uses for a loader of ceil(n/batch_size) batches (shared with the platform).
+sample_rate_for = fedproto_privacy.sample_rate
 
 
 def job_steps(n_train: int, batch_size: int, local_epochs: int) -> int:

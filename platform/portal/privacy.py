@@ -6,9 +6,10 @@ before starting are those a node will compute for the same data size.
 
 from __future__ import annotations
 
-import math
 import warnings
 from functools import lru_cache
+
+from fedproto.privacy import planned_steps, sample_rate as poisson_rate
 
 DEFAULT_SIZES = (200, 1000, 5000)
 
@@ -19,8 +20,8 @@ def noise_multiplier(epsilon: float, delta: float, batch_size: int, n: int, roun
     """None when the budget cannot be met (Opacus raises)."""
     from opacus.accountants.utils import get_noise_multiplier
 
-    sample_rate = min(1.0, batch_size / n)
-    steps = rounds * epochs * math.ceil(n / batch_size)
+    sample_rate = poisson_rate(n, batch_size)
+    steps = planned_steps(n, batch_size, rounds, epochs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -39,8 +40,8 @@ def budget_table(*, epsilon: float, delta: float, batch_size: int, rounds: int, 
         for e in eps_cols:
             sigma = noise_multiplier(float(e), float(delta), int(batch_size), int(n), int(rounds), int(epochs), accountant)
             cells.append({"epsilon": e, "sigma": sigma, "chosen": e == round(epsilon, 4)})
-        rows.append({"n": n, "sample_rate": min(1.0, batch_size / n),
-                     "steps": rounds * epochs * math.ceil(n / batch_size), "cells": cells})
+        rows.append({"n": n, "sample_rate": poisson_rate(n, batch_size),
+                     "steps": planned_steps(n, batch_size, rounds, epochs), "cells": cells})
     return {"eps_cols": eps_cols, "rows": rows, "delta": delta, "batch_size": batch_size, "rounds": rounds,
             "epochs": epochs, "epsilon": epsilon}
 
