@@ -72,7 +72,8 @@ def _pid_bytes(parms_id: Any) -> bytes:
 
 @dataclass
 class RawUpload:
-    """Decoded residues of P parts: res[i] has shape (P, 2, N); uint32 for < 32-bit primes, else uint64 view."""
+    """Residues of P parts: res[i] has shape (P, 2, N). decode_parts gives uint32 arrays (views of the bytes
+    for 32-bit primes); the platform's accumulator holds uint32 for primes < 2^31, else uint64."""
 
     res: list[np.ndarray]
     n_parts: int
@@ -253,8 +254,8 @@ class BfvPackedRawCodec(BfvPackedCodec):
                 raise CodecError(f"upload #{index} part #{j}: {exc}") from None
         up = decode_parts(parts)
         check_ranges(up, lambda j: f"upload #{index} part #{j}")
-        if acc is None:  # own, writable copies: 24-bit residues in uint32, the 32-bit one in uint64
-            return RawUpload([r.copy() if r.dtype.itemsize == 4 and q < (1 << 31) else r.astype(np.uint64)
+        if acc is None:  # own, writable arrays: residues of primes < 2^31 in uint32, wider ones in uint64
+            return RawUpload([r.astype(np.uint32 if q < (1 << 31) else np.uint64, copy=not r.flags.owndata)
                               for r, q in zip(up.res, COEFF_MODULUS)], up.n_parts)
         for a, x, q in zip(acc.res, up.res, COEFF_MODULUS):
             np.add(a, x, out=a)  # both < q, so the sum < 2q fits (q < 2^31 in uint32, else uint64)
