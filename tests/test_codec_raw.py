@@ -229,6 +229,26 @@ def test_coefficient_out_of_range_is_rejected_and_acc_untouched(raw, poly, prime
     codec.aggregate(ctx, [good, [good[0], ok]])
 
 
+@pytest.mark.parametrize("chunk", [1, 2, 16])
+def test_bad_later_chunk_rolls_back_earlier_chunks(raw, monkeypatch, chunk):
+    # The platform adds chunk by chunk; a bad part in a later chunk undoes the chunks already added.
+    codec, enc, secret, public, ctx = raw
+    monkeypatch.setattr(bfv_raw, "_CHUNK_PARTS", chunk)
+    good = _good(raw, 3 * 4096 * 4)  # 5 parts
+    assert len(good) == 5
+    acc = codec.accumulate(ctx, None, good, 0)
+    acc = codec.accumulate(ctx, acc, good, 1)
+    before = [r.copy() for r in acc.res]
+    bad = list(good)
+    bad[4] = _patch(good[4], _residue_offset(1, 0, 5), (0xFFFFFF).to_bytes(3, "little"))
+    with pytest.raises(CodecError, match="upload #2 part #4: a coefficient of residue 0"):
+        codec.accumulate(ctx, acc, bad, 2)
+    assert all(np.array_equal(a, b) for a, b in zip(acc.res, before))
+    agg = codec.finish(ctx, codec.accumulate(ctx, acc, good, 2))
+    res = codec.decrypt_aggregate(secret, enc, agg, 3 * 4096 * 4)
+    assert res.n_contributors == 3 and res.total_weight == 30
+
+
 def test_transparent_ciphertext_is_rejected(raw):
     codec, enc, secret, public, ctx = raw
     good = _good(raw)

@@ -64,6 +64,7 @@ _RES_OFFSETS = tuple(POLY_DEGREE * sum(PRIME_BYTES[:i]) for i in range(N_PRIMES)
 assert PRIME_BYTES[-1] == 4
 _ZERO_PID = bytes(32)
 _SEAL_CT_COUNT = CT_SIZE * N_PRIMES * POLY_DEGREE
+_CHUNK_PARTS = 16  # parts decoded and added at a time on the platform (1.3 MB of part bytes)
 
 
 def _pid_bytes(parms_id: Any) -> bytes:
@@ -198,6 +199,19 @@ def _seal_ct_blob(coeffs: np.ndarray, parms_id: bytes, seal_minor: int) -> bytes
     ])
 
 
+def _add_mod(acc: list[np.ndarray], xs: list[np.ndarray], c0: int, *, subtract: bool = False) -> None:
+    """acc[i][c0:c0+len] = (acc ± x) mod q_i for residues already < q_i, in place, numpy only."""
+    for a, x, q in zip(acc, xs, COEFF_MODULUS):
+        a = a[c0:c0 + x.shape[0]]
+        qq = a.dtype.type(q)
+        if subtract:  # a - x wraps around when x > a; adding q back then gives the smaller value
+            np.subtract(a, x, out=a)
+            np.minimum(a, a + qq, out=a)
+        else:  # a + x < 2q fits (q < 2^31 in uint32, else uint64); a - q wraps above a when a < q
+            np.add(a, x, out=a)
+            np.minimum(a, a - qq, out=a)
+
+
 class BfvPackedRawCodec(BfvPackedCodec):
     name = NAME
     encryption_description = ("symmetric (hospitals share the study secret key), full ciphertexts in a raw "
@@ -240,7 +254,8 @@ class BfvPackedRawCodec(BfvPackedCodec):
         parse_part(blob, _pid_bytes(ctx.parms_id))
 
     def accumulate(self, ctx: BfvPlatformContext, acc: RawUpload | None, upload: list[bytes], index: int) -> RawUpload:
-        """Check one whole upload (headers, sizes, every coefficient < q_i) before adding any of it to acc."""
+        """Add one upload to acc after checking it all (headers, sizes, every coefficient < q_i, no zero
+        second polynomial); a bad upload raises CodecError naming the part and leaves acc as it was."""
         parts = list(upload)
         if not parts:
             raise CodecError(f"upload #{index} has no parts")
@@ -252,14 +267,28 @@ class BfvPackedRawCodec(BfvPackedCodec):
                 parse_part(blob, pid)
             except CodecError as exc:
                 raise CodecError(f"upload #{index} part #{j}: {exc}") from None
-        up = decode_parts(parts)
-        check_ranges(up, lambda j: f"upload #{index} part #{j}")
-        if acc is None:  # own, writable arrays: residues of primes < 2^31 in uint32, wider ones in uint64
-            return RawUpload([r.astype(np.uint32 if q < (1 << 31) else np.uint64, copy=not r.flags.owndata)
-                              for r, q in zip(up.res, COEFF_MODULUS)], up.n_parts)
-        for a, x, q in zip(acc.res, up.res, COEFF_MODULUS):
-            np.add(a, x, out=a)  # both < q, so the sum < 2q fits (q < 2^31 in uint32, else uint64)
-            np.minimum(a, a - a.dtype.type(q), out=a)  # a >= q ? a - q : a (unsigned wrap-around picks a)
+        P, C = len(parts), _CHUNK_PARTS
+        if acc is None:  # own arrays: residues of primes < 2^31 in uint32, wider ones in uint64
+            res = [np.empty((P, CT_SIZE, POLY_DEGREE), dtype=np.uint32 if q < (1 << 31) else np.uint64)
+                   for q in COEFF_MODULUS]
+            for c0 in range(0, P, C):
+                up = decode_parts(parts[c0:c0 + C])
+                check_ranges(up, lambda j, c0=c0: f"upload #{index} part #{c0 + j}")
+                for r, x in zip(res, up.res):
+                    r[c0:c0 + C] = x
+            return RawUpload(res, P)
+        # One pass, chunk by chunk (cache-sized: the accumulator of a 1e7-parameter model is ~110 MB):
+        # each chunk is checked before it is added; if a later chunk is bad, the chunks already added
+        # are subtracted again, so a bad upload leaves acc as it was.
+        for c0 in range(0, P, C):
+            up = decode_parts(parts[c0:c0 + C])
+            try:
+                check_ranges(up, lambda j, c0=c0: f"upload #{index} part #{c0 + j}")
+            except CodecError:
+                for b0 in range(0, c0, C):
+                    _add_mod(acc.res, decode_parts(parts[b0:b0 + C]).res, b0, subtract=True)
+                raise
+            _add_mod(acc.res, up.res, c0)
         return acc
 
     def finish(self, ctx: BfvPlatformContext, acc: RawUpload | None) -> list[bytes]:
