@@ -59,6 +59,7 @@ class Refuse(Exception):
 
 # How long an item this node cannot act on is skipped in the long-poll before it is retried.
 FAILED_ITEM_RETRY_S = 30.0
+SEAL_BATCH = 32  # sealed keys per request
 PENDING_INVITATION_RECHECK_S = 300.0
 
 
@@ -345,11 +346,19 @@ class Node:
                                "(it did not publish the context)")
         keys = [{"hospital_id": r["hospital_id"], "sealed": seal_for(r["public_key"], secret)}
                 for r in item.get("recipients", []) if int(r["hospital_id"]) != self.creds.hospital_id]
-        self.client.post_sealed_keys(sid, keys)
+        # In batches: one request with hundreds of sealed keys (~63 KB each) would exceed the
+        # platform's request size limit; the platform stores each recipient's key idempotently.
+        for i in range(0, len(keys), SEAL_BATCH):
+            self.client.post_sealed_keys(sid, keys[i:i + SEAL_BATCH])
         log.info("study %s: sealed the study key for %d hospital(s)", sid, len(keys))
 
     def on_fetch_key(self, item: dict) -> None:
-        self.fetch_key(int(item["study_id"]))
+        sid = int(item["study_id"])
+        if self.ledger.study(sid) is None and isinstance(item.get("study"), dict) and int(item["study"].get("id", -1)) == sid:
+            # The hospital admin approved the study in the portal before this node saw the
+            # invitation: the item carries the study config (training still checks local limits).
+            self.ledger.remember_study(item["study"], invitation_state="approved")
+        self.fetch_key(sid)
 
     def fetch_key(self, sid: int) -> bytes:
         if self.ledger.study(sid) is None:

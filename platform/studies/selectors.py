@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.db.models import Q
+from django.utils import timezone
 
 from consortia.models import Hospital
 from fedproto import PROTOCOL_VERSION
@@ -78,6 +79,13 @@ def _work_items(hospital: Hospital) -> list[dict]:
                           "study": study_config(study),
                           "round": done[-1].number})
     return items
+
+
+def jobs_mark_claimed(job_ids: list[int]) -> None:
+    """Record when a node first received each train item (conditional: the first delivery stands).
+    Not a state change: the job stays dispatched until its update or refusal arrives."""
+    if job_ids:
+        TrainingJob.objects.filter(pk__in=job_ids, claimed_at__isnull=True).update(claimed_at=timezone.now())
 
 
 def done_round(study: Study, number: int) -> Round | None:

@@ -30,6 +30,7 @@ from fedproto.schema import validate_schema
 from fedproto.specs import n_params as spec_n_params
 from fedproto.specs import validate_model_spec
 
+from . import worksignal
 from .models import (Aggregate, EncryptedUpdate, FinalModel, HEContext, Participation, PrivacySpend, Round,
                      RoundReport, SealedKey, Study, TrainingJob)
 
@@ -57,7 +58,26 @@ def _tasks():
     return tasks
 
 
+# Audit actions whose state change only alters the work of the hospital they name (and, for a
+# decision, the custodian's key relay): they wake that node's long-poll, not every node's.
+_NODE_LOCAL_ACTIONS = {"update.accepted", "update.rejected", "privacy.spent", "model.attested", "model.released",
+                       "model.release_refused", "sealed_key.fetched", "sealed_key.relayed", "key.acknowledged",
+                       "key.rejected", "job.refused", "he_context.published", "he_context.rejected",
+                       "participation.approved", "participation.declined"}
+
+
+def _signal_keys(study: Study, action: str, hospital_id) -> set[str]:
+    if hospital_id is None or action not in _NODE_LOCAL_ACTIONS:
+        return {worksignal.GLOBAL}
+    keys = {worksignal.hospital_key(hospital_id)}
+    if action.startswith("participation.") and study.custodian_id:
+        keys.add(worksignal.hospital_key(study.custodian_id))  # its seal_keys recipients changed
+    return keys
+
+
 def _study_audit(study: Study, action: str, actor: str, obj=None, hospital_id=None, data=None):
+    # Every state change records an audit event: wake the node long-polls once it is committed.
+    worksignal.bump_on_commit(_signal_keys(study, action, hospital_id))
     return audit_record(action=action, actor=actor, obj=obj if obj is not None else study, study_id=study.pk,
                         consortium_id=study.consortium_id, hospital_id=hospital_id, data=data)
 
@@ -533,13 +553,29 @@ def update_accept(*, job: TrainingJob, hospital: Hospital, stream: BinaryIO, con
         _study_audit(study, "update.accepted", f"node:{hospital.pk}:{hospital.name}", obj=upd, hospital_id=hospital.pk,
                      data={"round": rnd.number, "attempt": rnd.attempt, "bytes": size, "sha256": upd.sha256,
                            "parts": expected_parts})
-        _on_commit(_tasks().close_round, rnd.pk)
+        transaction.on_commit(lambda: _close_if_answered(rnd.pk))
     return upd
 
 
-def round_try_close(*, round_id: int, force_deadline: bool = False) -> None:
+def _close_if_answered(round_id: int) -> None:
+    """After an upload committed: enqueue the close only when no job of the round is still waiting.
+    One close task per round instead of one per upload (with 200 hospitals the queue of closes was
+    the round's critical path). Runs after this upload's commit, so the last upload to commit sees
+    no pending job; a deadline or a refusal closes the round through their own paths."""
+    if not TrainingJob.objects.filter(round_id=round_id, status=TrainingJob.Status.DISPATCHED).exists():
+        _tasks().close_round.delay(round_id)
+
+
+# Aggregations at most this many ciphertext part loads (uploads x parts) run in the task that
+# closed the round (one broker hop less per round); bigger ones get their own task(s).
+INLINE_AGGREGATE_MAX_PART_LOADS = int(os.environ.get("FEDPLATFORM_INLINE_AGGREGATE_MAX", "64"))
+
+
+def round_try_close(*, round_id: int, force_deadline: bool = False, inline_aggregate: bool = False) -> bool:
     """Close a collecting round when every job is answered or the deadline passed; then aggregate
-    (quorum met) or fail the attempt. Idempotent."""
+    (quorum met) or fail the attempt. Idempotent. With ``inline_aggregate`` (the caller is a
+    Celery task) a small aggregation is not enqueued: True tells the caller to run
+    round_aggregate itself right after (the reconciler covers a worker lost in between)."""
     with transaction.atomic():
         rnd = Round.objects.select_for_update().select_related("study").get(pk=round_id)
         if rnd.status != Round.Status.COLLECTING:
@@ -550,7 +586,7 @@ def round_try_close(*, round_id: int, force_deadline: bool = False) -> None:
         now = timezone.now()
         past_deadline = rnd.deadline is not None and now >= rnd.deadline
         if pending and not past_deadline and not force_deadline:
-            return
+            return False
         if pending:
             TrainingJob.objects.filter(pk__in=[j.pk for j in pending]).update(
                 status=TrainingJob.Status.EXPIRED, reason="no update before the round deadline", finished_at=now)
@@ -563,6 +599,10 @@ def round_try_close(*, round_id: int, force_deadline: bool = False) -> None:
                          data={"round": rnd.number, "attempt": rnd.attempt, "updates": len(uploaded),
                                "expired": [j.hospital_id for j in pending],
                                "refused": [j.hospital_id for j in jobs if j.status == TrainingJob.Status.REFUSED]})
+            codec = get_codec(study.encryption["codec"])
+            loads = len(uploaded) * codec.n_parts(study.encryption, study.n_params)
+            if inline_aggregate and loads <= INLINE_AGGREGATE_MAX_PART_LOADS:
+                return True
             _on_commit(_tasks().aggregate_round, rnd.pk)
         else:
             rnd.status = Round.Status.FAILED
@@ -572,6 +612,7 @@ def round_try_close(*, round_id: int, force_deadline: bool = False) -> None:
             _study_audit(study, "round.failed", "system", obj=rnd,
                          data={"round": rnd.number, "attempt": rnd.attempt, "reason": rnd.status_reason})
             _on_commit(_tasks().advance_study, study.pk)
+    return False
 
 
 def round_aggregate(*, round_id: int) -> Aggregate | None:
@@ -645,8 +686,19 @@ def round_aggregate(*, round_id: int) -> Aggregate | None:
         _study_audit(study, "round.aggregated", "system", obj=agg,
                      data={"round": rnd.number, "attempt": rnd.attempt, "contributors": contributors,
                            "bytes": len(frame), "sha256": agg.sha256, "seconds": round(seconds, 4)})
-        _on_commit(_tasks().advance_study, study.pk)
+        _advance_in_transaction(study)
     return agg
+
+
+def _advance_in_transaction(study: Study) -> None:
+    """Open the next round (or complete the study) in the transaction that finished this one, so
+    a node sees the aggregate and its next job together; on any error fall back to the task."""
+    try:
+        with transaction.atomic():
+            study_advance(study_id=study.pk)
+    except Exception:  # noqa: BLE001 - the savepoint is rolled back; the task retries it cleanly
+        log.exception("advancing study %s inline failed; enqueueing it", study.pk)
+        _on_commit(_tasks().advance_study, study.pk)
 
 
 def round_report_record(*, rnd: Round, hospital: Hospital, metrics: dict, n_test: int, model_sha256: str,

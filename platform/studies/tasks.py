@@ -21,7 +21,8 @@ def advance_study(study_id: int) -> None:
 
 @shared_task(name="studies.close_round", soft_time_limit=60, time_limit=120)
 def close_round(round_id: int) -> None:
-    services.round_try_close(round_id=round_id)
+    if services.round_try_close(round_id=round_id, inline_aggregate=True):
+        services.round_aggregate(round_id=round_id)  # small: no second broker hop
 
 
 @shared_task(name="studies.close_round_at_deadline", soft_time_limit=60, time_limit=120)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
+import threading
 import time
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from rest_framework.views import APIView
 from consortia.services import EnrolmentError, node_enrol, node_heartbeat
 from fedproto import PROTOCOL_VERSION
 
-from .. import selectors, services
+from .. import selectors, services, worksignal
 from ..models import Aggregate, HEContext, Participation, Round, Study, TrainingJob
 from .auth import IsNode, NodeTokenAuthentication
 from .errors import error
@@ -37,7 +39,23 @@ def _b64(value, field: str) -> bytes:
         raise services.ServiceError(f"{field} is not valid base64", code="invalid", status=422) from None
 
 
-class NodeView(APIView):
+# Node requests that may use the database at once in this web process. Hundreds of nodes hold a
+# long-poll each and wake together when a round opens; without a bound they would open hundreds of
+# PostgreSQL connections (max_connections is typically 100). A long-poll gives its slot back (and
+# closes its connection) while it waits.
+DB_SLOTS = threading.BoundedSemaphore(int(os.environ.get("FEDPLATFORM_WEB_DB_SLOTS", "16")))
+
+
+class DbSlotMixin:
+    def dispatch(self, request, *args, **kwargs):
+        with DB_SLOTS:
+            try:
+                return super().dispatch(request, *args, **kwargs)
+            finally:
+                close_old_connections()
+
+
+class NodeView(DbSlotMixin, APIView):
     authentication_classes = [NodeTokenAuthentication]
     permission_classes = [IsNode]
 
@@ -61,10 +79,11 @@ class EnrolSerializer(serializers.Serializer):
 
 
 class EnrolThrottle(AnonRateThrottle):
-    rate = "30/min"
+    # Per client address; a benchmark enrolling hundreds of nodes from one host raises it.
+    rate = os.environ.get("FEDPLATFORM_ENROL_RATE", "30/min")
 
 
-class EnrolView(APIView):
+class EnrolView(DbSlotMixin, APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
     throttle_classes = [EnrolThrottle]
@@ -108,12 +127,41 @@ class WorkView(NodeView):
         from consortia.models import Hospital
 
         Hospital.objects.filter(pk=self.hospital.pk).update(last_heartbeat=timezone.now())
+        # Recompute the items only when a state change was committed since the last look (the work
+        # signal), or every NODE_LONGPOLL_RECHECK_S as a safety net; between looks the poll holds
+        # no database connection and costs nothing.
+        sig_key = worksignal.hospital_key(self.hospital.pk)
+        seen = worksignal.current(sig_key)
+        last_full = time.monotonic()
         while True:
             items = selectors.work_items_for(self.hospital, skip)
-            if items or time.monotonic() >= deadline:
+            if items:
+                selectors.jobs_mark_claimed([i["job_id"] for i in items if i["kind"] == "train"])
+                return Response({"items": items})
+            now = time.monotonic()
+            if now >= deadline:
                 return Response({"items": items})
             close_old_connections()
-            time.sleep(settings.NODE_LONGPOLL_TICK_S)
+            last_full = now
+            DB_SLOTS.release()  # waiting needs no database: let other requests use the slot
+            try:
+                seen = self._wait(sig_key, seen, deadline, last_full)
+            finally:
+                DB_SLOTS.acquire()
+
+    @staticmethod
+    def _wait(sig_key: str, seen, deadline: float, last_full: float):
+        """Until the work signal changes, the safety recheck is due, or the deadline; the new version."""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return seen
+            nxt = worksignal.wait_change(sig_key, seen, min(left, RECHECK_S - (time.monotonic() - last_full)))
+            if nxt != seen or time.monotonic() - last_full >= RECHECK_S:
+                return nxt
+
+
+RECHECK_S = float(getattr(settings, "NODE_LONGPOLL_RECHECK_S", 15.0))
 
 
 class DecisionView(NodeView):
