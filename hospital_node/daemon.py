@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from fedproto import PROTOCOL_VERSION
+from fedproto.codec import DEFAULT_CODEC
 from fedproto.errors import CodecError, SpecError
 from fedproto.privacy import validate_privacy
 from fedproto.schema import validate_schema
@@ -41,8 +42,6 @@ from .ledger import RESUMABLE_STATES, Ledger, config_sha256
 from .models import flatten, initial_model, model_bytes, model_from_flat, model_sha256
 
 log = logging.getLogger("hospital_node")
-
-DEFAULT_CODEC = "bfv-packed-v1"
 
 
 class _PollInterrupted(BaseException):

@@ -23,7 +23,7 @@ from django.utils import timezone
 from audit.services import audit_record
 from consortia.models import Consortium, Hospital
 from fedproto import wire
-from fedproto.codec import get_codec
+from fedproto.codec import DEFAULT_CODEC, get_codec
 from fedproto.errors import CodecError, SpecError
 from fedproto.privacy import validate_privacy
 from fedproto.schema import validate_schema
@@ -104,9 +104,9 @@ def validate_study_config(*, schema, model_spec, rounds, local_epochs, batch_siz
     privacy = validate_privacy(privacy)
     enc = encryption if isinstance(encryption, dict) else {}
     if not isinstance(encryption, dict):
-        raise SpecError('encryption must be an object such as {"codec": "bfv-packed-v1"}')
+        raise SpecError(f'encryption must be an object such as {{"codec": "{DEFAULT_CODEC}"}}')
     try:
-        codec = get_codec(enc.get("codec", "bfv-packed-v1"))
+        codec = get_codec(enc.get("codec", DEFAULT_CODEC))
     except (KeyError, ValueError) as exc:
         raise SpecError(f"unknown encryption codec {enc.get('codec')!r}: {exc}") from None
     enc = codec.validate_config({**enc, "codec": codec.name})

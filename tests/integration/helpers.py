@@ -35,7 +35,7 @@ def create_study(consortium, hospitals, data, *, rounds=3, quorum=2, deadline=60
         consortium=consortium, name=name or f"study {time.time_ns()}", hospitals=hospitals, schema=data.schema,
         model_spec={"type": "logistic_regression"}, rounds=rounds, local_epochs=1, batch_size=32,
         learning_rate=0.5, privacy={"epsilon": epsilon, "delta": 1e-5, "clip_norm": 1.0},
-        encryption={"codec": "bfv-packed-v1"}, quorum=quorum, round_deadline_s=deadline, seed=99)
+        encryption={}, quorum=quorum, round_deadline_s=deadline, seed=99)
     services.study_open_recruitment(study=study, actor="test")
     return study
 

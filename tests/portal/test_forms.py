@@ -28,7 +28,7 @@ def test_create_draft_from_json_schema(world, client):
     assert r.status_code == 302, r.content.decode()[:2000]
     s = Study.objects.get(name="Form study")
     assert s.status == Study.Status.DRAFT and s.owner == world.users["researcher"]
-    assert s.encryption["codec"] == "bfv-packed-v1" and s.participations.count() == 2
+    assert s.encryption["codec"] == "bfv-packed-raw-v1" and s.participations.count() == 2
     page = client.get(r["Location"])
     html = page.content.decode()
     assert "Before you start" in html and "σ at ε = 1.0 (chosen)" in html and "3000" in html

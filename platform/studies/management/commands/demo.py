@@ -21,7 +21,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from audit.selectors import verify_all, verify_study_chain
 from consortia.services import consortium_create, enrolment_token_create, hospital_create
-from fedproto.codec import get_codec
+from fedproto.codec import DEFAULT_CODEC, get_codec
 
 from ... import services
 from ...demo_data import breast_cancer_split
@@ -88,7 +88,7 @@ class Command(BaseCommand):
             rounds=opts["rounds"], local_epochs=DEMO_HYPER["local_epochs"], batch_size=DEMO_HYPER["batch_size"],
             learning_rate=DEMO_HYPER["learning_rate"],
             privacy={"epsilon": opts["epsilon"], "delta": 1e-5, "clip_norm": DEMO_HYPER["clip_norm"]},
-            encryption={"codec": "bfv-packed-v1"}, quorum=2, round_deadline_s=120, seed=20261122, actor="demo")
+            encryption={"codec": DEFAULT_CODEC}, quorum=2, round_deadline_s=120, seed=20261122, actor="demo")
         services.study_open_recruitment(study=study, actor="demo")
         self.stdout.write(f"Study #{study.pk} '{study.name}' is recruiting; the nodes approve under their own limits.")
         t_study = time.monotonic()
