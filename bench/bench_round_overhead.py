@@ -11,9 +11,10 @@ Usage:
    all rounds, evaluation reports and the final model release), counted from when recruitment is
    open and every node daemon is up (its "polling" log line) to the final model's release.
 2. Baseline, same run: the same local training steps (same data split, model, epochs, batch size,
-   learning rate, DP-SGD with the same noise plan, the node's default grad-sample mode) for every
-   hospital and round, sequentially in this one process, with plaintext FedAvg between rounds; and
-   the same without DP (plain torch SGD).
+   learning rate, DP-SGD with the same noise plan, the node's default grad-sample mode, one torch
+   thread like the nodes) for every hospital and round, sequentially in this one process, with
+   plaintext FedAvg between rounds, measured right before each platform run; and the same without
+   DP (plain torch SGD).
 3. Per-round orchestration overhead, from the platform's database timestamps: the last upload of
    round n (EncryptedUpdate.received_at) -> the moment every node holds round n+1's job
    (max TrainingJob.claimed_at, set when the long-poll first hands the train item to the node),
@@ -174,6 +175,7 @@ def baseline(rounds: int) -> dict:
             model = apply_update(model, np.average(np.stack(ups), axis=0, weights=ws))
         return time.perf_counter() - t0
 
+    torch.set_num_threads(1)  # as the node daemons run (faster for these small models, steadier under load)
     run(True)  # warm-up
     return {"dp": statistics.median(run(True) for _ in range(3)),
             "plain": statistics.median(run(False) for _ in range(3))}
@@ -237,8 +239,8 @@ def main() -> int:
         return 0
     backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
     print(f"Round overhead: demo study, {args.rounds} rounds, 3 hospitals; backends: {', '.join(backends)}")
-    base = baseline(args.rounds)
     for b in backends:
+        base = baseline(args.rounds)  # measured next to each platform run: the machine may be shared
         report(run_platform(b, args.rounds, args.database_url, args.redis_url), base)
     return 0
 
