@@ -29,7 +29,7 @@ def _fedavg(updates, n_samples, cap):
 
 
 def test_registry_and_defaults():
-    assert DEFAULT_CODEC == "bfv-packed-v1"
+    assert DEFAULT_CODEC == "bfv-packed-raw-v1"
     assert set(CODECS) == {"bfv-packed-v1", "bfv-packed-raw-v1", "ckks-flare"}
     assert get_codec(None).name == DEFAULT_CODEC
     with pytest.raises(SpecError, match="unknown encryption codec"):

@@ -44,7 +44,7 @@ def _residue_offset(poly: int, prime: int, coeff: int) -> int:
 
 def test_registered_with_bfv_packed_parameters(raw):
     codec, enc, *_ = raw
-    assert NAME in CODECS and DEFAULT_CODEC == "bfv-packed-v1"
+    assert NAME in CODECS and DEFAULT_CODEC == NAME
     assert isinstance(codec, bfv_packed.BfvPackedCodec)  # shares encoding, parameters and checks
     assert enc == {**get_codec("bfv-packed-v1").validate_config({}), "codec": NAME}
     with pytest.raises(SpecError, match="this codec is 'bfv-packed-raw-v1'"):
