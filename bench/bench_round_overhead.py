@@ -6,7 +6,8 @@ Usage:
 
 1. Platform: runs `manage.py demo` (3 hospitals, 5 rounds, DP-SGD epsilon 1, bfv-packed-v1
    encryption; a gunicorn web server, a Celery worker with beat and three real
-   `python -m hospital_node run` processes) on the embedded default (SQLite + the embedded broker)
+   `python -m hospital_node run` processes; the codec is the demo's, fedproto.codec.DEFAULT_CODEC)
+   on the embedded default (SQLite + the embedded broker)
    and/or on PostgreSQL + Redis. Wall time = the demo's "study" time (recruitment, key exchange,
    all rounds, evaluation reports and the final model release), counted from when recruitment is
    open and every node daemon is up (its "polling" log line) to the final model's release.
@@ -189,7 +190,7 @@ def report(res: dict, base: dict) -> dict:
     node_start = max(0.0, t["nodes_ready"] - t["recruiting"])
     running = t["finished"] - t["started"]
     print(f"\n## platform on {res['backend']}: demo study #{res['summary']['study_id']} "
-          f"({len(rs)} rounds, 3 hospitals, DP + bfv-packed-v1)")
+          f"({len(rs)} rounds, 3 hospitals, DP + {res['summary']['encryption']['codec']})")
     print(f"{'round':>5} {'upload->closed':>15} {'closed->aggregated':>19} {'aggregated->next open':>22} "
           f"{'open->all hold job':>19} {'overhead':>9} {'agg (task)':>11}")
     overheads = []
