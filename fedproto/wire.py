@@ -16,13 +16,36 @@ _HEAD = struct.Struct(">4sI")
 _LEN = struct.Struct(">Q")
 
 
+def frame_part_header(length: int) -> bytes:
+    """The length prefix that precedes each part inside a frame."""
+    return _LEN.pack(length)
+
+
 def pack_parts(parts: Iterable[bytes]) -> bytes:
     parts = list(parts)
     out = [_HEAD.pack(MAGIC, len(parts))]
     for p in parts:
-        out.append(_LEN.pack(len(p)))
+        out.append(frame_part_header(len(p)))
         out.append(p)
     return b"".join(out)
+
+
+def unpack_bare_parts(data: bytes, n: int, *, max_part_bytes: int = 1 << 30) -> list[bytes]:
+    """Split a run of exactly `n` length-prefixed parts cut out of a frame (no frame header)."""
+    view = memoryview(data)
+    parts, off = [], 0
+    for i in range(n):
+        if off + _LEN.size > len(view):
+            raise CodecError(f"part run truncated in the length of part {i} of {n}")
+        (ln,) = _LEN.unpack_from(view, off)
+        off += _LEN.size
+        if ln > max_part_bytes or off + ln > len(view):
+            raise CodecError(f"part run truncated or oversized at part {i} of {n}")
+        parts.append(bytes(view[off:off + ln]))
+        off += ln
+    if off != len(view):
+        raise CodecError(f"part run has {len(view) - off} trailing bytes after its {n} parts")
+    return parts
 
 
 def unpack_parts(data: bytes, *, max_parts: int = 1_000_000, max_part_bytes: int = 1 << 30) -> list[bytes]:

@@ -47,19 +47,36 @@ def require_postgres_redis(transactional_db):
     return connection
 
 
-@pytest.fixture
-def stack(require_postgres_redis, request):
-    """A platform web server (gunicorn) and a Celery worker (with beat) on the test database.
-    Process logs are kept under test-output/logs/<test name>/."""
+def _platform_stack(connection, request, *, workers: int = 1, extra_env: dict | None = None):
+    """A platform web server (gunicorn) and Celery workers (the first with beat) on the test
+    database. Process logs are kept under test-output/logs/<test name>/."""
     from studies.localstack import Stack, child_env, db_url_for_children
 
-    env = child_env({"DATABASE_URL": db_url_for_children(require_postgres_redis),
-                     "REDIS_URL": os.environ["REDIS_URL"]})
+    env = child_env({"DATABASE_URL": db_url_for_children(connection), "REDIS_URL": os.environ["REDIS_URL"],
+                     **(extra_env or {})})
     log_dir = OUTPUT / "logs" / request.node.name
     shutil.rmtree(log_dir, ignore_errors=True)
     s = Stack(log_dir=log_dir, env=env)
     s.start_web()
-    s.start_worker()
+    for i in range(workers):
+        s.start_worker(name=f"worker{i + 1}" if i else "worker", beat=i == 0)
+    return s
+
+
+@pytest.fixture
+def chunked_stack(require_postgres_redis, request):
+    """Two Celery workers, aggregation split into one-ciphertext chunks."""
+    s = _platform_stack(require_postgres_redis, request, workers=2,
+                        extra_env={"FEDPLATFORM_AGGREGATE_CHUNK_PARTS": "1"})
+    yield s
+    s.stop_all()
+    time.sleep(0.5)
+
+
+@pytest.fixture
+def stack(require_postgres_redis, request):
+    """A platform web server (gunicorn) and a Celery worker (with beat) on the test database."""
+    s = _platform_stack(require_postgres_redis, request)
     yield s
     s.stop_all()
     # Let the children's connections close before the test database is flushed.

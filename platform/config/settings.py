@@ -137,6 +137,9 @@ WHITENOISE_USE_FINDERS = True
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 MAX_UPDATE_BYTES = int(os.environ.get("FEDPLATFORM_MAX_UPDATE_BYTES", str(2 * 1024 ** 3)))
+# Ciphertext parts per aggregation chunk: a round whose uploads have more parts is aggregated by
+# several Celery tasks (one per chunk), so several workers share a large model.
+AGGREGATE_CHUNK_PARTS = int(os.environ.get("FEDPLATFORM_AGGREGATE_CHUNK_PARTS", "64"))
 MAX_MODEL_BYTES = int(os.environ.get("FEDPLATFORM_MAX_MODEL_BYTES", str(512 * 1024 ** 2)))
 
 REST_FRAMEWORK = {

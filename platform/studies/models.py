@@ -150,6 +150,8 @@ class EncryptedUpdate(models.Model):
     n_parts = models.PositiveIntegerField()
     size_bytes = models.PositiveBigIntegerField()
     sha256 = models.CharField(max_length=64)
+    # Chunk index for aggregation across workers: [[first_part, n_parts, byte_offset, n_bytes, sha256], ...]
+    chunks = models.JSONField(default=list, blank=True)
     received_at = models.DateTimeField(auto_now_add=True)
 
 
@@ -163,6 +165,21 @@ class Aggregate(models.Model):
     contributors = models.JSONField(default=list)     # hospital ids (public: who uploaded)
     seconds = models.FloatField(default=0.0)
     created_at = models.DateTimeField(auto_now_add=True)
+
+
+class AggregateChunk(models.Model):
+    """The sum of one range of ciphertext parts over a round's uploads (one Celery task each);
+    the last chunk to finish assembles the round's Aggregate."""
+
+    round = models.ForeignKey(Round, on_delete=models.CASCADE, related_name="aggregate_chunks")
+    index = models.PositiveIntegerField()
+    path = models.CharField(max_length=500)
+    n_parts = models.PositiveIntegerField()
+    seconds = models.FloatField(default=0.0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["round", "index"], name="aggregate_chunk_unique")]
 
 
 class PrivacySpend(models.Model):

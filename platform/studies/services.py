@@ -6,6 +6,7 @@ Tasks (tasks.py) and API views call these functions; they never change state the
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import secrets
@@ -31,8 +32,8 @@ from fedproto.specs import n_params as spec_n_params
 from fedproto.specs import validate_model_spec
 
 from . import worksignal
-from .models import (Aggregate, EncryptedUpdate, FinalModel, HEContext, Participation, PrivacySpend, Round,
-                     RoundReport, SealedKey, Study, TrainingJob)
+from .models import (Aggregate, AggregateChunk, EncryptedUpdate, FinalModel, HEContext, Participation, PrivacySpend,
+                     Round, RoundReport, SealedKey, Study, TrainingJob)
 
 log = logging.getLogger(__name__)
 
@@ -522,16 +523,29 @@ def update_accept(*, job: TrainingJob, hospital: Hospital, stream: BinaryIO, con
                 remaining -= len(chunk)
         if size != content_length:
             raise CodecError(f"upload truncated: received {size} of {content_length} bytes")
+        chunk_parts = max(1, int(settings.AGGREGATE_CHUNK_PARTS))
+        chunks: list[list] = []
         with open(tmp, "rb") as fh:
             n = wire.read_frame_header(fh)
             if n != expected_parts:
                 raise CodecError(f"update has {n} ciphertext parts; this study's model ({study.n_params} parameters) "
                                  f"needs exactly {expected_parts}")
+            offset = fh.tell()
             for i, part in enumerate(wire.iter_frame_parts(fh, n)):
                 try:
                     codec.inspect_part(ctx, part)
                 except CodecError as exc:
                     raise CodecError(f"part {i}: {exc}") from None
+                # Index chunks of parts (byte range + hash) so several workers can each add one range.
+                if i % chunk_parts == 0:
+                    chunks.append([i, 0, offset, 0, hashlib.sha256()])
+                framed = wire.frame_part_header(len(part))
+                chunks[-1][1] += 1
+                chunks[-1][3] += len(framed) + len(part)
+                chunks[-1][4].update(framed)
+                chunks[-1][4].update(part)
+                offset += len(framed) + len(part)
+        chunks = [[a, b, c, d, h.hexdigest()] for a, b, c, d, h in chunks]
     except CodecError as exc:
         os.unlink(tmp)
         _reject_update(study, job, hospital, f"encrypted update rejected: {exc}", "invalid_ciphertext", 422)
@@ -548,7 +562,8 @@ def update_accept(*, job: TrainingJob, hospital: Hospital, stream: BinaryIO, con
             raise ServiceError("this job no longer accepts an update (duplicate or closed)", code="duplicate", status=409)
         os.replace(tmp, final)
         upd = EncryptedUpdate.objects.create(job=job, path=str(final.relative_to(settings.MEDIA_ROOT)),
-                                             n_parts=expected_parts, size_bytes=size, sha256=sha.hexdigest())
+                                             n_parts=expected_parts, size_bytes=size, sha256=sha.hexdigest(),
+                                             chunks=chunks if len(chunks) > 1 else [])
         Round.objects.filter(pk=rnd.pk).update(n_updates=F("n_updates") + 1)
         _study_audit(study, "update.accepted", f"node:{hospital.pk}:{hospital.name}", obj=upd, hospital_id=hospital.pk,
                      data={"round": rnd.number, "attempt": rnd.attempt, "bytes": size, "sha256": upd.sha256,
@@ -601,6 +616,11 @@ def round_try_close(*, round_id: int, force_deadline: bool = False, inline_aggre
                                "refused": [j.hospital_id for j in jobs if j.status == TrainingJob.Status.REFUSED]})
             codec = get_codec(study.encryption["codec"])
             loads = len(uploaded) * codec.n_parts(study.encryption, study.n_params)
+            layout = _chunk_layout(rnd)
+            if layout:
+                for index in range(len(layout)):
+                    _on_commit(_tasks().aggregate_chunk, rnd.pk, index)
+                return False
             if inline_aggregate and loads <= INLINE_AGGREGATE_MAX_PART_LOADS:
                 return True
             _on_commit(_tasks().aggregate_round, rnd.pk)
@@ -668,6 +688,13 @@ def round_aggregate(*, round_id: int) -> Aggregate | None:
             return None
         parts = codec.aggregate(ctx, (read_upload(u) for u in good), max_uploads=study.encryption.get("max_hospitals"))
     seconds = time.perf_counter() - t0
+    return _store_aggregate(rnd, parts, [u.job.hospital_id for u in good], seconds)
+
+
+def _store_aggregate(rnd: Round, parts: list[bytes], contributors: list[int], seconds: float) -> Aggregate | None:
+    """Write the encrypted aggregate, mark the round done and open the next one, in one transaction."""
+    study = rnd.study
+    root = Path(settings.MEDIA_ROOT)
     frame = wire.pack_parts(parts)
     d = Path(settings.MEDIA_ROOT) / "aggregates" / f"study_{study.pk}"
     d.mkdir(parents=True, exist_ok=True)
@@ -675,19 +702,95 @@ def round_aggregate(*, round_id: int) -> Aggregate | None:
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(frame)
     os.replace(tmp, path)
-    contributors = [u.job.hospital_id for u in good]
     with transaction.atomic():
         if not Round.objects.filter(pk=rnd.pk, status=Round.Status.AGGREGATING).update(
                 status=Round.Status.DONE, done_at=timezone.now()):
             return None
         agg = Aggregate.objects.create(round=rnd, path=str(path.relative_to(root)), n_parts=len(parts),
                                        size_bytes=len(frame), sha256=hashlib.sha256(frame).hexdigest(),
-                                       n_contributors=len(good), contributors=contributors, seconds=seconds)
+                                       n_contributors=len(contributors), contributors=contributors, seconds=seconds)
         _study_audit(study, "round.aggregated", "system", obj=agg,
                      data={"round": rnd.number, "attempt": rnd.attempt, "contributors": contributors,
                            "bytes": len(frame), "sha256": agg.sha256, "seconds": round(seconds, 4)})
         _advance_in_transaction(study)
     return agg
+
+
+def _chunk_layout(rnd: Round) -> list[list] | None:
+    """The chunk layout shared by every upload of the round, or None (aggregate in one task)."""
+    layouts = {json.dumps([c[:4] for c in u.chunks]) for u in EncryptedUpdate.objects.filter(job__round=rnd)}
+    if len(layouts) != 1:
+        return None
+    layout = json.loads(layouts.pop())
+    return layout if len(layout) > 1 else None
+
+
+def missing_chunks(*, round_id: int) -> list[int]:
+    """Chunk indexes of a chunked aggregation that have no stored result yet ([] if not chunked)."""
+    layout = _chunk_layout(Round.objects.get(pk=round_id))
+    if not layout:
+        return []
+    have = set(AggregateChunk.objects.filter(round_id=round_id).values_list("index", flat=True))
+    return [i for i in range(len(layout)) if i not in have]
+
+
+def round_aggregate_chunk(*, round_id: int, index: int) -> Aggregate | None:
+    """Add one range of ciphertext parts over the round's uploads (one Celery task per range, so
+    several workers share a large model); the chunk that completes the set assembles the
+    aggregate. Any problem falls back to round_aggregate, which finds and records bad uploads."""
+    rnd = Round.objects.select_related("study").get(pk=round_id)
+    if rnd.status != Round.Status.AGGREGATING or Aggregate.objects.filter(round=rnd).exists():
+        return None
+    study = rnd.study
+    layout = _chunk_layout(rnd)
+    if not layout or not 0 <= index < len(layout):
+        return round_aggregate(round_id=round_id)
+    if not AggregateChunk.objects.filter(round=rnd, index=index).exists():
+        codec = get_codec(study.encryption["codec"])
+        ctx = codec.load_params(bytes(HEContext.objects.get(study=study).public_params))
+        updates = list(EncryptedUpdate.objects.filter(job__round=rnd).order_by("job__hospital_id"))
+        root = Path(settings.MEDIA_ROOT)
+
+        def read_range(u: EncryptedUpdate) -> list[bytes]:
+            _, n, offset, length, digest = u.chunks[index]
+            try:
+                with open(root / u.path, "rb") as fh:
+                    fh.seek(offset)
+                    data = fh.read(length)
+            except OSError as exc:
+                raise CodecError(f"stored upload of job {u.job_id} cannot be read: {exc.strerror}") from None
+            if len(data) != length or hashlib.sha256(data).hexdigest() != digest:
+                raise CodecError(f"stored upload of job {u.job_id} changed on disk since it was accepted")
+            return wire.unpack_bare_parts(data, n)
+
+        t0 = time.perf_counter()
+        try:
+            parts = codec.aggregate(ctx, (read_range(u) for u in updates), max_uploads=study.encryption.get("max_hospitals"))
+        except CodecError as exc:
+            log.warning("round %s chunk %s: %s; aggregating the round in one task", rnd.pk, index, exc)
+            return round_aggregate(round_id=round_id)
+        seconds = time.perf_counter() - t0
+        d = Path(settings.MEDIA_ROOT) / "aggregates" / f"study_{study.pk}" / f"round_{rnd.number}_{rnd.attempt}_chunks"
+        d.mkdir(parents=True, exist_ok=True)
+        path = d / f"chunk_{index}.bin"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(wire.pack_parts(parts))
+        os.replace(tmp, path)
+        try:
+            with transaction.atomic():
+                AggregateChunk.objects.create(round=rnd, index=index, path=str(path.relative_to(root)),
+                                              n_parts=len(parts), seconds=seconds)
+        except IntegrityError:
+            pass  # a redelivered task already stored this chunk (same content)
+    done = list(AggregateChunk.objects.filter(round=rnd).order_by("index"))
+    if [c.index for c in done] != list(range(len(layout))):
+        return None
+    parts = []
+    for c in done:
+        parts.extend(wire.unpack_parts((Path(settings.MEDIA_ROOT) / c.path).read_bytes()))
+    contributors = list(EncryptedUpdate.objects.filter(job__round=rnd).order_by("job__hospital_id")
+                        .values_list("job__hospital_id", flat=True))
+    return _store_aggregate(rnd, parts, contributors, sum(c.seconds for c in done))
 
 
 def _advance_in_transaction(study: Study) -> None:

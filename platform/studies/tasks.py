@@ -4,6 +4,7 @@ unique constraints) and are enqueued on commit by the services."""
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 from celery import shared_task
 from django.utils import timezone
@@ -40,9 +41,18 @@ def close_round_at_deadline(round_id: int) -> None:
     services.round_try_close(round_id=round_id)
 
 
+@shared_task(name="studies.aggregate_chunk", acks_late=True, soft_time_limit=3000, time_limit=3600)
+def aggregate_chunk(round_id: int, index: int) -> None:
+    """One range of ciphertext parts of a large model; chunks of a round run on any free worker."""
+    services.round_aggregate_chunk(round_id=round_id, index=index)
+
+
 @shared_task(name="studies.aggregate_round", acks_late=True, soft_time_limit=3000, time_limit=3600)
 def aggregate_round(round_id: int) -> None:
     services.round_aggregate(round_id=round_id)
+
+
+AGGREGATION_GRACE_S = 120
 
 
 @shared_task(name="studies.reconcile", soft_time_limit=240, time_limit=300)
@@ -61,9 +71,17 @@ def reconcile() -> dict:
             fixed["closed"] += 1
         except Exception:
             log.exception("reconcile: closing round %s failed", rid)
-    for rid in Round.objects.filter(status=Round.Status.AGGREGATING, aggregate__isnull=True).values_list("pk", flat=True):
+    # An aggregation still running is not stuck: repair only those closed longer ago than the grace.
+    stuck_before = timezone.now() - timedelta(seconds=AGGREGATION_GRACE_S)
+    for rid in Round.objects.filter(status=Round.Status.AGGREGATING, aggregate__isnull=True,
+                                    closed_at__lt=stuck_before).values_list("pk", flat=True):
         try:
-            services.round_aggregate(round_id=rid)
+            missing = services.missing_chunks(round_id=rid)
+            if missing:
+                for index in missing:
+                    aggregate_chunk.delay(rid, index)
+            else:
+                services.round_aggregate(round_id=rid)
             fixed["aggregated"] += 1
         except Exception:
             log.exception("reconcile: aggregating round %s failed", rid)

@@ -30,10 +30,11 @@ def setup_consortium(stack, tmp_path: Path, n: int = 3, *, auto_approve=(True, T
     return data, consortium, hospitals, configs
 
 
-def create_study(consortium, hospitals, data, *, rounds=3, quorum=2, deadline=60, epsilon=1.0, name=None):
+def create_study(consortium, hospitals, data, *, rounds=3, quorum=2, deadline=60, epsilon=1.0, name=None,
+                 model=None):
     study = services.study_create(
         consortium=consortium, name=name or f"study {time.time_ns()}", hospitals=hospitals, schema=data.schema,
-        model_spec={"type": "logistic_regression"}, rounds=rounds, local_epochs=1, batch_size=32,
+        model_spec=model or {"type": "logistic_regression"}, rounds=rounds, local_epochs=1, batch_size=32,
         learning_rate=0.5, privacy={"epsilon": epsilon, "delta": 1e-5, "clip_norm": 1.0},
         encryption={}, quorum=quorum, round_deadline_s=deadline, seed=99)
     services.study_open_recruitment(study=study, actor="test")

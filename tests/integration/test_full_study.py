@@ -66,3 +66,26 @@ def test_study_survives_a_node_killed_mid_study(stack, tmp_path):
     assert hospitals[2].pk not in last.aggregate.contributors
     assert TrainingJob.objects.filter(round__study=study, hospital=hospitals[2], status=TrainingJob.Status.EXPIRED).exists()
     assert verify_study_chain(study.pk).ok
+
+
+def test_large_model_rounds_are_aggregated_in_chunks_by_two_workers(chunked_stack, tmp_path):
+    from studies.models import AggregateChunk
+
+    data, consortium, hospitals, configs = setup_consortium(chunked_stack, tmp_path)
+    nodes = [chunked_stack.start_node(f"n{i}", c) for i, c in enumerate(configs)]
+    study = create_study(consortium, hospitals, data, rounds=2, quorum=3,
+                         model={"type": "mlp_classifier", "hidden": [128, 64]})
+    wait_for(lambda: study_status(study) == "failed"
+             or (study.status == "completed" and FinalModel.objects.filter(study=study).exists()),
+             400, "the chunked study to complete", nodes + chunked_stack.procs)
+    assert study.status == Study.Status.COMPLETED, study.status_reason
+    codec = get_codec(study.encryption["codec"])
+    n_parts = codec.n_parts(study.encryption, study.n_params)
+    assert n_parts == 2
+    for rnd in Round.objects.filter(study=study, status=Round.Status.DONE):
+        assert sorted(AggregateChunk.objects.filter(round=rnd).values_list("index", flat=True)) == [0, 1]
+        assert rnd.aggregate.n_parts == n_parts and rnd.aggregate.n_contributors == 3
+    last = Round.objects.get(study=study, number=2, status=Round.Status.DONE)
+    hashes = set(RoundReport.objects.filter(round=last).values_list("model_sha256", flat=True))
+    assert hashes == {study.final_model.sha256}
+    assert verify_study_chain(study.pk).ok

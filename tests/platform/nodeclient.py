@@ -53,10 +53,10 @@ def run_setup(world) -> None:
     study, a, b = world["study"], world["a"], world["b"]
     for n in (a, b):
         assert n.post(f"studies/{study.pk}/decision", {"decision": "approve"}).status_code == 200
-    codec = get_codec("bfv-packed-v1")
+    codec = get_codec(study.encryption["codec"])
     a.secret = codec.generate_secret(study.encryption)
     pub = codec.public_params(a.secret)
-    r = a.post(f"studies/{study.pk}/context", {"codec": "bfv-packed-v1", "public_params": base64.b64encode(pub).decode()})
+    r = a.post(f"studies/{study.pk}/context", {"codec": codec.name, "public_params": base64.b64encode(pub).decode()})
     assert r.status_code == 201, r.content
     sealed = SealedBox(b.key.public_key).encrypt(a.secret)
     r = a.post(f"studies/{study.pk}/sealed-keys", {"keys": [{"hospital_id": b.hospital.pk,

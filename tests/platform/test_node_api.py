@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
 import numpy as np
 import pytest
+from django.conf import settings as django_settings
 from nodeclient import encrypted_frame, run_setup
 
 from audit.models import AuditEvent
@@ -131,3 +133,57 @@ def test_round_aggregates_and_nodes_decrypt_the_mean(world, eager_celery):
     assert res.n_contributors == 2
     assert np.max(np.abs(res.mean_update - expected)) < 2e-3
     assert any(i["kind"] == "evaluate" for i in b.work())
+
+
+def test_large_model_is_aggregated_in_chunks_and_tampered_storage_is_caught(world, eager_celery, settings):
+    """Uploads of a model spanning several ciphertexts are indexed by chunk; each chunk is summed
+    by its own task and the last assembles the aggregate. A stored upload changed on disk is
+    caught by the chunk's hash, and the round falls back to the full check that rejects it."""
+    from audit.models import AuditEvent
+    from studies import services
+    from studies.models import AggregateChunk, Round
+
+    settings.AGGREGATE_CHUNK_PARTS = 1
+    a, b = world["a"], world["b"]
+    study = services.study_create(
+        consortium=world["consortium"], name="chunked", hospitals=[a.hospital, b.hospital],
+        schema=world["data"].schema, model_spec={"type": "mlp_classifier", "hidden": [128, 64]}, rounds=2,
+        local_epochs=1, batch_size=32, learning_rate=0.1, privacy={"epsilon": 1.0, "delta": 1e-5, "clip_norm": 1.0},
+        encryption={}, quorum=2, round_deadline_s=600, seed=6)
+    services.study_open_recruitment(study=study, actor="test")
+    run_setup({**world, "study": study})
+    codec = get_codec(study.encryption["codec"])
+    n_parts = codec.n_parts(study.encryption, study.n_params)
+    assert n_parts == 2
+    rng = np.random.default_rng(4)
+    ua, ub = rng.normal(0, 0.05, study.n_params), rng.normal(0, 0.05, study.n_params)
+    for node, u, n in ((a, ua, 200), (b, ub, 200)):
+        frame = wire.pack_parts(codec.encrypt_update(node.secret, study.encryption, u, n, rng))
+        assert node.put_bytes(f"jobs/{job_of(node, study)}/update", frame).status_code == 201
+    assert all(len(u.chunks) == 2 for u in EncryptedUpdate.objects.filter(job__round__study=study))
+    rnd = Round.objects.get(study=study, number=1)
+    assert rnd.status == Round.Status.DONE
+    assert sorted(AggregateChunk.objects.filter(round=rnd).values_list("index", flat=True)) == [0, 1]
+    r = b.get(f"studies/{study.pk}/rounds/1/aggregate")
+    res = codec.decrypt_aggregate(b.secret, study.encryption, wire.unpack_parts(b"".join(r.streaming_content)),
+                                  study.n_params)
+    assert res.n_contributors == 2
+    # Stochastic rounding moves each weighted value by less than one step; weight = n / cap.
+    desc = codec.describe(study.encryption)
+    bound = desc["quant_step"] * study.encryption["weight_cap_samples"] / 200
+    assert np.max(np.abs(res.mean_update - (ua + ub) / 2)) <= bound
+
+    # Round 2: A's stored upload is altered in its second chunk before B's upload closes the round.
+    frame = wire.pack_parts(codec.encrypt_update(a.secret, study.encryption, ua, 200, rng))
+    assert a.put_bytes(f"jobs/{job_of(a, study)}/update", frame).status_code == 201
+    upd = EncryptedUpdate.objects.get(job__round__study=study, job__round__number=2, job__hospital=a.hospital)
+    path = Path(django_settings.MEDIA_ROOT) / upd.path
+    data = bytearray(path.read_bytes())
+    data[upd.chunks[1][2] + 100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    frame = wire.pack_parts(codec.encrypt_update(b.secret, study.encryption, ub, 200, rng))
+    assert b.put_bytes(f"jobs/{job_of(b, study)}/update", frame).status_code == 201
+    rnd2 = Round.objects.get(study=study, number=2, attempt=1)
+    assert rnd2.status == Round.Status.FAILED
+    ev = AuditEvent.objects.get(study_id=study.pk, action="update.rejected", hospital_id=a.hospital.pk)
+    assert "changed on disk" in ev.data["reason"]
