@@ -30,22 +30,28 @@ def pack_parts(parts: Iterable[bytes]) -> bytes:
     return b"".join(out)
 
 
-def unpack_bare_parts(data: bytes, n: int, *, max_part_bytes: int = 1 << 30) -> list[bytes]:
-    """Split a run of exactly `n` length-prefixed parts cut out of a frame (no frame header)."""
-    view = memoryview(data)
-    parts, off = [], 0
+def _split(view: memoryview, off: int, n: int, max_part_bytes: int, what: str) -> list[bytes]:
+    """Split exactly `n` length-prefixed parts from `view[off:]`; `what` names the container."""
+    parts = []
     for i in range(n):
         if off + _LEN.size > len(view):
-            raise CodecError(f"part run truncated in the length of part {i} of {n}")
+            raise CodecError(f"{what} truncated in the length of part {i} of {n}")
         (ln,) = _LEN.unpack_from(view, off)
         off += _LEN.size
-        if ln > max_part_bytes or off + ln > len(view):
-            raise CodecError(f"part run truncated or oversized at part {i} of {n}")
+        if ln > max_part_bytes:
+            raise CodecError(f"part {i} is {ln} bytes, more than the {max_part_bytes} allowed")
+        if off + ln > len(view):
+            raise CodecError(f"{what} truncated: part {i} declares {ln} bytes, only {len(view) - off} remain")
         parts.append(bytes(view[off:off + ln]))
         off += ln
     if off != len(view):
-        raise CodecError(f"part run has {len(view) - off} trailing bytes after its {n} parts")
+        raise CodecError(f"{what} has {len(view) - off} trailing bytes after its {n} parts")
     return parts
+
+
+def unpack_bare_parts(data: bytes, n: int, *, max_part_bytes: int = 1 << 30) -> list[bytes]:
+    """Split a run of exactly `n` length-prefixed parts cut out of a frame (no frame header)."""
+    return _split(memoryview(data), 0, n, max_part_bytes, "part run")
 
 
 def unpack_parts(data: bytes, *, max_parts: int = 1_000_000, max_part_bytes: int = 1 << 30) -> list[bytes]:
@@ -58,22 +64,7 @@ def unpack_parts(data: bytes, *, max_parts: int = 1_000_000, max_part_bytes: int
         raise CodecError(f"not an encrypted-update frame: header {bytes(magic)!r}, expected {MAGIC!r} (plaintext or other data is refused)")
     if n > max_parts:
         raise CodecError(f"frame has {n} parts, more than the {max_parts} allowed here")
-    off = _HEAD.size
-    parts = []
-    for i in range(n):
-        if off + _LEN.size > len(view):
-            raise CodecError(f"frame truncated in the length of part {i} of {n}")
-        (ln,) = _LEN.unpack_from(view, off)
-        off += _LEN.size
-        if ln > max_part_bytes:
-            raise CodecError(f"part {i} is {ln} bytes, more than the {max_part_bytes} allowed")
-        if off + ln > len(view):
-            raise CodecError(f"frame truncated: part {i} declares {ln} bytes, only {len(view) - off} remain")
-        parts.append(bytes(view[off:off + ln]))
-        off += ln
-    if off != len(view):
-        raise CodecError(f"frame has {len(view) - off} trailing bytes after its {n} parts")
-    return parts
+    return _split(view, _HEAD.size, n, max_part_bytes, "frame")
 
 
 def read_frame_header(fh: BinaryIO) -> int:
