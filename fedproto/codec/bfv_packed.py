@@ -181,6 +181,7 @@ class BfvPackedCodec(Codec):
 
     def __init__(self) -> None:
         self._node_cache: dict[bytes, _NodeCtx] = {}
+        self._platform_cache: dict[bytes, BfvPlatformContext] = {}
         self._lock = threading.Lock()
 
     # ---------------------------------------------------------------- config
@@ -393,6 +394,19 @@ class BfvPackedCodec(Codec):
         if not isinstance(public, (bytes, bytearray, memoryview)):
             raise CodecError(f"public params must be bytes, got {type(public).__name__}")
         public = bytes(public)
+        key = sha256(public).digest()
+        with self._lock:
+            hit = self._platform_cache.get(key)
+        if hit is not None:  # the same bytes passed every check below before (a SEAL context costs ~15 ms)
+            return hit
+        ctx = self._load_params_uncached(public)
+        with self._lock:
+            if len(self._platform_cache) > 16:
+                self._platform_cache.clear()
+            self._platform_cache[key] = ctx
+        return ctx
+
+    def _load_params_uncached(self, public: bytes) -> BfvPlatformContext:
         try:
             seal_io.parse_header(public)
         except ValueError as exc:

@@ -13,3 +13,10 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 from django.core.wsgi import get_wsgi_application  # noqa: E402
 
 application = get_wsgi_application()
+
+if os.environ.get("CELERY_TASK_ALWAYS_EAGER", "0") != "1":
+    import threading
+
+    from config.celery import warm_publisher  # noqa: E402
+
+    threading.Thread(target=warm_publisher, name="warm-broker", daemon=True).start()

@@ -103,12 +103,25 @@ class Stack:
         wait_http(f"{self.base_url}/api/schema/", proc)
         return proc
 
-    def start_worker(self, name: str = "worker", beat: bool = True, concurrency: int = 1) -> Proc:
+    def start_worker(self, name: str = "worker", beat: bool = True, concurrency: int = 1,
+                     wait_ready_s: float = 120.0) -> Proc:
+        """Start a Celery worker and wait until it consumes tasks (its ready file appears)."""
         args = [sys.executable, "-m", "celery", "-A", "config", "worker", "-n", f"{name}@%h", "-l", "warning",
                 "--concurrency", str(concurrency), "--pool", "solo" if concurrency == 1 else "prefork"]
         if beat:
             args += ["-B", "-s", str(self.log_dir / f"celerybeat-{name}")]
-        return self.spawn(name, args, cwd=PLATFORM_DIR)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        ready = self.log_dir / f"{name}.ready"
+        ready.unlink(missing_ok=True)
+        proc = self.spawn(name, args, cwd=PLATFORM_DIR, env={**self.env, "FEDPLATFORM_WORKER_READY_FILE": str(ready)})
+        t0 = time.monotonic()
+        while not ready.exists():
+            if not proc.alive():
+                raise RuntimeError(f"{name} exited early:\n{proc.tail()}")
+            if time.monotonic() - t0 > wait_ready_s:
+                raise RuntimeError(f"{name} was not ready within {wait_ready_s:.0f}s:\n{proc.tail()}")
+            time.sleep(0.1)
+        return proc
 
     def start_node(self, name: str, config: Path) -> Proc:
         return self.spawn(f"node-{name}", [sys.executable, "-m", "hospital_node", "run", "--config", str(config)])

@@ -258,7 +258,7 @@ def participation_decide(*, participation: Participation, decision: str, actor: 
                          data={"hospital": p.hospital.name})
         _study_audit(study, f"participation.{p.state}", actor, obj=p, hospital_id=p.hospital_id,
                      data={"hospital": p.hospital.name, "reason": p.reason})
-        _on_commit(_tasks().advance_study, study.pk)
+        _advance_after_commit(study)
     return p
 
 
@@ -298,7 +298,7 @@ def he_context_publish(*, study: Study, hospital: Hospital, codec_name: str, pub
         _study_audit(study, "he_context.published", f"node:{hospital.pk}:{hospital.name}", obj=ctx,
                      hospital_id=hospital.pk, data={"codec": codec_name, "sha256": sha, "bytes": len(public_params),
                                                     "parameters": codec.describe(study.encryption)})
-        _on_commit(_tasks().advance_study, study.pk)
+        _advance_after_commit(study)
     return ctx
 
 
@@ -351,10 +351,25 @@ def key_ack(*, study: Study, hospital: Hospital, public_params_sha256: str) -> N
         if n:
             _study_audit(study, "key.acknowledged", f"node:{hospital.pk}:{hospital.name}", hospital_id=hospital.pk,
                          data={"public_params_sha256": public_params_sha256})
-            _on_commit(_tasks().advance_study, study.pk)
+            _advance_after_commit(study)
 
 
 # ---------------------------------------------------------------- orchestration
+
+def _advance_after_commit(study: Study) -> None:
+    """Once this transaction commits, move the study on in this process: a recruitment step
+    (decision, context, key acknowledgement) is a few rows, and a broker hop here was most of the
+    time between the last key and round 1. The last of concurrent requests to commit sees every
+    row; study_advance is idempotent under concurrency. On any error a Celery task retries it."""
+    def run() -> None:
+        try:
+            study_advance(study_id=study.pk)
+        except Exception:  # noqa: BLE001 - the request already succeeded; the task repairs it
+            log.exception("advancing study %s after commit failed; enqueueing it", study.pk)
+            _tasks().advance_study.delay(study.pk)
+
+    transaction.on_commit(run)
+
 
 def study_advance(*, study_id: int) -> None:
     """Move a study forward if it can: start running once set up, open the next round. Idempotent."""
