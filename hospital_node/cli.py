@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from . import NODE_VERSION
@@ -19,6 +20,7 @@ EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_AUTH = 0, 1, 2, 3
 
 
 def _setup_logging(verbose: bool) -> None:
+    verbose = verbose or os.environ.get("HOSPITAL_NODE_LOG_LEVEL", "").upper() == "DEBUG"
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     for noisy in ("urllib3", "opacus", "torch"):
@@ -75,6 +77,7 @@ def cmd_run(args) -> int:
     from .daemon import Node  # imports torch/Opacus: only once the config is known to be good
     node = Node(cfg, creds)
     node.install_signal_handlers()
+    node.warm_up()
     return node.run(once=args.once)
 
 

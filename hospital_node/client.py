@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import time
 from typing import Any, Iterable
 
 import requests
@@ -34,11 +35,14 @@ class PlatformClient:
                 raw: bool = False) -> Any:
         url = self.base + path.lstrip("/")
         headers = {"Content-Type": "application/octet-stream"} if data is not None else None
+        t0 = time.monotonic()
         try:
             resp = self.session.request(method, url, json=json, data=data, params=params, headers=headers,
                                         timeout=timeout or self.timeout)
         except requests.RequestException as e:
             raise TransientError(f"{method} {path}: platform unreachable ({type(e).__name__}: {e})") from None
+        log.debug("%s %s -> %s in %.1f ms (%d bytes back)", method, path, resp.status_code,
+                  (time.monotonic() - t0) * 1000, len(resp.content))
         if resp.status_code in (401, 403):
             code, msg = _error_body(resp)
             raise FatalAuthError(f"{method} {path} -> {resp.status_code} {code}: {msg}")

@@ -55,9 +55,14 @@ def test_ledger_history_survives_reopen_and_rebuilds_the_accountant(tmp_path, st
         for _ in range(steps):
             fresh.step(noise_multiplier=sigma, sample_rate=q)
     assert trainer.epsilon_of(hist, 1e-5, "rdp") == pytest.approx(fresh.get_epsilon(delta=1e-5), rel=1e-12)
+    # the node's cached RDP composition is Opacus' own computation on the same history: equal to the last bit
+    assert trainer.epsilon_of(hist, 1e-5, "rdp") == trainer.make_accountant("rdp", hist).get_epsilon(delta=1e-5)
     row = led.study(study["id"])
     assert row["rounds_trained"] == 3 and row["epsilon_spent"] == pytest.approx(fresh.get_epsilon(delta=1e-5))
     assert [j["state"] for j in led.jobs(study["id"])] == ["spend_recorded"] * 3
+    for delta in (1e-5, 1e-7):
+        for h in (hist[:1], hist, hist * 3, [(0.7, 0.01, 1), *hist, (2.5, 0.5, 11)]):
+            assert trainer.epsilon_of(h, delta) == trainer.make_accountant("rdp", h).get_epsilon(delta=delta)
     # PRV rebuilt from the same history agrees with a fresh PRV accountant
     prv = PRVAccountant()
     prv.history = list(entries)
