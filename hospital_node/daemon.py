@@ -333,14 +333,24 @@ class Node:
                      sid, study.get("name", ""), study["privacy"]["epsilon"], study["rounds"], study["model"]["type"])
             self.client.decision(sid, "approve", "fits this hospital's limits (auto_approve)")
             self.ledger.remember_study(study, invitation_state="approved")
+            self._plan_ahead(study)
         else:
             if sid not in self._logged_pending:
                 log.info("study %s (%s): fits local limits; waiting for the hospital admin to approve it in the "
                          "portal (auto_approve is off)", sid, study.get("name", ""))
                 self._logged_pending.add(sid)
             self.ledger.remember_study(study, invitation_state="pending_admin")
+            self._plan_ahead(study)
             # Nothing to do until the admin decides; the decision makes other items appear.
             self.defer(item, PENDING_INVITATION_RECHECK_S)
+
+    def _plan_ahead(self, study: dict) -> None:
+        """Compute the study's noise plan now (memoised in trainer) while recruitment and key
+        exchange go on, not inside the first job. Pure arithmetic: no ledger write, no spend."""
+        try:
+            trainer.plan_noise(study, self.dataset(study).n_train, self.cfg.limits.max_epsilon)
+        except Exception as e:  # noqa: BLE001 - the first job plans again and reports any problem
+            log.debug("study %s: planning ahead failed (%s); the first job will plan", study.get("id"), e)
 
     # ------------------------------------------------------------------ keys
 

@@ -124,10 +124,17 @@ def plan_noise(study: dict, n_train: int, hospital_max_epsilon: float | None = N
     q = sample_rate_for(n_train, bs)
     per_job = job_steps(n_train, bs, epochs)
     target = effective_epsilon_cap(study, hospital_max_epsilon)
-    sigma = get_noise_multiplier(target_epsilon=target, target_delta=float(study["privacy"]["delta"]),
-                                 sample_rate=q, steps=rounds * per_job,
-                                 accountant=study["privacy"].get("accountant", "rdp"))
-    return NoisePlan(float(sigma), q, per_job, target, int(n_train))
+    sigma = _noise_multiplier(target, float(study["privacy"]["delta"]), q, rounds * per_job,
+                              study["privacy"].get("accountant", "rdp"))
+    return NoisePlan(sigma, q, per_job, target, int(n_train))
+
+
+@functools.lru_cache(maxsize=256)
+def _noise_multiplier(target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str) -> float:
+    """Opacus' search for sigma (tens of ms: dozens of accountant evaluations), memoised: the node
+    plans when it accepts an invitation, so the first job finds it done."""
+    return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
+                                      steps=steps, accountant=accountant))
 
 
 def check_budget(study: dict, history: History, plan: NoisePlan, hospital_max_epsilon: float | None) -> tuple[float, float]:
@@ -255,9 +262,8 @@ def train_local_only(study: dict, X_train: np.ndarray, y_train: np.ndarray,
     bs = int(study["batch_size"])
     q = sample_rate_for(n, bs)
     target = effective_epsilon_cap(study, hospital_max_epsilon)
-    sigma = get_noise_multiplier(target_epsilon=target, target_delta=float(study["privacy"]["delta"]),
-                                 sample_rate=q, steps=epochs * steps_per_epoch(n, bs),
-                                 accountant=study["privacy"].get("accountant", "rdp"))
+    sigma = _noise_multiplier(target, float(study["privacy"]["delta"]), q, epochs * steps_per_epoch(n, bs),
+                              study["privacy"].get("accountant", "rdp"))
     trained, _ = dp_train(initial_model(study), X_train, y_train, task=study["schema"]["task"], epochs=epochs,
                           batch_size=bs, learning_rate=float(study["learning_rate"]), noise_multiplier=sigma,
                           clip_norm=float(study["privacy"]["clip_norm"]), grad_sample_mode=grad_sample_mode,
