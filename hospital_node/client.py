@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import logging
+from json import dumps as json_dumps
 import time
 from typing import Any, Iterable
 
@@ -32,9 +33,9 @@ class PlatformClient:
 
     def request(self, method: str, path: str, *, json: Any = None, data: bytes | None = None,
                 params: dict | None = None, timeout: float | None = None, ok_409: bool = False,
-                raw: bool = False) -> Any:
+                raw: bool = False, headers: dict | None = None) -> Any:
         url = self.base + path.lstrip("/")
-        headers = {"Content-Type": "application/octet-stream"} if data is not None else None
+        headers = {**({"Content-Type": "application/octet-stream"} if data is not None else {}), **(headers or {})}
         t0 = time.monotonic()
         try:
             resp = self.session.request(method, url, json=json, data=data, params=params, headers=headers,
@@ -113,9 +114,12 @@ class PlatformClient:
     def privacy_spend(self, job_id: int, spend: dict) -> Any:
         return self.request("POST", f"jobs/{job_id}/privacy-spend", json=spend, ok_409=True)
 
-    def upload_update(self, job_id: int, frame: bytes) -> Any:
+    def upload_update(self, job_id: int, frame: bytes, spend: dict | None = None) -> Any:
+        """PUT the encrypted update; ``spend`` (the job's privacy spend) travels in the
+        X-Privacy-Spend header and the platform records it before it takes the update."""
+        extra = {"X-Privacy-Spend": json_dumps(spend, separators=(",", ":"))} if spend is not None else None
         return self.request("PUT", f"jobs/{job_id}/update", data=frame, ok_409=True,
-                            timeout=max(self.timeout, 120.0))
+                            timeout=max(self.timeout, 120.0), headers=extra)
 
     def get_aggregate(self, study_id: int, round_no: int) -> tuple[bytes, int | None]:
         resp = self.request("GET", f"studies/{study_id}/rounds/{round_no}/aggregate", raw=True,

@@ -331,26 +331,30 @@ class Node:
         elif self.cfg.limits.auto_approve:
             log.info("study %s (%s): fits local limits (epsilon %g, %s rounds, model %s): approving",
                      sid, study.get("name", ""), study["privacy"]["epsilon"], study["rounds"], study["model"]["type"])
-            self.client.decision(sid, "approve", "fits this hospital's limits (auto_approve)")
+            resp = self.client.decision(sid, "approve", "fits this hospital's limits (auto_approve)")
             self.ledger.remember_study(study, invitation_state="approved")
-            self._plan_ahead(study)
+            if isinstance(resp, dict) and resp.get("key_custodian") is False:
+                self._plan_ahead(sid)  # idle until the custodian has generated and sealed the key
         else:
             if sid not in self._logged_pending:
                 log.info("study %s (%s): fits local limits; waiting for the hospital admin to approve it in the "
                          "portal (auto_approve is off)", sid, study.get("name", ""))
                 self._logged_pending.add(sid)
             self.ledger.remember_study(study, invitation_state="pending_admin")
-            self._plan_ahead(study)
             # Nothing to do until the admin decides; the decision makes other items appear.
             self.defer(item, PENDING_INVITATION_RECHECK_S)
 
-    def _plan_ahead(self, study: dict) -> None:
-        """Compute the study's noise plan now (memoised in trainer) while recruitment and key
-        exchange go on, not inside the first job. Pure arithmetic: no ledger write, no spend."""
+    def _plan_ahead(self, sid: int) -> None:
+        """Compute the study's noise plan (memoised in trainer) while this node waits for others in
+        recruitment, not inside the first job: a non-custodian right after approving (it waits
+        for the custodian's key), the custodian once it has sealed the keys (it waits for the
+        acknowledgements), and after fetching a key if not done yet. Pure arithmetic: no ledger
+        write, no spend."""
+        study = self.ledger.study_config(sid)
         try:
             trainer.plan_noise(study, self.dataset(study).n_train, self.cfg.limits.max_epsilon)
         except Exception as e:  # noqa: BLE001 - the first job plans again and reports any problem
-            log.debug("study %s: planning ahead failed (%s); the first job will plan", study.get("id"), e)
+            log.debug("study %s: planning ahead failed (%s); the first job will plan", sid, e)
 
     # ------------------------------------------------------------------ keys
 
@@ -383,6 +387,7 @@ class Node:
         for i in range(0, len(keys), SEAL_BATCH):
             self.client.post_sealed_keys(sid, keys[i:i + SEAL_BATCH])
         log.info("study %s: sealed the study key for %d hospital(s)", sid, len(keys))
+        self._plan_ahead(sid)
 
     def on_fetch_key(self, item: dict) -> None:
         sid = int(item["study_id"])
@@ -391,6 +396,7 @@ class Node:
             # invitation: the item carries the study config (training still checks local limits).
             self.ledger.remember_study(item["study"], invitation_state="approved")
         self.fetch_key(sid)
+        self._plan_ahead(sid)
 
     def fetch_key(self, sid: int) -> bytes:
         if self.ledger.study(sid) is None:
@@ -422,8 +428,9 @@ class Node:
 
     # ------------------------------------------------------------------ global models
 
-    def global_model(self, study: dict, round_no: int):
-        """Global model after ``round_no`` rounds (0 = the initial model); downloads missing aggregates."""
+    def global_model(self, study: dict, round_no: int, inline: dict | None = None):
+        """Global model after ``round_no`` rounds (0 = the initial model); downloads missing aggregates
+        (``inline``: an aggregate the platform sent with the work item, used if its hash checks out)."""
         sid = int(study["id"])
         if round_no <= 0:
             return initial_model(study)
@@ -439,7 +446,7 @@ class Node:
         codec = _codec(study_codec_name(study))
         n = n_params(study["model"], len(study["schema"]["features"]))
         for r in range(k + 1, round_no + 1):
-            frame, contributors = self.client.get_aggregate(sid, r)
+            frame, contributors = self._inline_frame(inline, sid, r) or self.client.get_aggregate(sid, r)
             parts = unpack_parts(frame)
             res = codec.decrypt_aggregate(secret, study["encryption"], parts, n)
             model = trainer.apply_update(model, np.asarray(res.mean_update, dtype=np.float64))
@@ -448,6 +455,25 @@ class Node:
             log.info("study %s round %s: global model from %s contributor(s), sha256 %s", sid, r,
                      getattr(res, "n_contributors", contributors), sha[:16])
         return model
+
+    @staticmethod
+    def _inline_frame(inline: dict | None, sid: int, round_no: int) -> tuple[bytes, int | None] | None:
+        """(frame, contributors) of the aggregate a train item carried for ``round_no``, or None
+        (absent, another round, or not matching its SHA-256: then the node downloads it)."""
+        if not isinstance(inline, dict) or inline.get("round") != round_no:
+            return None
+        try:
+            frame = base64.b64decode(str(inline["frame_b64"]), validate=True)
+        except (KeyError, ValueError) as e:
+            log.warning("study %s round %s: the aggregate sent with the job is unreadable (%s); downloading it",
+                        sid, round_no, e)
+            return None
+        if hashlib.sha256(frame).hexdigest() != inline.get("sha256"):
+            log.warning("study %s round %s: the aggregate sent with the job does not match its SHA-256; "
+                        "downloading it", sid, round_no)
+            return None
+        contributors = inline.get("contributors")
+        return frame, (int(contributors) if isinstance(contributors, int) else None)
 
     # ------------------------------------------------------------------ training
 
@@ -474,7 +500,7 @@ class Node:
             return
         ds = self.dataset(study)
         marks.append(("plan", time.monotonic()))
-        global_model = self.global_model(study, round_no - 1)
+        global_model = self.global_model(study, round_no - 1, item.get("previous_aggregate"))
         secret = self._secret_for(sid)
         marks.append(("global model", time.monotonic()))
         self.ledger.claim_job(study, job_id, round_no, _plan_dict(plan))
@@ -548,12 +574,17 @@ class Node:
             return
         tag = f"study {job['study_id']} round {job['round']}: job {job_id}"
         try:
-            if job["state"] == "spend_recorded":
-                self.client.privacy_spend(job_id, json.loads(job["spend_json"]))
-                self.ledger.set_job_state(job_id, "spend_reported", expect=("spend_recorded",))
-                log.info("%s: privacy spend reported", tag)
             frame = Path(job["frame_path"]).read_bytes()
-            self.client.upload_update(job_id, frame)
+            if job["state"] == "spend_recorded":
+                # The spend rides with the upload (one request); the platform records it first.
+                spend = json.loads(job["spend_json"])
+                resp = self.client.upload_update(job_id, frame, spend=spend)
+                if not (isinstance(resp, dict) and resp.get("privacy_spend_recorded")):
+                    # A duplicate upload (409) or a platform that ignores the header: report it alone.
+                    self.client.privacy_spend(job_id, spend)
+                log.info("%s: privacy spend reported", tag)
+            else:
+                self.client.upload_update(job_id, frame)
         except ApiError as e:
             if e.status in (404, 422):
                 log.error("%s: the platform rejected it (%s); the spend stays counted", tag, e)

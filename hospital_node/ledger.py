@@ -5,7 +5,8 @@ transaction, and the privacy spend of a job is committed together with the job m
 to ``spend_recorded`` (after its encrypted frame is on disk, before any upload), so a
 crash never loses or double-counts a spend.
 
-Job states: claimed -> trained -> spend_recorded -> spend_reported -> uploaded
+Job states: claimed -> trained -> spend_recorded -> uploaded (the spend travels with the upload;
+spend_reported: reported on its own before the upload, as earlier versions did)
 (also: refused is never stored — a refusal leaves the ledger unchanged; failed).
 """
 

@@ -179,6 +179,9 @@ CELERY_BEAT_SCHEDULE = {
 
 # How long a node long-poll may hold a request open, and how often it looks for work.
 NODE_LONGPOLL_MAX_S = 30
+# A train item carries the previous round's aggregate when it is at most this size (saves the node a
+# request per round on small models; larger ones are fetched from the aggregate endpoint). 0 = never.
+NODE_INLINE_AGGREGATE_MAX_BYTES = int(os.environ.get("FEDPLATFORM_INLINE_AGGREGATE_MAX_BYTES", str(256 * 1024)))
 NODE_LONGPOLL_TICK_S = float(os.environ.get("FEDPLATFORM_LONGPOLL_TICK_S", "0.1"))
 NODE_ONLINE_WINDOW_S = 90
 

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import base64
+import logging
+from pathlib import Path
+
+from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
 from consortia.models import Hospital
 from fedproto import PROTOCOL_VERSION
 
-from .models import (FinalModel, HEContext, Participation, Round, RoundReport, SealedKey, Study, TrainingJob)
+from .models import (Aggregate, FinalModel, HEContext, Participation, Round, RoundReport, SealedKey, Study,
+                     TrainingJob)
+
+log = logging.getLogger(__name__)
 
 
 def study_config(study: Study) -> dict:
@@ -62,13 +70,21 @@ def _work_items(hospital: Hospital) -> list[dict]:
                           "study": study_config(study)})
         if p.key_acked_at is None:
             continue
-        for job in (TrainingJob.objects.filter(hospital=hospital, round__study=study, status=TrainingJob.Status.DISPATCHED,
-                                               round__status=Round.Status.COLLECTING).select_related("round")):
-            items.append({"kind": "train", "key": f"train:{job.pk}", "job_id": job.pk, "study": study_config(study),
-                          "round": job.round.number,
-                          "attempt": job.round.attempt, "deadline": job.round.deadline.isoformat()})
+        # Read the finished rounds before the open jobs: a round finishes and the next one opens in
+        # one transaction, but these are separate queries, so read in this order a node that sees
+        # round n done also sees its round n+1 job (the other order could return the evaluation
+        # alone and make the node wait a poll for its job).
         reported = set(RoundReport.objects.filter(hospital=hospital, round__study=study).values_list("round_id", flat=True))
         done = list(Round.objects.filter(study=study, status=Round.Status.DONE).order_by("number"))
+        for job in (TrainingJob.objects.filter(hospital=hospital, round__study=study, status=TrainingJob.Status.DISPATCHED,
+                                               round__status=Round.Status.COLLECTING).select_related("round")):
+            item = {"kind": "train", "key": f"train:{job.pk}", "job_id": job.pk, "study": study_config(study),
+                    "round": job.round.number, "attempt": job.round.attempt,
+                    "deadline": job.round.deadline.isoformat()}
+            prev = _inline_aggregate(study, job.round.number - 1)
+            if prev is not None:
+                item["previous_aggregate"] = prev
+            items.append(item)
         for rnd in done:
             if rnd.pk not in reported:
                 items.append({"kind": "evaluate", "key": f"evaluate:{study.pk}:{rnd.number}", "study_id": study.pk,
@@ -79,6 +95,26 @@ def _work_items(hospital: Hospital) -> list[dict]:
                           "study": study_config(study),
                           "round": done[-1].number})
     return items
+
+
+def _inline_aggregate(study: Study, number: int) -> dict | None:
+    """Round ``number``'s aggregate as the aggregate endpoint serves it, base64 in the train item of
+    the next round, when it is small (NODE_INLINE_AGGREGATE_MAX_BYTES): the node needs it to build
+    the model it trains and would otherwise fetch it right away. Ciphertext only, like the endpoint."""
+    limit = settings.NODE_INLINE_AGGREGATE_MAX_BYTES
+    if number < 1 or limit <= 0:
+        return None
+    agg = (Aggregate.objects.filter(round__study=study, round__number=number, round__status=Round.Status.DONE)
+           .only("path", "size_bytes", "sha256", "n_contributors").first())
+    if agg is None or agg.size_bytes > limit:
+        return None
+    try:
+        frame = (Path(settings.MEDIA_ROOT) / agg.path).read_bytes()
+    except OSError:
+        log.warning("aggregate of study %s round %s is unreadable; nodes will fetch it", study.pk, number)
+        return None
+    return {"round": number, "contributors": agg.n_contributors, "sha256": agg.sha256,
+            "frame_b64": base64.b64encode(frame).decode("ascii")}
 
 
 def jobs_mark_claimed(job_ids: list[int]) -> None:

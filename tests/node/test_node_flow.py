@@ -26,6 +26,11 @@ class RecordingClient:
             return {}
         return call
 
+    def upload_update(self, job_id, frame, spend=None):
+        # like the platform: a spend sent with the upload is recorded first and confirmed
+        self.calls.append(("upload_update", job_id, frame, spend))
+        return {"job_id": job_id, "privacy_spend_recorded": spend is not None}
+
     def named(self, name):
         return [c for c in self.calls if c[0] == name]
 
@@ -59,8 +64,8 @@ def _train_item(study, job_id, rnd):
 def test_train_records_spend_before_upload_and_never_retrains(node, study):
     node.handle(_train_item(study, 11, 1))
     names = [c[0] for c in node.client.calls]
-    assert names == ["privacy_spend", "upload_update"]
-    spend = node.client.named("privacy_spend")[0][2]
+    assert names == ["upload_update"]  # the spend rides with the upload, one request
+    spend = node.client.named("upload_update")[0][3]
     job = node.ledger.job(11)
     assert job["state"] == "uploaded"
     hist = node.ledger.history(study["id"])
@@ -76,6 +81,45 @@ def test_train_records_spend_before_upload_and_never_retrains(node, study):
     assert len(node.ledger.history(study["id"])) == 1
 
 
+def test_round_2_uses_the_aggregate_sent_with_the_job_and_downloads_a_tampered_one(node, study):
+    import base64
+    import hashlib
+
+    node.handle(_train_item(study, 11, 1))
+    frame = node.client.named("upload_update")[0][2]  # stands in for round 1's aggregate (one contributor)
+    inline = {"round": 1, "contributors": 1, "sha256": hashlib.sha256(frame).hexdigest(),
+              "frame_b64": base64.b64encode(frame).decode()}
+    node.client.calls.clear()
+    node.handle({**_train_item(study, 12, 2), "previous_aggregate": inline})
+    assert [c[0] for c in node.client.calls] == ["upload_update"]  # no aggregate download
+    mean = get_codec("bfv-packed-v1").decrypt_aggregate(node.ledger.secret(study["id"]), study["encryption"],
+                                                        unpack_parts(frame), 5).mean_update
+    flat, _ = node.ledger.global_model(study["id"], 1)
+    assert np.allclose(flat, trainer.flatten(trainer.apply_update(trainer.initial_model(study), mean)))
+    # Round 3: the inline aggregate of round 2 does not match its hash -> downloaded instead.
+    downloads = []
+
+    def get_aggregate(sid, r):
+        downloads.append((sid, r))
+        return frame, 1
+
+    node.client.get_aggregate = get_aggregate
+    node.client.calls.clear()
+    node.handle({**_train_item(study, 13, 3), "previous_aggregate": {**inline, "round": 2, "sha256": "0" * 64}})
+    assert downloads == [(study["id"], 2)] and node.ledger.job(13)["state"] == "uploaded"
+
+
+def test_spend_is_reported_on_its_own_when_the_platform_does_not_confirm_it(node, study):
+    """A platform that ignores X-Privacy-Spend (or a duplicate upload answered 409, None) does not
+    confirm the spend: the node reports it with POST privacy-spend, so it is never left out."""
+    node.client.upload_update = lambda job_id, frame, spend=None: node.client.calls.append(
+        ("upload_update", job_id, frame, spend))
+    node.handle(_train_item(study, 11, 1))
+    assert [c[0] for c in node.client.calls] == ["upload_update", "privacy_spend"]
+    assert node.client.named("privacy_spend")[0][2] == node.client.named("upload_update")[0][3]
+    assert node.ledger.job(11)["state"] == "uploaded"
+
+
 def test_crash_after_spend_recorded_resumes_from_stored_frame(node, study, monkeypatch):
     def boom(*a, **k):
         raise ConnectionError("simulated crash before upload")
@@ -87,7 +131,7 @@ def test_crash_after_spend_recorded_resumes_from_stored_frame(node, study, monke
     monkeypatch.undo()
     node.client.calls.clear()
     node.resume_pending()  # what the daemon does first after a restart
-    assert [c[0] for c in node.client.calls] == ["privacy_spend", "upload_update"]
+    assert [c[0] for c in node.client.calls] == ["upload_update"] and node.client.calls[0][3]["steps"] > 0
     assert node.ledger.job(12)["state"] == "uploaded" and len(node.ledger.history(study["id"])) == 1
 
 

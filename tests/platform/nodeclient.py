@@ -29,8 +29,8 @@ class Node:
     def post(self, path, data=None):
         return self.client.post(f"/api/node/{path}", data or {}, format="json")
 
-    def put_bytes(self, path, body: bytes, content_type="application/octet-stream"):
-        return self.client.put(f"/api/node/{path}", data=body, content_type=content_type)
+    def put_bytes(self, path, body: bytes, content_type="application/octet-stream", headers=None):
+        return self.client.put(f"/api/node/{path}", data=body, content_type=content_type, headers=headers)
 
     def work(self):
         r = self.get("work?wait=0")

@@ -127,12 +127,69 @@ def test_round_aggregates_and_nodes_decrypt_the_mean(world, eager_celery):
         assert node.put_bytes(f"jobs/{jid}/update", frame).status_code == 201
     r = b.get(f"studies/{study.pk}/rounds/1/aggregate")
     assert r.status_code == 200 and r["X-Contributors"] == "2"
-    parts = wire.unpack_parts(b"".join(r.streaming_content))
+    frame = b"".join(r.streaming_content)
+    parts = wire.unpack_parts(frame)
     res = codec.decrypt_aggregate(b.secret, study.encryption, parts, study.n_params)
     expected = (100 * ua + 300 * ub) / 400
     assert res.n_contributors == 2
     assert np.max(np.abs(res.mean_update - expected)) < 2e-3
-    assert any(i["kind"] == "evaluate" for i in b.work())
+    items = b.work()
+    assert any(i["kind"] == "evaluate" for i in items)
+    # Round 2's train item carries round 1's aggregate, byte for byte what the endpoint serves.
+    (train,) = [i for i in items if i["kind"] == "train"]
+    prev = train["previous_aggregate"]
+    assert train["round"] == 2 and prev["round"] == 1 and prev["contributors"] == 2
+    assert base64.b64decode(prev["frame_b64"]) == frame and prev["sha256"] == r["X-Aggregate-SHA256"]
+
+
+SPEND = {"epsilon": 0.4, "delta": 1e-5, "noise_multiplier": 2.0, "sample_rate": 0.1, "steps": 10, "clip_norm": 1.0,
+         "accountant": "rdp", "accountant_version": "opacus-1.6.0", "epsilon_round": 0.4}
+
+
+def test_privacy_spend_sent_with_the_upload_is_recorded_first_and_a_bad_one_stops_the_upload(world, eager_celery):
+    from studies.models import PrivacySpend
+
+    run_setup(world)
+    study, a, b = world["study"], world["a"], world["b"]
+    ja, jb = job_of(a, study), job_of(b, study)
+    # Not a JSON object, or missing fields: 422 naming the problem; neither spend nor update is kept.
+    r = a.put_bytes(f"jobs/{ja}/update", encrypted_frame(a, study), headers={"X-Privacy-Spend": "[1, 2]"})
+    assert r.status_code == 422 and "X-Privacy-Spend must be a JSON object" in r.json()["error"]
+    r = a.put_bytes(f"jobs/{ja}/update", encrypted_frame(a, study), headers={"X-Privacy-Spend": '{"epsilon": 0.4}'})
+    assert r.status_code == 422 and "missing" in r.json()["error"]
+    assert not PrivacySpend.objects.exists() and not EncryptedUpdate.objects.exists()
+    # A good one: recorded (with its audit event, before the update's) and confirmed in the response.
+    import json
+
+    r = a.put_bytes(f"jobs/{ja}/update", encrypted_frame(a, study), headers={"X-Privacy-Spend": json.dumps(SPEND)})
+    assert r.status_code == 201 and r.json()["privacy_spend_recorded"] is True
+    ps = PrivacySpend.objects.get(job_id=ja)
+    assert (ps.epsilon, ps.steps, ps.accountant_version) == (0.4, 10, "opacus-1.6.0")
+    actions = list(AuditEvent.objects.filter(study_id=study.pk, action__in=["privacy.spent", "update.accepted"])
+                   .order_by("id").values_list("action", flat=True))
+    assert actions == ["privacy.spent", "update.accepted"]
+    # Without the header the upload works as before and says no spend came with it.
+    r = b.put_bytes(f"jobs/{jb}/update", encrypted_frame(b, study))
+    assert r.status_code == 201 and r.json()["privacy_spend_recorded"] is False
+    assert not PrivacySpend.objects.filter(job_id=jb).exists()
+
+
+def test_train_item_leaves_out_an_aggregate_over_the_inline_limit(world, eager_celery, settings):
+    run_setup(world)
+    study, a, b = world["study"], world["a"], world["b"]
+    codec = get_codec(study.encryption["codec"])
+    rng = np.random.default_rng(4)
+    for node in (a, b):
+        frame = wire.pack_parts(codec.encrypt_update(node.secret, study.encryption,
+                                                     rng.normal(0, 0.05, study.n_params), 50, rng))
+        assert node.put_bytes(f"jobs/{job_of(node, study)}/update", frame).status_code == 201
+    size = len(b"".join(b.get(f"studies/{study.pk}/rounds/1/aggregate").streaming_content))
+    settings.NODE_INLINE_AGGREGATE_MAX_BYTES = size - 1
+    (train,) = [i for i in a.work() if i["kind"] == "train"]
+    assert train["round"] == 2 and "previous_aggregate" not in train
+    settings.NODE_INLINE_AGGREGATE_MAX_BYTES = size
+    (train,) = [i for i in a.work() if i["kind"] == "train"]
+    assert train["previous_aggregate"]["round"] == 1
 
 
 def test_large_model_is_aggregated_in_chunks_and_tampered_storage_is_caught(world, eager_celery, settings):

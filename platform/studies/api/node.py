@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import os
 import threading
 import time
@@ -171,7 +172,8 @@ class DecisionView(NodeView):
         decision = request.data.get("decision")
         p = services.participation_decide(participation=p, decision=decision, actor=self.actor(),
                                           reason=str(request.data.get("reason", ""))[:2000])
-        return Response({"study_id": study.pk, "state": p.state})
+        custodian_id = Study.objects.filter(pk=study.pk).values_list("custodian_id", flat=True).first()
+        return Response({"study_id": study.pk, "state": p.state, "key_custodian": custodian_id == self.hospital.pk})
 
 
 class ContextView(NodeView):
@@ -259,9 +261,22 @@ class UpdateView(JobMixin, NodeView):
             length = int(request.META.get("CONTENT_LENGTH") or -1)
         except ValueError:
             length = -1
+        spend_header = request.META.get("HTTP_X_PRIVACY_SPEND")
+        if spend_header is not None:
+            # The job's privacy spend may ride with its upload (one request instead of two); it is
+            # recorded first, exactly as POST jobs/{id}/privacy-spend records it.
+            try:
+                spend = json.loads(spend_header)
+            except ValueError:
+                spend = None
+            if not isinstance(spend, dict):
+                return error("X-Privacy-Spend must be a JSON object with the fields of POST jobs/{id}/privacy-spend",
+                             "invalid", 422)
+            services.privacy_spend_record(job=job, hospital=self.hospital, spend=spend)
         upd = services.update_accept(job=job, hospital=self.hospital, stream=request._request,
                                      content_length=length if length >= 0 else None)
-        return Response({"job_id": job.pk, "sha256": upd.sha256, "bytes": upd.size_bytes}, status=201)
+        return Response({"job_id": job.pk, "sha256": upd.sha256, "bytes": upd.size_bytes,
+                         "privacy_spend_recorded": spend_header is not None}, status=201)
 
 
 class AggregateView(NodeView):
