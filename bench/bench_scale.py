@@ -297,8 +297,20 @@ def main() -> int:
     if args.client:
         return client_main(args.client[0], json.loads(Path(args.client[1]).read_text()), 900)
 
-    counts = [int(x) for x in args.hospitals.split(",")]
-    hidden = [int(x) for x in args.hidden.split(",")]
+    try:
+        counts = [int(x) for x in args.hospitals.split(",")]
+        hidden = [int(x) for x in args.hidden.split(",")]
+    except ValueError:
+        ap.error("--hospitals and --hidden take comma-separated integers, e.g. --hospitals 10,50 --hidden 128,64")
+    if not counts or min(counts) < 2:
+        ap.error("--hospitals: each count must be at least 2")
+    from fedproto.errors import SpecError
+    from fedproto.specs import validate_model_spec
+
+    try:
+        validate_model_spec({"type": "mlp_classifier", "hidden": hidden}, "binary_classification")
+    except SpecError as exc:
+        ap.error(f"--hidden: {exc}")
     ensure_database(args.database_url)
     var = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     os.environ.update({"DATABASE_URL": args.database_url, "REDIS_URL": args.redis_url,

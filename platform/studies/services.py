@@ -732,8 +732,10 @@ def _store_aggregate(rnd: Round, parts: list[bytes], contributors: list[int], se
 
 
 def _chunk_layout(rnd: Round) -> list[list] | None:
-    """The chunk layout shared by every upload of the round, or None (aggregate in one task)."""
-    layouts = {json.dumps([c[:4] for c in u.chunks]) for u in EncryptedUpdate.objects.filter(job__round=rnd)}
+    """The chunk layout shared by every upload of the round, [[first part, parts], ...], or None
+    (aggregate in one task). Only the part ranges must agree: each upload's byte ranges are its
+    own (a zstd-compressed ciphertext has its own size), read from its own index."""
+    layouts = {json.dumps([c[:2] for c in u.chunks]) for u in EncryptedUpdate.objects.filter(job__round=rnd)}
     if len(layouts) != 1:
         return None
     layout = json.loads(layouts.pop())

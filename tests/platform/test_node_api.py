@@ -192,10 +192,12 @@ def test_train_item_leaves_out_an_aggregate_over_the_inline_limit(world, eager_c
     assert train["previous_aggregate"]["round"] == 1
 
 
-def test_large_model_is_aggregated_in_chunks_and_tampered_storage_is_caught(world, eager_celery, settings):
+@pytest.mark.parametrize("codec_name", ["bfv-packed-raw-v1", "bfv-packed-v1"])
+def test_large_model_is_aggregated_in_chunks_and_tampered_storage_is_caught(world, eager_celery, settings, codec_name):
     """Uploads of a model spanning several ciphertexts are indexed by chunk; each chunk is summed
     by its own task and the last assembles the aggregate. A stored upload changed on disk is
-    caught by the chunk's hash, and the round falls back to the full check that rejects it."""
+    caught by the chunk's hash, and the round falls back to the full check that rejects it.
+    With bfv-packed-v1 (zstd-compressed parts) each upload has its own byte ranges."""
     from audit.models import AuditEvent
     from studies import services
     from studies.models import AggregateChunk, Round
@@ -206,7 +208,7 @@ def test_large_model_is_aggregated_in_chunks_and_tampered_storage_is_caught(worl
         consortium=world["consortium"], name="chunked", hospitals=[a.hospital, b.hospital],
         schema=world["data"].schema, model_spec={"type": "mlp_classifier", "hidden": [128, 64]}, rounds=2,
         local_epochs=1, batch_size=32, learning_rate=0.1, privacy={"epsilon": 1.0, "delta": 1e-5, "clip_norm": 1.0},
-        encryption={}, quorum=2, round_deadline_s=600, seed=6)
+        encryption={"codec": codec_name}, quorum=2, round_deadline_s=600, seed=6)
     services.study_open_recruitment(study=study, actor="test")
     run_setup({**world, "study": study})
     codec = get_codec(study.encryption["codec"])
@@ -217,7 +219,10 @@ def test_large_model_is_aggregated_in_chunks_and_tampered_storage_is_caught(worl
     for node, u, n in ((a, ua, 200), (b, ub, 200)):
         frame = wire.pack_parts(codec.encrypt_update(node.secret, study.encryption, u, n, rng))
         assert node.put_bytes(f"jobs/{job_of(node, study)}/update", frame).status_code == 201
-    assert all(len(u.chunks) == 2 for u in EncryptedUpdate.objects.filter(job__round__study=study))
+    ups = list(EncryptedUpdate.objects.filter(job__round__study=study))
+    assert all(len(u.chunks) == 2 for u in ups)
+    if codec_name == "bfv-packed-v1":  # compressed parts: the uploads' byte ranges differ, the part ranges agree
+        assert ups[0].chunks[1][3] != ups[1].chunks[1][3]
     rnd = Round.objects.get(study=study, number=1)
     assert rnd.status == Round.Status.DONE
     assert sorted(AggregateChunk.objects.filter(round=rnd).values_list("index", flat=True)) == [0, 1]
