@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import base64
 import logging
-from json import dumps as json_dumps
 import time
+from json import dumps as json_dumps  # `json` is a parameter name in request()
 from typing import Any, Iterable
 
 import requests
