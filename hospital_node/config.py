@@ -12,8 +12,10 @@ from fedproto.specs import MODEL_TYPES
 
 from .errors import ConfigError
 
-# Opacus per-sample gradient engines (kept here so reading a config never imports torch)
-GRAD_SAMPLE_MODES = ("hooks", "functorch", "ew", "ghost")
+# DP-SGD engines (kept here so reading a config never imports torch): "fused" is Opacus' DPOptimizer
+# step computed in a few matrix products for the registry's models (hospital_node/dp_fused.py, checked
+# against Opacus at start-up); the others are Opacus' own per-sample gradient engines
+GRAD_SAMPLE_MODES = ("fused", "ew", "hooks", "functorch", "ghost")
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,7 @@ def load_config(path: str | Path) -> NodeConfig:
     if not isinstance(url, str) or not url.startswith(("https://", "http://")):
         raise ConfigError(f"platform.url must be the platform's base URL, like \"https://fl.example.org\", got {url!r}")
 
-    gsm = get("node", "grad_sample_mode", "ew")
+    gsm = get("node", "grad_sample_mode", "fused")
     if gsm not in GRAD_SAMPLE_MODES:
         raise ConfigError(f"node.grad_sample_mode must be one of {', '.join(GRAD_SAMPLE_MODES)}, got {gsm!r}")
 

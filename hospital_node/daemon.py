@@ -10,6 +10,7 @@ cleanly and exit 0; a second signal exits at once.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import logging
@@ -32,7 +33,7 @@ from fedproto.schema import validate_schema
 from fedproto.specs import n_params, validate_model_spec
 from fedproto.wire import pack_parts, unpack_parts
 
-from . import trainer
+from . import dp_fused, trainer
 from .client import PlatformClient
 from .config import NodeConfig
 from .credentials import Credentials, open_sealed, seal_for, write_atomic
@@ -200,9 +201,24 @@ class Node:
                                         grad_sample_mode=self.cfg.grad_sample_mode)
             trainer.evaluate(model, X, y, "binary_classification")
         trainer.epsilon_of([(1.0, 0.25, 4)], 1e-5)
+        if self.cfg.grad_sample_mode == "fused":
+            self._check_fused_engine()
         took = time.monotonic() - t0
         log.info("warmed up (codec, Opacus, metrics) in %.2f s", took)
         return took
+
+    def _check_fused_engine(self) -> None:
+        """The fused DP-SGD step must train to Opacus' own weights from the same seed on this
+        installation (random rows, no hospital data); if it does not, train with Opacus itself."""
+        diff = dp_fused.matches_opacus("ew")
+        if diff < dp_fused.SELF_CHECK_TOLERANCE:
+            log.info("DP-SGD engine: fused step, checked against Opacus %s 'ew' (weights agree to %.1e)",
+                     trainer.ACCOUNTANT_VERSION, diff)
+            return
+        log.warning("DP-SGD engine: the fused step does not reproduce Opacus %s (weights differ by %.3g, "
+                    "allowed %.0e); training with Opacus' 'ew' engine instead. Set node.grad_sample_mode = "
+                    "\"ew\" to silence this.", trainer.ACCOUNTANT_VERSION, diff, dp_fused.SELF_CHECK_TOLERANCE)
+        self.cfg = dataclasses.replace(self.cfg, grad_sample_mode="ew")
 
     def run(self, once: bool = False) -> int:
         backoff = Backoff()
@@ -530,7 +546,8 @@ class Node:
         spend = {"epsilon": eps_total, "delta": float(study["privacy"]["delta"]),
                  "noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate, "steps": res.steps,
                  "clip_norm": float(study["privacy"]["clip_norm"]), "accountant": study["privacy"]["accountant"],
-                 "accountant_version": trainer.ACCOUNTANT_VERSION, "epsilon_round": eps_round}
+                 "accountant_version": trainer.ACCOUNTANT_VERSION, "epsilon_round": eps_round,
+                 "dp_engine": self.cfg.grad_sample_mode}
         self.ledger.record_spend(job_id, sid, entry, spend, str(frame_path))
         marks.append(("account", time.monotonic()))
         log.debug("study %s round %s: job %s steps: %s", sid, round_no, job_id,

@@ -30,11 +30,13 @@ import torch
 from opacus.accountants import RDPAccountant, create_accountant
 from opacus.accountants.analysis import rdp as rdp_analysis
 from opacus.accountants.utils import get_noise_multiplier
+from opacus.data_loader import DPDataLoader
 from torch import nn
 
 from fedproto import privacy as fedproto_privacy
 from fedproto.privacy import steps_per_epoch
 
+from .dp_fused import FusedDPSGD
 from .errors import BudgetExceeded
 from .models import build_model, flatten, initial_model, unflatten_into
 
@@ -47,9 +49,10 @@ from .config import GRAD_SAMPLE_MODES  # noqa: E402
 warnings.filterwarnings("ignore", message="Secure RNG turned off")
 warnings.filterwarnings("ignore", message="Full backward hook is firing")
 warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
-# "ew" (PyTorch expanded weights): same per-sample gradients and clipping as "hooks", about 2x
-# faster on the registry's models (bench/bench_dp_overhead.py); empty Poisson batches handled below.
-DEFAULT_GRAD_SAMPLE_MODE = "ew"
+# "fused" (hospital_node.dp_fused): Opacus' DPOptimizer step in a few matrix products, the same
+# weights as Opacus' "ew" from the same seed; 1.4-1.8x non-private epoch time against 5.4-6.0x for
+# "ew", the fastest Opacus engine (bench/bench_dp_overhead.py, 2026-12-01).
+DEFAULT_GRAD_SAMPLE_MODE = "fused"
 EPS_TOLERANCE = 1e-9
 ACCOUNTANT_VERSION = opacus.__version__
 
@@ -183,6 +186,58 @@ def dp_train(model: nn.Module, X: np.ndarray, y: np.ndarray, *, task: str, epoch
     Xt, yt = torch.as_tensor(X, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(Xt, yt), batch_size=int(batch_size),
                                          generator=gen)
+    if grad_sample_mode == "fused":
+        # Opacus' Poisson loader exactly as make_private builds it (sampler, rate, generator) and
+        # DPOptimizer's expected batch size; the step itself is hospital_node.dp_fused.
+        dp_loader = DPDataLoader.from_data_loader(loader)
+        fused = FusedDPSGD(work, task=task, clip_norm=clip_norm, noise_multiplier=noise_multiplier,
+                           learning_rate=learning_rate,
+                           expected_batch_size=int(len(loader.dataset) * (1 / len(loader))))
+        step = fused.step
+    else:
+        dp_model, step = _opacus_step(work, loader, task, learning_rate, noise_multiplier, clip_norm,
+                                      grad_sample_mode)
+        dp_loader = step.loader
+    steps = 0
+    # Opacus' Poisson batch sampler (UniformWithReplacementSampler: each row in with probability
+    # q, drawn from ``gen``) picks the rows; they are read from the tensors in one indexing op
+    # rather than row by row through the DataLoader's fetch-and-collate (measured 1.1 instead of
+    # 3.2 ms per epoch on 455 rows, batch 16). Same batches, same accounting.
+    sampler = dp_loader.batch_sampler
+    for _ in range(int(epochs)):
+        for idx in sampler:
+            if should_stop is not None and should_stop():
+                raise TrainingInterrupted("shutdown requested during training")
+            step(Xt[idx], yt[idx])
+            steps += 1
+    if grad_sample_mode == "fused":  # ``work`` is a plain module (nothing wrapped or hooked)
+        return work, steps
+    trained = build_model_like(model)
+    inner = getattr(dp_model, "_module", dp_model)
+    trained.load_state_dict({k: v.detach().clone() for k, v in inner.state_dict().items()})
+    return trained, steps
+
+
+class _OpacusStep:
+    """One DP-SGD step through Opacus' GradSampleModule and DPOptimizer (make_private)."""
+
+    def __init__(self, dp_model, dp_opt, crit, loader, grad_sample_mode: str):
+        self.model, self.opt, self.crit, self.loader, self.mode = dp_model, dp_opt, crit, loader, grad_sample_mode
+
+    def __call__(self, xb: torch.Tensor, yb: torch.Tensor) -> None:
+        self.opt.zero_grad()
+        if len(xb) == 0 and self.mode == "ew":
+            # Poisson sampling can draw an empty batch; the step must still add the noise.
+            # Expanded weights refuse a batch of 0, so give the optimizer empty per-sample grads.
+            for p in self.opt.params:
+                p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+        else:
+            self.crit(self.model(xb), yb).backward()
+        self.opt.step()
+
+
+def _opacus_step(work: nn.Module, loader, task: str, learning_rate: float, noise_multiplier: float,
+                 clip_norm: float, grad_sample_mode: str) -> tuple[nn.Module, _OpacusStep]:
     opt = torch.optim.SGD(work.parameters(), lr=float(learning_rate))
     crit = _criterion(task)
     engine = opacus.PrivacyEngine(accountant="rdp")
@@ -192,32 +247,7 @@ def dp_train(model: nn.Module, X: np.ndarray, y: np.ndarray, *, task: str, epoch
         dp_model, dp_opt, crit, dp_loader = engine.make_private(criterion=crit, **kw)
     else:
         dp_model, dp_opt, dp_loader = engine.make_private(**kw)
-    steps = 0
-    # Opacus' Poisson batch sampler (UniformWithReplacementSampler: each row in with probability
-    # q, drawn from ``gen``) picks the rows; they are read from the tensors in one indexing op
-    # rather than row by row through the DataLoader's fetch-and-collate (measured 1.1 instead of
-    # 3.2 ms per epoch on 455 rows, batch 16). Same batches, same accounting.
-    sampler = dp_loader.batch_sampler
-    for _ in range(int(epochs)):
-        for idx in sampler:
-            xb, yb = Xt[idx], yt[idx]
-            if should_stop is not None and should_stop():
-                raise TrainingInterrupted("shutdown requested during training")
-            dp_opt.zero_grad()
-            if len(xb) == 0 and grad_sample_mode == "ew":
-                # Poisson sampling can draw an empty batch; the step must still add the noise.
-                # Expanded weights refuse a batch of 0, so give the optimizer empty per-sample grads.
-                for p in dp_opt.params:
-                    p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
-            else:
-                loss = crit(dp_model(xb), yb)
-                loss.backward()
-            dp_opt.step()
-            steps += 1
-    trained = build_model_like(model)
-    inner = getattr(dp_model, "_module", dp_model)
-    trained.load_state_dict({k: v.detach().clone() for k, v in inner.state_dict().items()})
-    return trained, steps
+    return dp_model, _OpacusStep(dp_model, dp_opt, crit, dp_loader, grad_sample_mode)
 
 
 def build_model_like(model: nn.Module) -> nn.Module:

@@ -44,7 +44,7 @@ def test_good_config_resolves_paths_against_its_folder(tmp_path):
     assert cfg.work_dir == tmp_path / "work"
     assert cfg.poll_wait_s == 5 and cfg.request_timeout_s == 30
     assert cfg.limits.max_epsilon == 2.0 and cfg.limits.allowed_models == ("logistic_regression",)
-    assert cfg.limits.auto_approve is True and cfg.grad_sample_mode == "ew"
+    assert cfg.limits.auto_approve is True and cfg.grad_sample_mode == "fused"
 
 
 @pytest.mark.parametrize("edit, match", [

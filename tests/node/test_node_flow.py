@@ -72,6 +72,7 @@ def test_train_records_spend_before_upload_and_never_retrains(node, study):
     assert len(hist) == 1 and spend["steps"] == hist[0][2] == trainer.job_steps(80, 16, 1)
     assert spend["epsilon"] == pytest.approx(trainer.epsilon_of(hist, 1e-5))
     assert spend["epsilon"] <= 1.0 and spend["accountant"] == "rdp" and spend["clip_norm"] == 1.0
+    assert spend["dp_engine"] == "fused"  # the default engine, recorded with the spend
     frame = node.client.named("upload_update")[0][2]
     codec = get_codec("bfv-packed-v1")
     agg = codec.decrypt_aggregate(node.ledger.secret(study["id"]), study["encryption"], unpack_parts(frame), 5)
@@ -171,3 +172,17 @@ def test_invitation_declines_what_does_not_fit(node, study):
     node.client.calls.clear()
     node.handle({"kind": "invitation", "study": {**study, "id": 9}})  # fits, auto_approve off: left to the admin
     assert node.client.calls == [] and node.ledger.study(9)["invitation_state"] == "pending_admin"
+
+
+def test_warm_up_keeps_the_fused_engine_only_while_it_reproduces_opacus(node, monkeypatch, caplog):
+    from hospital_node import dp_fused
+
+    assert node.cfg.grad_sample_mode == "fused"
+    node.warm_up()  # the real check: fused and Opacus 'ew' train to the same weights
+    assert node.cfg.grad_sample_mode == "fused"
+    assert "checked against Opacus" in caplog.text
+    # the same real check with a bound no float computation meets: the node falls back to Opacus
+    monkeypatch.setattr(dp_fused, "SELF_CHECK_TOLERANCE", 0.0)
+    node.warm_up()
+    assert node.cfg.grad_sample_mode == "ew"
+    assert "does not reproduce Opacus" in caplog.text and 'grad_sample_mode = "ew"' in caplog.text
