@@ -162,12 +162,13 @@ def baseline(rounds: int) -> dict:
                     m = initial_model(study)
                     m.load_state_dict(model.state_dict())
                     opt = torch.optim.SGD(m.parameters(), lr=study["learning_rate"])
-                    loader = torch.utils.data.DataLoader(
-                        torch.utils.data.TensorDataset(torch.as_tensor(ds.X_train, dtype=torch.float32),
-                                                       torch.as_tensor(ds.y_train, dtype=torch.float32)),
-                        batch_size=study["batch_size"], shuffle=True)
+                    Xt = torch.as_tensor(ds.X_train, dtype=torch.float32)
+                    yt = torch.as_tensor(ds.y_train, dtype=torch.float32)
+                    bs = study["batch_size"]
                     for _ in range(study["local_epochs"]):
-                        for xb, yb in loader:
+                        perm = torch.randperm(len(yt))  # shuffled batches read straight from the tensors
+                        for i in range(0, len(yt), bs):
+                            xb, yb = Xt[perm[i:i + bs]], yt[perm[i:i + bs]]
                             opt.zero_grad()
                             torch.nn.functional.binary_cross_entropy_with_logits(m(xb), yb).backward()
                             opt.step()

@@ -83,6 +83,15 @@ WSGI_APPLICATION = "config.wsgi.application"
 # Database: DATABASE_URL when set (PostgreSQL in production and tests), SQLite otherwise.
 if os.environ.get("DATABASE_URL"):
     DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=0)}
+    # The web process (config.wsgi turns this on) keeps its PostgreSQL connections in a pool:
+    # every node request used to open and close one (a new PostgreSQL backend each, ~4 ms idle and
+    # more under load, on the path of every long-poll wake-up). Node views use at most
+    # FEDPLATFORM_WEB_DB_SLOTS (16) at once; the rest is for the portal. Celery workers (forked
+    # processes) and management commands keep plain connections.
+    # application_name lets pg_stat_activity tell the web pool's connections from the rest.
+    if os.environ.get("FEDPLATFORM_DB_POOL", "0") == "1":
+        DATABASES["default"].setdefault("OPTIONS", {}).update(application_name="fedplatform-web", pool={
+            "min_size": 2, "max_size": int(os.environ.get("FEDPLATFORM_DB_POOL_MAX", "24")), "timeout": 30})
 else:
     DATABASES = {
         "default": {

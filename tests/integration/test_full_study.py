@@ -19,6 +19,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 def test_full_study_completes_with_dp_and_encryption(stack, tmp_path):
     data, consortium, hospitals, configs = setup_consortium(stack, tmp_path)
     nodes = [stack.start_node(f"n{i}", c) for i, c in enumerate(configs)]
+    web_backends_before = _web_pool_backends()
     study = create_study(consortium, hospitals, data, rounds=3, quorum=3)
     wait_for(lambda: study_status(study) == "failed"
              or (study.status == "completed" and FinalModel.objects.filter(study=study).exists()),
@@ -46,9 +47,27 @@ def test_full_study_completes_with_dp_and_encryption(stack, tmp_path):
     assert EncryptedUpdate.objects.filter(job__round__study=study).count() == 9
     chain = verify_study_chain(study.pk)
     assert chain.ok, chain.problem
+    # The web server served the nodes' hundreds of requests from its connection pool: connections it
+    # held before the study are still open after it (one connection per request would have closed
+    # them all), and it never held more than the pool's maximum.
+    web_backends_after = _web_pool_backends()
+    assert web_backends_before and set(web_backends_before) & set(web_backends_after), \
+        (web_backends_before, web_backends_after)
+    assert len(web_backends_after) <= 24
     for n in nodes:
         assert n.alive()
         assert n.stop(sig=signal.SIGTERM) == 0, n.tail()
+
+
+def _web_pool_backends() -> list[int]:
+    """PostgreSQL backend pids of the web process' pooled connections (application_name set by the
+    pool configuration in config/settings.py)."""
+    from django.db import connection
+
+    with connection.cursor() as cur:
+        cur.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND application_name = 'fedplatform-web'")
+        return [r[0] for r in cur.fetchall()]
 
 
 def test_study_survives_a_node_killed_mid_study(stack, tmp_path):
