@@ -85,9 +85,22 @@ def _privacy(study, recomputed) -> list[dict]:
             "clip_norm": last.clip_norm if last else None, "sample_rate": last.sample_rate if last else None,
             "steps": sum(s.steps for s in spends), "accountant": last.accountant if last else "",
             "accountant_version": last.accountant_version if last else "",
+            "dp_engines": _dp_engines(spends),
             "used_pct": 100.0 * row["epsilon"] / study.epsilon if study.epsilon else None,
         })
     return rows
+
+
+def _dp_engines(spends) -> str:
+    """How the hospital's jobs were trained, e.g. "fused step (checked against Opacus)" or
+    "Opacus ew"; several when the hospital changed engine during the study."""
+    names = []
+    for s in spends:
+        e = s.dp_engine
+        label = ("fused step (checked against Opacus)" if e == "fused" else f"Opacus {e}" if e else "not reported")
+        if label not in names:
+            names.append(label)
+    return ", ".join(names)
 
 
 def _software(study) -> dict:

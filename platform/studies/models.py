@@ -195,6 +195,8 @@ class PrivacySpend(models.Model):
     clip_norm = models.FloatField()
     accountant = models.CharField(max_length=32)
     accountant_version = models.CharField(max_length=32)
+    # the node's DP-SGD engine ("fused", or an Opacus grad-sample mode); "" = not reported (older node)
+    dp_engine = models.CharField(max_length=32, blank=True, default="")
     reported_at = models.DateTimeField(auto_now_add=True)
 
 

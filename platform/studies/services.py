@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import tempfile
 import time
@@ -449,6 +450,7 @@ def job_refuse(*, job: TrainingJob, hospital: Hospital, reason: str, code: str) 
     return job
 
 
+DP_ENGINE_RE = re.compile(r"[A-Za-z0-9._-]{0,32}")
 SPEND_FIELDS = ("epsilon", "delta", "noise_multiplier", "sample_rate", "steps", "clip_norm", "accountant",
                 "accountant_version")
 
@@ -468,6 +470,12 @@ def privacy_spend_record(*, job: TrainingJob, hospital: Hospital, spend: dict) -
         }
     except (TypeError, ValueError):
         raise ServiceError("privacy spend values must be numbers (steps an integer)", code="invalid", status=422) from None
+    engine = spend.get("dp_engine", "")
+    if not isinstance(engine, str) or not DP_ENGINE_RE.fullmatch(engine):
+        raise ServiceError(f"privacy spend dp_engine must be the node's DP-SGD engine name (letters, digits, '.', '_', "
+                           f"'-'; at most 32), e.g. \"fused\" or \"ew\"; got {str(engine)[:40]!r}", code="invalid",
+                           status=422)
+    vals["dp_engine"] = engine
     if not (vals["epsilon"] >= 0 and 0 < vals["sample_rate"] <= 1 and vals["steps"] >= 0 and vals["noise_multiplier"] >= 0):
         raise ServiceError("privacy spend values out of range", code="invalid", status=422)
     with transaction.atomic():

@@ -71,7 +71,8 @@ def spend_for(history_len: int, *, accountant="rdp", delta=1e-5) -> dict:
     acc = create_accountant(mechanism=accountant)
     acc.history = [(NOISE, RATE, STEPS)] * history_len
     return {"epsilon": acc.get_epsilon(delta=delta), "delta": delta, "noise_multiplier": NOISE, "sample_rate": RATE,
-            "steps": STEPS, "clip_norm": 1.0, "accountant": accountant, "accountant_version": "1.6.0"}
+            "steps": STEPS, "clip_norm": 1.0, "accountant": accountant, "accountant_version": "1.6.0",
+            "dp_engine": "fused"}
 
 
 @pytest.fixture

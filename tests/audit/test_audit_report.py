@@ -52,7 +52,8 @@ def test_report_of_a_study_run_end_to_end(eager_celery, tmp_path, output_dir):
     assert "3 / 3" in html and "2 / 3" in html
     # Privacy spend against budget, recomputed
     assert "every reported epsilon recomputes" in html and "MISMATCH" not in html
-    for needle in ("Noise mult.", "Clip norm", "Sampling rate", "Steps", "Opacus 1.6.0", "Budget ε"):
+    for needle in ("Noise mult.", "Clip norm", "Sampling rate", "Steps", "Opacus 1.6.0", "Budget ε",
+                   "DP-SGD: fused step (checked against Opacus)"):
         assert needle in html
     # Encryption scheme, parameters, security level
     desc = get_codec("bfv-packed-v1").describe(study.encryption)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 
 import numpy as np
@@ -143,7 +144,7 @@ def test_round_aggregates_and_nodes_decrypt_the_mean(world, eager_celery):
 
 
 SPEND = {"epsilon": 0.4, "delta": 1e-5, "noise_multiplier": 2.0, "sample_rate": 0.1, "steps": 10, "clip_norm": 1.0,
-         "accountant": "rdp", "accountant_version": "opacus-1.6.0", "epsilon_round": 0.4}
+         "accountant": "rdp", "accountant_version": "opacus-1.6.0", "epsilon_round": 0.4, "dp_engine": "fused"}
 
 
 def test_privacy_spend_sent_with_the_upload_is_recorded_first_and_a_bad_one_stops_the_upload(world, eager_celery):
@@ -157,14 +158,15 @@ def test_privacy_spend_sent_with_the_upload_is_recorded_first_and_a_bad_one_stop
     assert r.status_code == 422 and "X-Privacy-Spend must be a JSON object" in r.json()["error"]
     r = a.put_bytes(f"jobs/{ja}/update", encrypted_frame(a, study), headers={"X-Privacy-Spend": '{"epsilon": 0.4}'})
     assert r.status_code == 422 and "missing" in r.json()["error"]
+    bad_engine = json.dumps({**SPEND, "dp_engine": "fused; DROP TABLE"})
+    r = a.put_bytes(f"jobs/{ja}/update", encrypted_frame(a, study), headers={"X-Privacy-Spend": bad_engine})
+    assert r.status_code == 422 and "dp_engine must be the node's DP-SGD engine name" in r.json()["error"]
     assert not PrivacySpend.objects.exists() and not EncryptedUpdate.objects.exists()
     # A good one: recorded (with its audit event, before the update's) and confirmed in the response.
-    import json
-
     r = a.put_bytes(f"jobs/{ja}/update", encrypted_frame(a, study), headers={"X-Privacy-Spend": json.dumps(SPEND)})
     assert r.status_code == 201 and r.json()["privacy_spend_recorded"] is True
     ps = PrivacySpend.objects.get(job_id=ja)
-    assert (ps.epsilon, ps.steps, ps.accountant_version) == (0.4, 10, "opacus-1.6.0")
+    assert (ps.epsilon, ps.steps, ps.accountant_version, ps.dp_engine) == (0.4, 10, "opacus-1.6.0", "fused")
     actions = list(AuditEvent.objects.filter(study_id=study.pk, action__in=["privacy.spent", "update.accepted"])
                    .order_by("id").values_list("action", flat=True))
     assert actions == ["privacy.spent", "update.accepted"]
