@@ -50,7 +50,7 @@ warnings.filterwarnings("ignore", message="Secure RNG turned off")
 warnings.filterwarnings("ignore", message="Full backward hook is firing")
 warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
 # "fused" (hospital_node.dp_fused): Opacus' DPOptimizer step in a few matrix products, the same
-# weights as Opacus' "ew" from the same seed; 1.4-1.8x non-private epoch time against 5.4-6.0x for
+# weights as Opacus' "ew" from the same seed; 1.06-1.81x non-private epoch time against 4.4-6.0x for
 # "ew", the fastest Opacus engine (bench/bench_dp_overhead.py, 2026-12-01).
 DEFAULT_GRAD_SAMPLE_MODE = "fused"
 EPS_TOLERANCE = 1e-9
