@@ -186,3 +186,15 @@ def test_warm_up_keeps_the_fused_engine_only_while_it_reproduces_opacus(node, mo
     node.warm_up()
     assert node.cfg.grad_sample_mode == "ew"
     assert "does not reproduce Opacus" in caplog.text and 'grad_sample_mode = "ew"' in caplog.text
+
+
+def test_warm_up_trains_with_opacus_when_the_fused_check_cannot_run(node, monkeypatch, caplog):
+    from hospital_node import dp_fused
+
+    def changed_api(*a, **k):  # stands in for an Opacus release without the function the check calls
+        raise AttributeError("module 'opacus' has no attribute 'PrivacyEngine'")
+
+    monkeypatch.setattr(dp_fused, "matches_opacus", changed_api)
+    node.warm_up()
+    assert node.cfg.grad_sample_mode == "ew"
+    assert "check of the fused step against Opacus failed (AttributeError" in caplog.text
