@@ -191,6 +191,7 @@ class Command(BaseCommand):
                 "steps": sum(PrivacySpend.objects.filter(job__hospital=h, job__round__study=study)
                              .values_list("steps", flat=True)),
                 "accountant": spend.accountant if spend else None,
+                "dp_engine": spend.dp_engine if spend else None,
                 # Opacus's accountant re-run here from the inputs the node reported (not trusted from the node).
                 "epsilon_recomputed": recomputed[h.pk].recomputed if h.pk in recomputed else None,
                 "epsilon_matches_accountant": bool(h.pk in recomputed and recomputed[h.pk].ok),
@@ -235,6 +236,10 @@ class Command(BaseCommand):
             w(f"{h['name']:34} {h['n_train']:7d} {h['epsilon_spent']:8.4f} {h['epsilon_recomputed'] or 0:8.4f} "
               f"{h['epsilon_budget']:7.2f} {h['local_only_test_auc']:15.4f}")
         w("  (epsilon: reported by the node; Opacus: recomputed here from the noise, sampling rate and steps it used)")
+        engines = sorted({h["dp_engine"] or "not reported" for h in s["hospitals"]})
+        w(f"DP-SGD engine on the nodes: {', '.join(engines)}"
+          + (" (Opacus' DPOptimizer step in matrix form, checked against Opacus 'ew' at node start-up)"
+             if engines == ["fused"] else ""))
         e = s["encryption"]
         w(f"Encryption: {e['scheme']} ({e['codec']}): {e['bytes_per_parameter']:.2f} bytes per parameter on the wire "
           f"for a full upload ({e['upload_capacity_parameters']} parameters per upload); this "
