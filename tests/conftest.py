@@ -63,6 +63,22 @@ def _platform_stack(connection, request, *, workers: int = 1, extra_env: dict | 
     return s
 
 
+def _wait_for_children_to_disconnect(connection, timeout: float = 15.0) -> None:
+    """After the stack's processes exit, PostgreSQL ends their sessions asynchronously: wait until
+    the test database has no session but this one, so it can be flushed (and dropped at the end)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with connection.cursor() as cur:
+            cur.execute("SELECT pid, application_name, state, backend_start, left(query, 120) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            others = cur.fetchall()
+        if not others or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    if others:
+        print(f"sessions still open on the test database after the stack stopped: {others}")
+
+
 @pytest.fixture
 def chunked_stack(require_postgres_redis, request):
     """Two Celery workers, aggregation split into one-ciphertext chunks."""
@@ -70,7 +86,7 @@ def chunked_stack(require_postgres_redis, request):
                         extra_env={"FEDPLATFORM_AGGREGATE_CHUNK_PARTS": "1"})
     yield s
     s.stop_all()
-    time.sleep(0.5)
+    _wait_for_children_to_disconnect(require_postgres_redis)
 
 
 @pytest.fixture
@@ -79,5 +95,4 @@ def stack(require_postgres_redis, request):
     s = _platform_stack(require_postgres_redis, request)
     yield s
     s.stop_all()
-    # Let the children's connections close before the test database is flushed.
-    time.sleep(0.5)
+    _wait_for_children_to_disconnect(require_postgres_redis)
