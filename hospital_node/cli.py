@@ -12,6 +12,7 @@ import os
 import sys
 
 from . import NODE_VERSION
+from .config import GRAD_SAMPLE_MODES
 from .errors import ApiError, ConfigError, FatalAuthError, NodeError, TransientError
 
 log = logging.getLogger("hospital_node")
@@ -140,8 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run the node daemon")
     r.add_argument("--config", required=True)
     r.add_argument("--once", action="store_true", help="one cycle (heartbeat, pending uploads, one poll) then exit")
-    r.add_argument("--grad-sample-mode", choices=("hooks", "functorch", "ew", "ghost"), default=None,
-                   help="override node.grad_sample_mode (Opacus per-sample gradient engine)")
+    r.add_argument("--grad-sample-mode", choices=GRAD_SAMPLE_MODES, default=None,
+                   help="override node.grad_sample_mode (DP-SGD engine: fused, or an Opacus grad-sample mode)")
     r.set_defaults(func=cmd_run)
     s = sub.add_parser("status", help="enrolment, platform reachability, privacy ledger")
     s.add_argument("--config", required=True)

@@ -76,3 +76,14 @@ def test_cli_run_without_credentials_says_enrol(tmp_path):
     r = subprocess.run([sys.executable, "-m", "hospital_node", "run", "--once", "--config", str(p)],
                        cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "enrol" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_grad_sample_mode_accepts_every_engine_and_names_them_on_a_typo():
+    from hospital_node.cli import build_parser
+    from hospital_node.config import GRAD_SAMPLE_MODES
+
+    for mode in GRAD_SAMPLE_MODES:
+        assert build_parser().parse_args(["run", "--config", "n.toml", "--grad-sample-mode", mode]).grad_sample_mode == mode
+    r = subprocess.run([sys.executable, "-m", "hospital_node", "run", "--config", "n.toml", "--grad-sample-mode", "fuse"],
+                       cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "invalid choice: 'fuse'" in r.stderr and "'fused'" in r.stderr
