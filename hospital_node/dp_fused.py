@@ -79,12 +79,10 @@ class FusedDPSGD:
         out = a.squeeze(-1)
         # d(loss of sample i)/d(output i): BCE-with-logits and squared error, per sample
         d = (torch.sigmoid(out) - yb) if self.binary else 2.0 * (out - yb)
-        delta = d.unsqueeze(-1)
-        deltas: list[torch.Tensor] = [delta] * len(layers)
+        deltas = [d.unsqueeze(-1)]  # gradient at each layer's output, last layer first
         for i in range(len(layers) - 1, 0, -1):
-            deltas[i] = delta
-            delta = (delta @ layers[i].weight) * (pre[i - 1] > 0)  # ReLU'(z) as autograd takes it
-        deltas[0] = delta
+            deltas.append((deltas[-1] @ layers[i].weight) * (pre[i - 1] > 0))  # ReLU'(z) as autograd takes it
+        deltas.reverse()
         # squared norm of sample i's whole gradient: sum over layers |delta_i|^2 (|a_i|^2 + 1)
         sq = None
         for a_in, dl in zip(inputs, deltas):

@@ -47,24 +47,14 @@ def test_fused_training_equals_opacus_from_the_same_seed(spec, task, reference):
 
 
 def _opacus_single_step(model, xb, yb, *, clip, sigma, lr, seed):
-    """One step of Opacus' own DPOptimizer (ew) on a fixed batch, expected batch size 16."""
-    import opacus
-
-    X = torch.zeros(64, xb.shape[1])
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, torch.zeros(64)), batch_size=16)
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-    m, o, _ = opacus.PrivacyEngine(accountant="rdp").make_private(
-        module=model, optimizer=opt, data_loader=loader, noise_multiplier=sigma, max_grad_norm=clip,
-        poisson_sampling=True, grad_sample_mode="ew")
+    """One step of Opacus' own DPOptimizer (ew, through the trainer's make_private path) on a fixed
+    batch, expected batch size 16."""
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(64, xb.shape[1]),
+                                                                        torch.zeros(64)), batch_size=16)
+    dp_model, step = trainer._opacus_step(model, loader, "binary_classification", lr, sigma, clip, "ew")
     torch.manual_seed(seed)
-    o.zero_grad()
-    if len(xb) == 0:
-        for p in o.params:
-            p.grad_sample = torch.zeros((0, *p.shape))
-    else:
-        nn.BCEWithLogitsLoss()(m(xb), yb).backward()
-    o.step()
-    return flatten(m._module)
+    step(xb, yb)
+    return flatten(dp_model._module)
 
 
 @pytest.mark.parametrize("batch", [0, 1, 20])
