@@ -2,7 +2,7 @@
 
 Usage:
     python bench/bench_round_overhead.py [--backend sqlite|postgres|both] [--rounds 5]
-                                         [--database-url URL] [--redis-url URL]
+                                         [--local-epochs N] [--database-url URL] [--redis-url URL]
 
 1. Platform: runs `manage.py demo` (3 hospitals, 5 rounds, DP-SGD epsilon 1, bfv-packed-v1
    encryption; a gunicorn web server, a Celery worker with beat and three real
@@ -20,6 +20,10 @@ Usage:
    round n (EncryptedUpdate.received_at) -> the moment every node holds round n+1's job
    (max TrainingJob.claimed_at, set when the long-poll first hands the train item to the node),
    broken down into upload -> round closed -> aggregated -> next round opened -> all claimed.
+
+--local-epochs (default: the demo's 5) scales the training work of the platform run and the baseline
+alike, to show how the end-to-end ratio depends on how much training there is to hide the platform's
+fixed cost behind.
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ def ensure_database(db_url: str) -> None:
             conn.execute(f'CREATE DATABASE "{name}"')
 
 
-def run_platform(backend: str, rounds: int, db_url: str, redis_url: str) -> dict:
+def run_platform(backend: str, rounds: int, epochs: int | None, db_url: str, redis_url: str) -> dict:
     var = Path(tempfile.mkdtemp(prefix=f"bench-round-{backend}-"))
     env = _env(backend, var, db_url, redis_url)
     if backend == "postgres":
@@ -73,7 +77,8 @@ def run_platform(backend: str, rounds: int, db_url: str, redis_url: str) -> dict
     summary = var / "summary.json"
     t0 = time.monotonic()
     r = subprocess.run([sys.executable, str(REPO / "manage.py"), "demo", "--summary-json", str(summary),
-                        "--rounds", str(rounds), "--out", str(var / "demo-output")],
+                        "--rounds", str(rounds), "--out", str(var / "demo-output"),
+                        *(["--local-epochs", str(epochs)] if epochs else [])],
                        cwd=str(REPO), env=env, capture_output=True, text=True, timeout=1200)
     wall_cmd = time.monotonic() - t0
     if r.returncode != 0:
@@ -123,7 +128,7 @@ def collect(study_id: int) -> dict:
             "recruiting": recruiting, "released": released, "nodes_ready": max(ready) if ready else recruiting}
 
 
-def baseline(rounds: int) -> dict:
+def baseline(rounds: int, epochs: int | None) -> dict:
     """The same local training steps as the demo, in this process, sequentially."""
     import numpy as np
     import torch
@@ -143,7 +148,7 @@ def baseline(rounds: int) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="bench-round-baseline-"))
     data = breast_cancer_split(tmp, HOSPITALS)
     study = {"id": 1, "schema": data.schema, "model": {"type": "logistic_regression"}, "rounds": rounds,
-             "local_epochs": DEMO_HYPER["local_epochs"], "batch_size": DEMO_HYPER["batch_size"],
+             "local_epochs": epochs or DEMO_HYPER["local_epochs"], "batch_size": DEMO_HYPER["batch_size"],
              "learning_rate": DEMO_HYPER["learning_rate"], "seed": 20261122,
              "privacy": {"epsilon": 1.0, "delta": 1e-5, "clip_norm": DEMO_HYPER["clip_norm"], "accountant": "rdp"}}
     sets = [load_study_data(study, data.hospital_csvs[h]) for h in HOSPITALS]
@@ -232,6 +237,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="both")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--local-epochs", type=int, help="local epochs per round (default: the demo's)")
     ap.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL",
                                                              "postgres://postgres@127.0.0.1:5432/bench"))
     ap.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/9"))
@@ -241,10 +247,12 @@ def main() -> int:
         print(json.dumps(collect(args.collect)))
         return 0
     backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
-    print(f"Round overhead: demo study, {args.rounds} rounds, 3 hospitals; backends: {', '.join(backends)}")
+    epochs = args.local_epochs or "the demo's"
+    print(f"Round overhead: demo study, {args.rounds} rounds, 3 hospitals, {epochs} local epochs; "
+          f"backends: {', '.join(backends)}")
     for b in backends:
-        base = baseline(args.rounds)  # measured next to each platform run: the machine may be shared
-        report(run_platform(b, args.rounds, args.database_url, args.redis_url), base)
+        base = baseline(args.rounds, args.local_epochs)  # measured next to each platform run: the machine may be shared
+        report(run_platform(b, args.rounds, args.local_epochs, args.database_url, args.redis_url), base)
     return 0
 
 

@@ -13,6 +13,7 @@ from fedproto.codec import CODECS, get_codec
 from fedproto.errors import SpecError
 from fedproto.schema import validate_schema
 from fedproto.specs import MODEL_TYPES, TASKS, validate_model_spec
+from studies.services import MAX_LOCAL_EPOCHS, MAX_ROUNDS
 
 # Encryption presets offered in the form; each is validated by its codec before it is offered.
 ENCRYPTION_PRESETS: list[tuple[str, str, dict]] = [
@@ -92,8 +93,8 @@ class StudyForm(forms.Form):
                                    initial="logistic_regression")
     hidden = forms.CharField(required=False, initial="16", max_length=60,
                              help_text="MLP only: hidden layer widths, e.g. 32,16")
-    rounds = forms.IntegerField(min_value=1, max_value=1000, initial=3)
-    local_epochs = forms.IntegerField(min_value=1, max_value=100, initial=1)
+    rounds = forms.IntegerField(min_value=1, max_value=MAX_ROUNDS, initial=3)
+    local_epochs = forms.IntegerField(min_value=1, max_value=MAX_LOCAL_EPOCHS, initial=1)
     batch_size = forms.IntegerField(min_value=1, max_value=100_000, initial=32)
     learning_rate = forms.FloatField(min_value=1e-9, max_value=10.0, initial=0.5)
     epsilon = forms.FloatField(label="ε (epsilon)", min_value=1e-6, max_value=100, initial=3.0,

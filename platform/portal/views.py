@@ -249,7 +249,8 @@ def privacy_preview(request):
         batch = int(request.GET["batch_size"])
         rounds = int(request.GET["rounds"])
         epochs = int(request.GET["local_epochs"])
-        if not (0 < eps <= 100 and 0 < delta <= 0.1 and 1 <= batch <= 100_000 and 1 <= rounds <= 1000 and 1 <= epochs <= 100):
+        if not (0 < eps <= 100 and 0 < delta <= 0.1 and 1 <= batch <= 100_000 and 1 <= rounds <= services.MAX_ROUNDS
+                and 1 <= epochs <= services.MAX_LOCAL_EPOCHS):
             raise ValueError
     except (KeyError, ValueError):
         return HttpResponse('<p class="muted">Fill in ε, δ, batch size, rounds and local epochs to see the noise they imply.</p>')

@@ -98,6 +98,11 @@ def _float_in(name: str, value, lo: float, hi: float) -> float:
     return float(value)
 
 
+# Upper bounds of a study definition (the API, the portal and the demo command share them).
+MAX_ROUNDS = 1000
+MAX_LOCAL_EPOCHS = 100
+
+
 def validate_study_config(*, schema, model_spec, rounds, local_epochs, batch_size, learning_rate, privacy,
                           encryption, quorum, round_deadline_s, n_hospitals: int) -> dict:
     """Validate a study definition with the shared rules; raise SpecError saying what to fix."""
@@ -119,8 +124,8 @@ def validate_study_config(*, schema, model_spec, rounds, local_epochs, batch_siz
                         f"{enc['max_hospitals']}; raise encryption.max_hospitals")
     return {
         "schema": schema, "model_spec": model_spec, "privacy": privacy, "encryption": enc,
-        "rounds": _int_in("rounds", rounds, 1, 1000),
-        "local_epochs": _int_in("local_epochs", local_epochs, 1, 100),
+        "rounds": _int_in("rounds", rounds, 1, MAX_ROUNDS),
+        "local_epochs": _int_in("local_epochs", local_epochs, 1, MAX_LOCAL_EPOCHS),
         "batch_size": _int_in("batch_size", batch_size, 1, 100_000),
         "learning_rate": _float_in("learning_rate", learning_rate, 0.0, 10.0),
         "quorum": _int_in("quorum", quorum, 1, n_hospitals),

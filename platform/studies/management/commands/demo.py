@@ -41,11 +41,19 @@ class Command(BaseCommand):
         parser.add_argument("--out", type=Path, default=REPO / "demo-output", help="folder for data, logs and reports")
         parser.add_argument("--rounds", type=int, default=5)
         parser.add_argument("--epsilon", type=float, default=1.0, help="privacy budget per hospital")
+        parser.add_argument("--local-epochs", type=int, default=DEMO_HYPER["local_epochs"],
+                            help=f"local DP-SGD epochs per round on each hospital (1-{services.MAX_LOCAL_EPOCHS}; "
+                                 f"default {DEMO_HYPER['local_epochs']})")
         parser.add_argument("--timeout", type=float, default=900, help="seconds before the demo gives up")
 
     def handle(self, *args, **opts):
-        if opts["rounds"] < 1 or opts["epsilon"] <= 0 or opts["timeout"] <= 0:
-            raise CommandError("--rounds, --epsilon and --timeout must be positive")
+        if opts["epsilon"] <= 0 or opts["timeout"] <= 0:
+            raise CommandError("--epsilon and --timeout must be positive")
+        if not 1 <= opts["rounds"] <= services.MAX_ROUNDS:
+            raise CommandError(f"--rounds must be between 1 and {services.MAX_ROUNDS}, got {opts['rounds']}")
+        if not 1 <= opts["local_epochs"] <= services.MAX_LOCAL_EPOCHS:
+            raise CommandError(f"--local-epochs must be between 1 and {services.MAX_LOCAL_EPOCHS} (a study's limit), "
+                               f"got {opts['local_epochs']}")
         out: Path = opts["out"].resolve()
         if out.exists():
             shutil.rmtree(out / "hospitals", ignore_errors=True)
@@ -90,7 +98,7 @@ class Command(BaseCommand):
             consortium=consortium, name="Breast cancer malignancy (demo)",
             purpose="Predict malignancy of breast masses from digitised FNA features.",
             hospitals=hospitals, schema=data.schema, model_spec={"type": "logistic_regression"},
-            rounds=opts["rounds"], local_epochs=DEMO_HYPER["local_epochs"], batch_size=DEMO_HYPER["batch_size"],
+            rounds=opts["rounds"], local_epochs=opts["local_epochs"], batch_size=DEMO_HYPER["batch_size"],
             learning_rate=DEMO_HYPER["learning_rate"],
             privacy={"epsilon": opts["epsilon"], "delta": 1e-5, "clip_norm": DEMO_HYPER["clip_norm"]},
             encryption={"codec": DEFAULT_CODEC}, quorum=2, round_deadline_s=120, seed=20261122, actor="demo")
