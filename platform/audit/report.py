@@ -188,10 +188,20 @@ def render_html(study, *, for_pdf: bool = False, request=None, context: dict | N
     return render_to_string("audit/report.html", ctx, request=request)
 
 
+class PdfUnavailable(RuntimeError):
+    """WeasyPrint cannot run here: it or the system libraries it loads (Pango) are missing."""
+
+
 def render_pdf(study, *, context: dict | None = None) -> bytes:
     import logging
 
-    from weasyprint import HTML
+    try:
+        from weasyprint import HTML
+    except (ImportError, OSError) as exc:  # OSError: WeasyPrint is installed but cannot load Pango
+        raise PdfUnavailable(
+            f"the PDF report cannot be rendered here ({exc.__class__.__name__}: {exc}); it needs WeasyPrint "
+            "(requirements.txt) and Pango (Debian: apt-get install -y libpango-1.0-0 libpangoft2-1.0-0, "
+            "or `make system-deps`); the HTML report has the same content") from None
 
     logging.getLogger("weasyprint.progress").setLevel(logging.WARNING)  # one INFO line per layout step
 
@@ -200,11 +210,19 @@ def render_pdf(study, *, context: dict | None = None) -> bytes:
 
 
 def write_study_report(*, study, out_dir) -> list[Path]:
-    """Write report.html and report.pdf for ``study`` into ``out_dir``; return their paths."""
+    """Write report.html and report.pdf for ``study`` into ``out_dir``; return their paths.
+
+    The HTML is written first; where the PDF cannot be rendered, PdfUnavailable is raised after it
+    (and no report.pdf is left behind from an earlier run)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ctx = build_context(study)
     html_path, pdf_path = out / "report.html", out / "report.pdf"
     html_path.write_text(render_html(study, context=ctx), encoding="utf-8")
-    pdf_path.write_bytes(render_pdf(study, context=ctx))
+    try:
+        pdf = render_pdf(study, context=ctx)
+    except PdfUnavailable:
+        pdf_path.unlink(missing_ok=True)
+        raise
+    pdf_path.write_bytes(pdf)
     return [html_path, pdf_path]

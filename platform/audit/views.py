@@ -46,7 +46,11 @@ def study_report(request, study_id: int):
 @login_required
 def study_report_pdf(request, study_id: int):
     study = _study_for(request, study_id, REPORT_ROLES)
-    resp = HttpResponse(report.render_pdf(study), content_type="application/pdf")
+    try:
+        pdf = report.render_pdf(study)
+    except report.PdfUnavailable as exc:
+        return HttpResponse(f"{exc}\n", status=503, content_type="text/plain; charset=utf-8")
+    resp = HttpResponse(pdf, content_type="application/pdf")
     resp["Content-Disposition"] = f'attachment; filename="study-{study.pk}-audit-report.pdf"'
     return resp
 

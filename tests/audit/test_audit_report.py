@@ -125,3 +125,26 @@ def test_report_and_trail_access(light_world):
     all_events = aud.get("/audit/trail/").content.decode()
     assert "consortium.created" in all_events or "test.filler" in all_events
     assert aud.get(f"/audit/trail/?consortium={other.pk}").status_code == 404
+
+
+@pytest.mark.django_db
+def test_report_without_weasyprint_says_what_to_install(light_world, tmp_path, monkeypatch):
+    """Where WeasyPrint cannot be imported, the HTML report is still written, a stale PDF is removed,
+    and the portal answers 503 with the fix instead of a server error."""
+    import sys
+
+    from audit.report import PdfUnavailable
+
+    study = light_world["study"]
+    out = tmp_path / "reports"
+    out.mkdir()
+    (out / "report.pdf").write_bytes(b"%PDF stale from an earlier run")
+    monkeypatch.setitem(sys.modules, "weasyprint", None)  # `import weasyprint` now raises ImportError
+    with pytest.raises(PdfUnavailable) as exc:
+        write_study_report(study=study, out_dir=out)
+    assert "libpango-1.0-0" in str(exc.value) and "make system-deps" in str(exc.value)
+    html = (out / "report.html").read_text()
+    assert "Study audit report" in html and study.name in html
+    assert not (out / "report.pdf").exists()
+    r = user("aud", light_world["consortium"], "auditor").get(f"/audit/studies/{study.pk}/report.pdf")
+    assert r.status_code == 503 and "make system-deps" in r.content.decode()

@@ -256,11 +256,15 @@ class Command(BaseCommand):
         w("=" * 72)
 
     def _write_report(self, study: Study, out: Path) -> None:
+        from audit.report import PdfUnavailable, write_study_report
+
+        reports = out / "reports"
         try:
-            from audit.report import write_study_report
-        except ImportError:
+            paths = write_study_report(study=study, out_dir=reports)
+        except PdfUnavailable as exc:
+            self.stdout.write(f"Audit report written to {reports / 'report.html'}")
+            self.stdout.write(f"No PDF report: {exc}")
             return
-        paths = write_study_report(study=study, out_dir=out / "reports")
         for p in paths:
             self.stdout.write(f"Audit report written to {p}")
 
