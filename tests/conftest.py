@@ -80,6 +80,15 @@ def _wait_for_children_to_disconnect(connection, timeout: float = 15.0) -> None:
 
 
 @pytest.fixture
+def web_only(require_postgres_redis, request):
+    """Only the platform web server (gunicorn, fresh process) on the test database."""
+    s = _platform_stack(require_postgres_redis, request, workers=0)
+    yield s
+    s.stop_all()
+    _wait_for_children_to_disconnect(require_postgres_redis)
+
+
+@pytest.fixture
 def chunked_stack(require_postgres_redis, request):
     """Two Celery workers, aggregation split into one-ciphertext chunks."""
     s = _platform_stack(require_postgres_redis, request, workers=2,
