@@ -57,9 +57,11 @@ def _platform_stack(connection, request, *, workers: int = 1, extra_env: dict | 
     log_dir = OUTPUT / "logs" / request.node.name
     shutil.rmtree(log_dir, ignore_errors=True)
     s = Stack(log_dir=log_dir, env=env)
+    started = [s.start_worker(name=f"worker{i + 1}" if i else "worker", beat=i == 0, wait=False)
+               for i in range(workers)]  # they start while the web server does
     s.start_web()
-    for i in range(workers):
-        s.start_worker(name=f"worker{i + 1}" if i else "worker", beat=i == 0)
+    for w in started:
+        s.wait_ready(w)
     return s
 
 

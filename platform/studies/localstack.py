@@ -50,6 +50,7 @@ class Proc:
     name: str
     popen: subprocess.Popen
     log_path: Path
+    ready_file: Path | None = None  # a Celery worker writes it once it consumes tasks
 
     def alive(self) -> bool:
         return self.popen.poll() is None
@@ -104,8 +105,9 @@ class Stack:
         return proc
 
     def start_worker(self, name: str = "worker", beat: bool = True, concurrency: int = 1,
-                     wait_ready_s: float = 120.0) -> Proc:
-        """Start a Celery worker and wait until it consumes tasks (its ready file appears)."""
+                     wait_ready_s: float = 120.0, wait: bool = True) -> Proc:
+        """Start a Celery worker and wait until it consumes tasks (its ready file appears); with
+        wait=False return at once (the caller starts other processes meanwhile, then wait_ready)."""
         args = [sys.executable, "-m", "celery", "-A", "config", "worker", "-n", f"{name}@%h", "-l", "warning",
                 "--concurrency", str(concurrency), "--pool", "solo" if concurrency == 1 else "prefork"]
         if beat:
@@ -114,14 +116,21 @@ class Stack:
         ready = self.log_dir / f"{name}.ready"
         ready.unlink(missing_ok=True)
         proc = self.spawn(name, args, cwd=PLATFORM_DIR, env={**self.env, "FEDPLATFORM_WORKER_READY_FILE": str(ready)})
-        t0 = time.monotonic()
-        while not ready.exists():
-            if not proc.alive():
-                raise RuntimeError(f"{name} exited early:\n{proc.tail()}")
-            if time.monotonic() - t0 > wait_ready_s:
-                raise RuntimeError(f"{name} was not ready within {wait_ready_s:.0f}s:\n{proc.tail()}")
-            time.sleep(0.1)
+        proc.ready_file = ready
+        if wait:
+            self.wait_ready(proc, wait_ready_s)
         return proc
+
+    @staticmethod
+    def wait_ready(proc: Proc, timeout: float = 120.0) -> None:
+        """Wait until a worker started by start_worker consumes tasks."""
+        t0 = time.monotonic()
+        while not proc.ready_file.exists():
+            if not proc.alive():
+                raise RuntimeError(f"{proc.name} exited early:\n{proc.tail()}")
+            if time.monotonic() - t0 > timeout:
+                raise RuntimeError(f"{proc.name} was not ready within {timeout:.0f}s:\n{proc.tail()}")
+            time.sleep(0.1)
 
     def start_node(self, name: str, config: Path) -> Proc:
         return self.spawn(f"node-{name}", [sys.executable, "-m", "hospital_node", "run", "--config", str(config)])

@@ -79,7 +79,8 @@ class Command(BaseCommand):
 
     def _run(self, opts, out, data, consortium, hospitals, stack, t_start):
         self.stdout.write("Starting the platform web server and a Celery worker …")
-        infra = [stack.start_web(), stack.start_worker()]
+        worker = stack.start_worker(wait=False)  # starts while the web server does (each takes seconds)
+        infra = [stack.start_web(), worker]
         nodes = []
         for h in hospitals:
             _, token = enrolment_token_create(hospital=h)
@@ -88,6 +89,7 @@ class Command(BaseCommand):
                                     poll_wait_s=20)
             stack.enrol_node(cfg, token)
             nodes.append(stack.start_node(h.name.split()[0].lower(), cfg))
+        stack.wait_ready(worker)
         self.stdout.write(f"Started {len(nodes)} hospital node daemons (logs in {stack.log_dir}); waiting for them "
                           "to come online …")
         self._wait_online(hospitals, nodes, opts["timeout"])
