@@ -34,6 +34,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import torch  # noqa: E402
+from benchargs import int_in  # noqa: E402
 from torch import nn  # noqa: E402
 
 from hospital_node.dp_fused import SELF_CHECK_TOLERANCE, FusedDPSGD, matches_opacus  # noqa: E402
@@ -141,8 +142,8 @@ def clipping_holds(mode: str, n_features: int, clip: float) -> tuple[bool, float
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer epochs and repeats, smaller synthetic set")
-    ap.add_argument("--epochs", type=int, default=None)
-    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--epochs", type=int_in(1, 1000), default=None, help="epochs per timed run (default 5, --quick 2)")
+    ap.add_argument("--repeats", type=int_in(1, 100), default=None, help="timed runs per mode (default 5, --quick 3)")
     args = ap.parse_args()
     epochs = args.epochs or (2 if args.quick else 5)
     repeats = args.repeats or (3 if args.quick else 5)

@@ -42,6 +42,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "platform"))
 
+from benchargs import int_in  # noqa: E402
+from fedproto.specs import MAX_LOCAL_EPOCHS, MAX_ROUNDS  # noqa: E402
+
 TARGET_RATIO = 2.0
 TARGET_OVERHEAD_MS = 200.0
 
@@ -236,8 +239,8 @@ def report(res: dict, base: dict) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="both")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--local-epochs", type=int, help="local epochs per round (default: the demo's)")
+    ap.add_argument("--rounds", type=int_in(1, MAX_ROUNDS), default=5)
+    ap.add_argument("--local-epochs", type=int_in(1, MAX_LOCAL_EPOCHS), help="local epochs per round (default: the demo's)")
     ap.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL",
                                                              "postgres://postgres@127.0.0.1:5432/bench"))
     ap.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/9"))

@@ -41,6 +41,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "platform"))
 
+from benchargs import int_in, int_list  # noqa: E402
+from fedproto.codec.bfv_packed import MAX_HOSPITALS_LIMIT  # noqa: E402
+
 TARGET_200_S = 30.0
 SEAL_BATCH = 32
 
@@ -286,9 +289,11 @@ def baseline(H: int, n_params: int) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--hospitals", default="10,50,200")
-    ap.add_argument("--hidden", default="128,64", help="mlp_classifier hidden widths")
-    ap.add_argument("--clients-per-process", type=int, default=50)
+    ap.add_argument("--hospitals", type=int_list(2, MAX_HOSPITALS_LIMIT, "10,50"), default="10,50,200",
+                    help="hospital counts, one round each")
+    ap.add_argument("--hidden", type=int_list(1, 1 << 20, "128,64"), default="128,64",
+                    help="mlp_classifier hidden widths")
+    ap.add_argument("--clients-per-process", type=int_in(1, 1000), default=50)
     ap.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL",
                                                              "postgres://postgres@127.0.0.1:5432/bench"))
     ap.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/9"))
@@ -297,13 +302,7 @@ def main() -> int:
     if args.client:
         return client_main(args.client[0], json.loads(Path(args.client[1]).read_text()), 900)
 
-    try:
-        counts = [int(x) for x in args.hospitals.split(",")]
-        hidden = [int(x) for x in args.hidden.split(",")]
-    except ValueError:
-        ap.error("--hospitals and --hidden take comma-separated integers, e.g. --hospitals 10,50 --hidden 128,64")
-    if not counts or min(counts) < 2:
-        ap.error("--hospitals: each count must be at least 2")
+    counts, hidden = args.hospitals, args.hidden
     from fedproto.errors import SpecError
     from fedproto.specs import validate_model_spec
 

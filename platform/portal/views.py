@@ -26,6 +26,7 @@ from consortia.models import Hospital, Membership
 from consortia.selectors import MANAGE_STUDY_ROLES
 from fedproto.codec import get_codec
 from fedproto.errors import SpecError
+from fedproto.specs import MAX_LOCAL_EPOCHS, MAX_ROUNDS
 from studies import selectors, services
 from studies.models import Participation, PrivacySpend, Round, RoundReport, Study, TrainingJob
 
@@ -249,8 +250,8 @@ def privacy_preview(request):
         batch = int(request.GET["batch_size"])
         rounds = int(request.GET["rounds"])
         epochs = int(request.GET["local_epochs"])
-        if not (0 < eps <= 100 and 0 < delta <= 0.1 and 1 <= batch <= 100_000 and 1 <= rounds <= services.MAX_ROUNDS
-                and 1 <= epochs <= services.MAX_LOCAL_EPOCHS):
+        if not (0 < eps <= 100 and 0 < delta <= 0.1 and 1 <= batch <= 100_000 and 1 <= rounds <= MAX_ROUNDS
+                and 1 <= epochs <= MAX_LOCAL_EPOCHS):
             raise ValueError
     except (KeyError, ValueError):
         return HttpResponse('<p class="muted">Fill in ε, δ, batch size, rounds and local epochs to see the noise they imply.</p>')

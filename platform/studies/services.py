@@ -29,8 +29,8 @@ from fedproto.codec import DEFAULT_CODEC, get_codec
 from fedproto.errors import CodecError, SpecError
 from fedproto.privacy import validate_privacy
 from fedproto.schema import validate_schema
+from fedproto.specs import MAX_LOCAL_EPOCHS, MAX_ROUNDS, validate_model_spec
 from fedproto.specs import n_params as spec_n_params
-from fedproto.specs import validate_model_spec
 
 from . import worksignal
 from .models import (Aggregate, AggregateChunk, EncryptedUpdate, FinalModel, HEContext, Participation, PrivacySpend,
@@ -96,11 +96,6 @@ def _float_in(name: str, value, lo: float, hi: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo < float(value) <= hi:
         raise SpecError(f"{name} must be a number in ({lo}, {hi}], got {value!r}")
     return float(value)
-
-
-# Upper bounds of a study definition (the API, the portal and the demo command share them).
-MAX_ROUNDS = 1000
-MAX_LOCAL_EPOCHS = 100
 
 
 def validate_study_config(*, schema, model_spec, rounds, local_epochs, batch_size, learning_rate, privacy,

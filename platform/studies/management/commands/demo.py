@@ -23,6 +23,7 @@ from audit.selectors import verify_all, verify_study_chain
 from consortia.models import Hospital
 from consortia.services import consortium_create, enrolment_token_create, hospital_create
 from fedproto.codec import DEFAULT_CODEC, get_codec
+from fedproto.specs import MAX_LOCAL_EPOCHS, MAX_ROUNDS
 
 from ... import services
 from ...demo_data import breast_cancer_split
@@ -42,17 +43,17 @@ class Command(BaseCommand):
         parser.add_argument("--rounds", type=int, default=5)
         parser.add_argument("--epsilon", type=float, default=1.0, help="privacy budget per hospital")
         parser.add_argument("--local-epochs", type=int, default=DEMO_HYPER["local_epochs"],
-                            help=f"local DP-SGD epochs per round on each hospital (1-{services.MAX_LOCAL_EPOCHS}; "
+                            help=f"local DP-SGD epochs per round on each hospital (1-{MAX_LOCAL_EPOCHS}; "
                                  f"default {DEMO_HYPER['local_epochs']})")
         parser.add_argument("--timeout", type=float, default=900, help="seconds before the demo gives up")
 
     def handle(self, *args, **opts):
         if opts["epsilon"] <= 0 or opts["timeout"] <= 0:
             raise CommandError("--epsilon and --timeout must be positive")
-        if not 1 <= opts["rounds"] <= services.MAX_ROUNDS:
-            raise CommandError(f"--rounds must be between 1 and {services.MAX_ROUNDS}, got {opts['rounds']}")
-        if not 1 <= opts["local_epochs"] <= services.MAX_LOCAL_EPOCHS:
-            raise CommandError(f"--local-epochs must be between 1 and {services.MAX_LOCAL_EPOCHS} (a study's limit), "
+        if not 1 <= opts["rounds"] <= MAX_ROUNDS:
+            raise CommandError(f"--rounds must be between 1 and {MAX_ROUNDS}, got {opts['rounds']}")
+        if not 1 <= opts["local_epochs"] <= MAX_LOCAL_EPOCHS:
+            raise CommandError(f"--local-epochs must be between 1 and {MAX_LOCAL_EPOCHS} (a study's limit), "
                                f"got {opts['local_epochs']}")
         out: Path = opts["out"].resolve()
         if out.exists():

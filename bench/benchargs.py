@@ -1,0 +1,41 @@
+"""Argument types shared by the benchmarks: a bad value stops the run at once with an argparse error
+that says what to pass (not a traceback minutes later, nor a silent fall-back to the default)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def int_in(lo: int, hi: int):
+    """A whole number from lo to hi."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number from {lo} to {hi}, got {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"expected a whole number from {lo} to {hi}, got {value}")
+        return value
+
+    return parse
+
+
+def int_list(lo: int, hi: int, example: str):
+    """Comma-separated whole numbers from lo to hi; each may be written as 1e6."""
+
+    def parse(text: str) -> list[int]:
+        values = []
+        for item in text.split(","):
+            try:
+                f = float(item)
+                value = int(f)
+            except (ValueError, OverflowError):
+                value = f = None
+            if value is None or value != f or not lo <= value <= hi:
+                raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers from {lo:,} to {hi:,}, "
+                                                 f"e.g. {example}; got {item!r}")
+            values.append(value)
+        return values
+
+    return parse
