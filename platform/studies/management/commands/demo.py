@@ -23,6 +23,8 @@ from audit.selectors import verify_all, verify_study_chain
 from consortia.models import Hospital
 from consortia.services import consortium_create, enrolment_token_create, hospital_create
 from fedproto.codec import DEFAULT_CODEC, get_codec
+from fedproto.errors import SpecError
+from fedproto.privacy import validate_privacy
 from fedproto.specs import MAX_LOCAL_EPOCHS, MAX_ROUNDS
 
 from ... import services
@@ -48,8 +50,12 @@ class Command(BaseCommand):
         parser.add_argument("--timeout", type=float, default=900, help="seconds before the demo gives up")
 
     def handle(self, *args, **opts):
-        if opts["epsilon"] <= 0 or opts["timeout"] <= 0:
-            raise CommandError("--epsilon and --timeout must be positive")
+        if opts["timeout"] <= 0:
+            raise CommandError(f"--timeout must be a positive number of seconds, got {opts['timeout']:g}")
+        try:
+            validate_privacy(self._privacy(opts))
+        except SpecError as exc:
+            raise CommandError(f"--epsilon: {exc}") from None
         if not 1 <= opts["rounds"] <= MAX_ROUNDS:
             raise CommandError(f"--rounds must be between 1 and {MAX_ROUNDS}, got {opts['rounds']}")
         if not 1 <= opts["local_epochs"] <= MAX_LOCAL_EPOCHS:
@@ -78,6 +84,10 @@ class Command(BaseCommand):
         finally:
             stack.stop_all()
 
+    @staticmethod
+    def _privacy(opts) -> dict:
+        return {"epsilon": opts["epsilon"], "delta": 1e-5, "clip_norm": DEMO_HYPER["clip_norm"]}
+
     def _run(self, opts, out, data, consortium, hospitals, stack, t_start):
         self.stdout.write("Starting the platform web server and a Celery worker …")
         worker = stack.start_worker(wait=False)  # starts while the web server does (each takes seconds)
@@ -103,7 +113,7 @@ class Command(BaseCommand):
             hospitals=hospitals, schema=data.schema, model_spec={"type": "logistic_regression"},
             rounds=opts["rounds"], local_epochs=opts["local_epochs"], batch_size=DEMO_HYPER["batch_size"],
             learning_rate=DEMO_HYPER["learning_rate"],
-            privacy={"epsilon": opts["epsilon"], "delta": 1e-5, "clip_norm": DEMO_HYPER["clip_norm"]},
+            privacy=self._privacy(opts),
             encryption={"codec": DEFAULT_CODEC}, quorum=2, round_deadline_s=120, seed=20261122, actor="demo")
         services.study_open_recruitment(study=study, actor="demo")
         self.stdout.write(f"Study #{study.pk} '{study.name}' is recruiting; the nodes approve under their own limits.")
