@@ -34,9 +34,9 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import torch  # noqa: E402
-from benchargs import int_in  # noqa: E402
 from torch import nn  # noqa: E402
 
+from benchargs import int_in  # noqa: E402
 from hospital_node.dp_fused import SELF_CHECK_TOLERANCE, FusedDPSGD, matches_opacus  # noqa: E402
 from hospital_node.models import build_model  # noqa: E402
 from hospital_node.trainer import GRAD_SAMPLE_MODES, dp_train, epsilon_of, sample_rate_for, steps_per_epoch  # noqa: E402
