@@ -29,13 +29,12 @@ def int_list(lo: int, hi: int, example: str):
         for item in text.split(","):
             try:
                 f = float(item)
-                value = int(f)
-            except (ValueError, OverflowError):
-                value = f = None
-            if value is None or value != f or not lo <= value <= hi:
+            except ValueError:
+                f = float("nan")
+            if not (f.is_integer() and lo <= f <= hi):  # false for nan and inf too
                 raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers from {lo:,} to {hi:,}, "
                                                  f"e.g. {example}; got {item!r}")
-            values.append(value)
+            values.append(int(f))
         return values
 
     return parse

@@ -81,29 +81,29 @@ def _wait_for_children_to_disconnect(connection, timeout: float = 15.0) -> None:
         print(f"sessions still open on the test database after the stack stopped: {others}")
 
 
+def _running_stack(connection, request, **kwargs):
+    """Body of the stack fixtures: start the processes, hand them to the test, stop them and wait
+    until their database sessions are gone."""
+    s = _platform_stack(connection, request, **kwargs)
+    yield s
+    s.stop_all()
+    _wait_for_children_to_disconnect(connection)
+
+
 @pytest.fixture
 def web_only(require_postgres_redis, request):
     """Only the platform web server (gunicorn, fresh process) on the test database."""
-    s = _platform_stack(require_postgres_redis, request, workers=0)
-    yield s
-    s.stop_all()
-    _wait_for_children_to_disconnect(require_postgres_redis)
+    yield from _running_stack(require_postgres_redis, request, workers=0)
 
 
 @pytest.fixture
 def chunked_stack(require_postgres_redis, request):
     """Two Celery workers, aggregation split into one-ciphertext chunks."""
-    s = _platform_stack(require_postgres_redis, request, workers=2,
-                        extra_env={"FEDPLATFORM_AGGREGATE_CHUNK_PARTS": "1"})
-    yield s
-    s.stop_all()
-    _wait_for_children_to_disconnect(require_postgres_redis)
+    yield from _running_stack(require_postgres_redis, request, workers=2,
+                              extra_env={"FEDPLATFORM_AGGREGATE_CHUNK_PARTS": "1"})
 
 
 @pytest.fixture
 def stack(require_postgres_redis, request):
     """A platform web server (gunicorn) and a Celery worker (with beat) on the test database."""
-    s = _platform_stack(require_postgres_redis, request)
-    yield s
-    s.stop_all()
-    _wait_for_children_to_disconnect(require_postgres_redis)
+    yield from _running_stack(require_postgres_redis, request)
