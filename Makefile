@@ -3,12 +3,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test test-fast bench services system-deps
+.PHONY: install demo test lint bench services system-deps
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt requirements/*.txt pyproject.toml platform/pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
+	# The repository's own packages, editable: fedproto + hospital_node (pyproject.toml) and the
+	# platform's apps (platform/pyproject.toml). Compat mode puts the two source roots on sys.path,
+	# so the demo harness (devstack/) and new apps import without a reinstall.
+	$(PY) -m pip install -q --no-deps --no-build-isolation --config-settings editable_mode=compat -e . -e ./platform
 	touch $@
 
 install: $(VENV)/.installed
@@ -25,8 +29,15 @@ system-deps:
 services:
 	bash deploy/dev/ensure-services.sh
 
-# The whole suite on PostgreSQL + Redis with real Celery workers and node daemons.
-test: install system-deps services
+# Lint: ruff (errors + import order) on everything, mypy on the node and the protocol code,
+# import-linter on the import floors (pyproject.toml [tool.importlinter]).
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+# The lint step, then the whole suite on PostgreSQL + Redis with real Celery workers and node daemons.
+test: install system-deps services lint
 	DATABASE_URL=$${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test} \
 	REDIS_URL=$${TEST_REDIS_URL:-redis://127.0.0.1:6379/7} \
 	$(PY) -m pytest

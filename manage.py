@@ -1,15 +1,16 @@
 #!/usr/bin/env python
-"""Django's command-line utility. platform/ is the source root (it has no __init__.py)."""
+"""Django's command-line utility.
+
+platform/ is the platform's source root (no __init__.py: `platform` is a standard-library module);
+`make install` installs it and the repository's packages in editable mode (pyproject.toml and
+platform/pyproject.toml), so nothing here edits sys.path.
+"""
 
 import os
 import sys
-from pathlib import Path
 
 
 def main() -> None:
-    repo = Path(__file__).resolve().parent
-    sys.path.insert(0, str(repo / "platform"))
-    sys.path.insert(1, str(repo))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     from django.core.management import execute_from_command_line
 

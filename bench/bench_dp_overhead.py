@@ -25,21 +25,18 @@ Opacus' own ``ew`` engine from the same seed (same Poisson batches, same noise d
 from __future__ import annotations
 
 import argparse
-import os
+import functools
 import sys
 import time
 
 import numpy as np
+import torch
+from benchargs import int_in
+from torch import nn
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from benchargs import int_in  # noqa: E402
-from hospital_node.dp_fused import SELF_CHECK_TOLERANCE, FusedDPSGD, matches_opacus  # noqa: E402
-from hospital_node.models import build_model  # noqa: E402
-from hospital_node.trainer import GRAD_SAMPLE_MODES, dp_train, epsilon_of, sample_rate_for, steps_per_epoch  # noqa: E402
+from hospital_node.dp_fused import SELF_CHECK_TOLERANCE, FusedDPSGD, matches_opacus
+from hospital_node.models import build_model
+from hospital_node.trainer import GRAD_SAMPLE_MODES, dp_train, epsilon_of, sample_rate_for, steps_per_epoch
 
 TARGET_RATIO = 2.0
 SPEC = {"type": "mlp_classifier", "hidden": [16]}
@@ -156,13 +153,14 @@ def main() -> int:
         X, y, bs = wl["X"], wl["y"], wl["batch_size"]
         n = len(y)
         plain_train(X, y, epochs=1, batch_size=bs, lr=lr)  # warm-up (first-call costs)
-        base_runs = timed(lambda: plain_train(X, y, epochs=epochs, batch_size=bs, lr=lr), repeats)
+        baseline = functools.partial(plain_train, X, y, epochs=epochs, batch_size=bs, lr=lr)
+        base_runs = timed(baseline, repeats)
         rows = []
         eps_ref = epsilon_of([(sigma, sample_rate_for(n, bs), epochs * steps_per_epoch(n, bs))], delta)
         for mode in GRAD_SAMPLE_MODES:
             steps_box = {}
 
-            def run(mode=mode):
+            def run(mode=mode, X=X, y=y, bs=bs, steps_box=steps_box):
                 _, steps_box["steps"] = dp_train(build_model(SPEC, X.shape[1]), X, y, task="binary_classification",
                                                  epochs=epochs, batch_size=bs, learning_rate=lr,
                                                  noise_multiplier=sigma, clip_norm=clip, grad_sample_mode=mode)
@@ -184,7 +182,7 @@ def main() -> int:
                              f"fails: {type(exc).__name__}: {str(exc)[:60]}"))
         # The baseline is timed before and after the private runs; every time is the best of its runs
         # (the machine is shared: the minimum is the estimate least disturbed by other work).
-        base_runs += timed(lambda: plain_train(X, y, epochs=epochs, batch_size=bs, lr=lr), repeats)
+        base_runs += timed(baseline, repeats)
         base = min(base_runs) / epochs
         rows = [("non-private (plain torch)", base, 1.0, "-", "-")] + [
             (name, t, t / base, eps, ok) for name, t, _, eps, ok in rows]

@@ -25,12 +25,10 @@ import sys
 import time
 
 import numpy as np
+from benchargs import int_in, int_list
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from benchargs import int_in, int_list  # noqa: E402
-from fedproto.codec import get_codec  # noqa: E402
-from fedproto.codec.bfv_packed import DEFAULTS as BFV_DEFAULTS  # noqa: E402
+from fedproto.codec import get_codec
+from fedproto.codec.bfv_packed import DEFAULTS as BFV_DEFAULTS
 
 CODECS = ("bfv-packed-v1", "bfv-packed-raw-v1", "ckks-flare")
 MAX_SIZE = 10 ** 7

@@ -38,12 +38,11 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "platform"))
+from benchargs import int_in
 
-from benchargs import int_in  # noqa: E402
-from fedproto.specs import MAX_LOCAL_EPOCHS, MAX_ROUNDS  # noqa: E402
+from fedproto.specs import MAX_LOCAL_EPOCHS, MAX_ROUNDS
+
+REPO = Path(__file__).resolve().parents[1]
 
 TARGET_RATIO = 2.0
 TARGET_OVERHEAD_MS = 200.0
@@ -133,10 +132,9 @@ def collect(study_id: int) -> dict:
 
 def baseline(rounds: int, epochs: int | None) -> dict:
     """The same local training steps as the demo, in this process, sequentially."""
+    import django
     import numpy as np
     import torch
-
-    import django
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     os.environ.setdefault("FEDPLATFORM_VAR_DIR", tempfile.mkdtemp(prefix="bench-round-var-"))

@@ -29,7 +29,6 @@ import argparse
 import base64
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,12 +36,11 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "platform"))
+from benchargs import int_in, int_list
 
-from benchargs import int_in, int_list  # noqa: E402
-from fedproto.codec.bfv_packed import MAX_HOSPITALS_LIMIT  # noqa: E402
+from fedproto.codec.bfv_packed import MAX_HOSPITALS_LIMIT
+
+REPO = Path(__file__).resolve().parents[1]
 
 TARGET_200_S = 30.0
 SEAL_BATCH = 32
@@ -127,6 +125,7 @@ class LightNode:
 
     def on_train(self, item):
         import numpy as np
+
         from fedproto.wire import pack_parts
 
         study = item["study"]
@@ -138,6 +137,7 @@ class LightNode:
     def _global(self, study: dict, round_no: int) -> tuple[str, bytes]:
         """Decrypt the aggregate once per client process (threads share it); the model's sha256."""
         import numpy as np
+
         from fedproto.wire import unpack_parts
         from hospital_node.models import flatten, initial_model, model_bytes, model_from_flat
 
@@ -271,6 +271,7 @@ def run_scale(H: int, hidden: list[int], per_proc: int, stack_env: dict, base_ur
 def baseline(H: int, n_params: int) -> float:
     """The same crypto work with no platform: H encryptions, one aggregation, one decryption."""
     import numpy as np
+
     from fedproto.codec import get_codec
 
     c = get_codec("bfv-packed-v1")

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import dj_database_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent          # platform/
 REPO_DIR = BASE_DIR.parent
-if str(REPO_DIR) not in sys.path:                           # fedproto/ lives at the repo root
-    sys.path.insert(0, str(REPO_DIR))
 
 VAR_DIR = Path(os.environ.get("FEDPLATFORM_VAR_DIR", REPO_DIR / "var")).resolve()
 VAR_DIR.mkdir(parents=True, exist_ok=True)

@@ -1,12 +1,4 @@
 import os
-import sys
-from pathlib import Path
-
-# platform/ is a plain source root (no __init__.py, see DESIGN.md); the repo root holds fedproto/.
-_here = Path(__file__).resolve().parent.parent
-for p in (str(_here), str(_here.parent)):
-    if p not in sys.path:
-        sys.path.insert(0, p)
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 # The web server's PostgreSQL connections come from a pool (see config/settings.py). The switch is
