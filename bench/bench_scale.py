@@ -29,7 +29,6 @@ import argparse
 import base64
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "platform"))
 
 from benchargs import int_in, int_list  # noqa: E402
+
 from fedproto.codec.bfv_packed import MAX_HOSPITALS_LIMIT  # noqa: E402
 
 TARGET_200_S = 30.0
@@ -127,6 +127,7 @@ class LightNode:
 
     def on_train(self, item):
         import numpy as np
+
         from fedproto.wire import pack_parts
 
         study = item["study"]
@@ -138,6 +139,7 @@ class LightNode:
     def _global(self, study: dict, round_no: int) -> tuple[str, bytes]:
         """Decrypt the aggregate once per client process (threads share it); the model's sha256."""
         import numpy as np
+
         from fedproto.wire import unpack_parts
         from hospital_node.models import flatten, initial_model, model_bytes, model_from_flat
 
@@ -214,8 +216,8 @@ def ensure_database(db_url: str) -> None:
 
 def run_scale(H: int, hidden: list[int], per_proc: int, stack_env: dict, base_url: str, log_dir: Path) -> dict:
     from consortia.services import consortium_create, enrolment_token_create, hospital_create
+    from devstack.demo_data import breast_cancer_split
     from studies import services
-    from studies.demo_data import breast_cancer_split
     from studies.models import EncryptedUpdate, Round, RoundReport, Study, TrainingJob
 
     data = breast_cancer_split(Path(tempfile.mkdtemp(prefix="bench-scale-data-")), ["A", "B"])
@@ -271,6 +273,7 @@ def run_scale(H: int, hidden: list[int], per_proc: int, stack_env: dict, base_ur
 def baseline(H: int, n_params: int) -> float:
     """The same crypto work with no platform: H encryptions, one aggregation, one decryption."""
     import numpy as np
+
     from fedproto.codec import get_codec
 
     c = get_codec("bfv-packed-v1")
@@ -320,7 +323,7 @@ def main() -> int:
     django.setup()
     from django.core.management import call_command
 
-    from studies.localstack import Stack, child_env
+    from devstack.localstack import Stack, child_env
 
     call_command("migrate", verbosity=0)
     import redis
