@@ -132,26 +132,21 @@ def collect(study_id: int) -> dict:
 
 def baseline(rounds: int, epochs: int | None) -> dict:
     """The same local training steps as the demo, in this process, sequentially."""
-    import django
     import numpy as np
     import torch
 
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-    os.environ.setdefault("FEDPLATFORM_VAR_DIR", tempfile.mkdtemp(prefix="bench-round-var-"))
-    os.environ.pop("DATABASE_URL", None)
-    django.setup()  # only to import the demo's constants (hospitals, hyper-parameters)
+    from devstack.demo import DEMO_DELTA, DEMO_HYPER, DEMO_SEED, HOSPITALS
+    from devstack.demo_data import breast_cancer_split
     from hospital_node.data import load_study_data
     from hospital_node.models import flatten, initial_model
     from hospital_node.trainer import apply_update, plan_noise, train_job
-    from studies.demo_data import breast_cancer_split
-    from studies.management.commands.demo import DEMO_HYPER, HOSPITALS
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-round-baseline-"))
     data = breast_cancer_split(tmp, HOSPITALS)
     study = {"id": 1, "schema": data.schema, "model": {"type": "logistic_regression"}, "rounds": rounds,
              "local_epochs": epochs or DEMO_HYPER["local_epochs"], "batch_size": DEMO_HYPER["batch_size"],
-             "learning_rate": DEMO_HYPER["learning_rate"], "seed": 20261122,
-             "privacy": {"epsilon": 1.0, "delta": 1e-5, "clip_norm": DEMO_HYPER["clip_norm"], "accountant": "rdp"}}
+             "learning_rate": DEMO_HYPER["learning_rate"], "seed": DEMO_SEED,
+             "privacy": {"epsilon": 1.0, "delta": DEMO_DELTA, "clip_norm": DEMO_HYPER["clip_norm"], "accountant": "rdp"}}
     sets = [load_study_data(study, data.hospital_csvs[h]) for h in HOSPITALS]
     plans = [plan_noise(study, ds.n_train, 1.0) for ds in sets]
 

@@ -214,8 +214,8 @@ def ensure_database(db_url: str) -> None:
 
 def run_scale(H: int, hidden: list[int], per_proc: int, stack_env: dict, base_url: str, log_dir: Path) -> dict:
     from consortia.services import consortium_create, enrolment_token_create, hospital_create
+    from devstack.demo_data import breast_cancer_split
     from studies import services
-    from studies.demo_data import breast_cancer_split
     from studies.models import EncryptedUpdate, Round, RoundReport, Study, TrainingJob
 
     data = breast_cancer_split(Path(tempfile.mkdtemp(prefix="bench-scale-data-")), ["A", "B"])
@@ -321,7 +321,7 @@ def main() -> int:
     django.setup()
     from django.core.management import call_command
 
-    from studies.localstack import Stack, child_env
+    from devstack.localstack import Stack, child_env
 
     call_command("migrate", verbosity=0)
     import redis

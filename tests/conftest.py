@@ -50,7 +50,7 @@ def require_postgres_redis(transactional_db):
 def _platform_stack(connection, request, *, workers: int = 1, extra_env: dict | None = None):
     """A platform web server (gunicorn) and Celery workers (the first with beat) on the test
     database. Process logs are kept under test-output/logs/<test name>/."""
-    from studies.localstack import Stack, child_env, db_url_for_children
+    from devstack.localstack import Stack, child_env, db_url_for_children
 
     env = child_env({"DATABASE_URL": db_url_for_children(connection), "REDIS_URL": os.environ["REDIS_URL"],
                      **(extra_env or {})})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -48,6 +49,8 @@ if os.environ.get("FEDPLATFORM_PORTAL", "1") == "1":
         pass
     else:
         INSTALLED_APPS.append("portal")
+if importlib.util.find_spec("devstack") is not None:  # the dev harness (`manage.py demo`): not in the production image
+    INSTALLED_APPS.append("devstack")
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",

@@ -188,8 +188,9 @@ def test_cli_exit_status_names_the_broken_link(postgres, tmp_path):
     import os
 
     from audit_support import enrolled, make_study
+
     from consortia.services import consortium_create
-    from studies.localstack import db_url_for_children
+    from devstack.localstack import db_url_for_children
 
     c = consortium_create(name="CLI consortium")
     study = make_study(c, [enrolled(c, "A"), enrolled(c, "B")])

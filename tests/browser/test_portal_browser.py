@@ -19,8 +19,8 @@ import pytest
 
 from consortia.models import Membership
 from consortia.services import consortium_create, enrolment_token_create, hospital_create, membership_grant
-from studies.demo_data import breast_cancer_split
-from studies.localstack import write_node_config
+from devstack.demo_data import breast_cancer_split
+from devstack.localstack import write_node_config
 from studies.models import FinalModel, Participation, Study
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.django_db(transaction=True)]

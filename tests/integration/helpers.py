@@ -6,9 +6,9 @@ import time
 from pathlib import Path
 
 from consortia.services import consortium_create, enrolment_token_create, hospital_create
+from devstack.demo_data import breast_cancer_split
+from devstack.localstack import write_node_config
 from studies import services
-from studies.demo_data import breast_cancer_split
-from studies.localstack import write_node_config
 from studies.models import Study
 
 NAMES = ["Alpha Hospital", "Beta Hospital", "Gamma Hospital"]

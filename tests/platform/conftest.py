@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
-
-from consortia.services import consortium_create, enrolment_token_create, hospital_create
-from studies import services
-from studies.demo_data import breast_cancer_split
-
 from nodeclient import enrol  # noqa: E402
+
+from consortia.services import consortium_create, hospital_create
+from devstack.demo_data import breast_cancer_split
+from studies import services
 
 
 @pytest.fixture

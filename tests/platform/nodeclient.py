@@ -8,10 +8,8 @@ import numpy as np
 from nacl.public import PrivateKey, SealedBox
 from rest_framework.test import APIClient
 
-from consortia.services import consortium_create, enrolment_token_create, hospital_create
+from consortia.services import enrolment_token_create
 from fedproto.codec import get_codec
-from studies import services
-from studies.demo_data import breast_cancer_split
 
 
 class Node:

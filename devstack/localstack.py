@@ -17,7 +17,7 @@ from pathlib import Path
 
 import requests
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 PLATFORM_DIR = REPO / "platform"
 
 
