@@ -32,8 +32,8 @@ from fedproto.schema import validate_schema
 from fedproto.specs import MAX_LOCAL_EPOCHS, MAX_ROUNDS, validate_model_spec
 from fedproto.specs import n_params as spec_n_params
 
-from . import worksignal
-from .models import (Aggregate, AggregateChunk, EncryptedUpdate, FinalModel, HEContext, Participation, PrivacySpend,
+from .. import worksignal
+from ..models import (Aggregate, AggregateChunk, EncryptedUpdate, FinalModel, HEContext, Participation, PrivacySpend,
                      Round, RoundReport, SealedKey, Study, TrainingJob)
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def _on_commit(task, *args) -> None:
 
 
 def _tasks():
-    from . import tasks  # local import: tasks imports services
+    from .. import tasks  # local import: tasks imports services
 
     return tasks
 
@@ -159,7 +159,7 @@ def study_create(*, consortium: Consortium, name: str, hospitals: Iterable[Hospi
         )
         for h in hospitals:
             Participation.objects.create(study=study, hospital=h)
-        from .selectors import study_config
+        from ..selectors import study_config
 
         _study_audit(study, "study.created", actor, data={"config": study_config(study),
                                                           "invited": [h.name for h in hospitals]})
