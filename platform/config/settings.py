@@ -203,3 +203,7 @@ LOGGING = {
     "loggers": {"django.server": {"level": "WARNING"}, "weasyprint": {"level": "WARNING"},
                 "fontTools": {"level": "WARNING"}},
 }
+
+# Aggregations of at most this many ciphertext part loads (uploads x parts) run in the task that
+# closed the round (one broker hop less per round); bigger ones get their own task(s).
+INLINE_AGGREGATE_MAX_PART_LOADS = int(os.environ.get("FEDPLATFORM_INLINE_AGGREGATE_MAX", "64"))

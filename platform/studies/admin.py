@@ -2,8 +2,18 @@ from django.contrib import admin
 
 from audit.admin import ReadOnlyAdmin as ReadOnly
 
-from .models import (Aggregate, EncryptedUpdate, FinalModel, HEContext, Participation, PrivacySpend, Round,
-                     RoundReport, Study, TrainingJob)
+from .models import (
+    Aggregate,
+    EncryptedUpdate,
+    FinalModel,
+    HEContext,
+    Participation,
+    PrivacySpend,
+    Round,
+    RoundReport,
+    Study,
+    TrainingJob,
+)
 
 
 @admin.register(Study)

@@ -13,8 +13,7 @@ from django.utils import timezone
 from consortia.models import Hospital
 from fedproto import PROTOCOL_VERSION
 
-from .models import (Aggregate, FinalModel, HEContext, Participation, Round, RoundReport, SealedKey, Study,
-                     TrainingJob)
+from .models import Aggregate, FinalModel, HEContext, Participation, Round, RoundReport, SealedKey, Study, TrainingJob
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,6 @@
 """Celery tasks. They take ids, are idempotent (services claim state with conditional updates and
-unique constraints) and are enqueued on commit by the services."""
+unique constraints) and are enqueued on commit by the services, by name (services/common.py holds
+the names; the studies app imports this module at start-up so every process has them registered)."""
 
 from __future__ import annotations
 
@@ -11,22 +12,23 @@ from django.utils import timezone
 
 from . import services
 from .models import Round, Study
+from .services.common import ADVANCE_STUDY, AGGREGATE_CHUNK, AGGREGATE_ROUND, CLOSE_ROUND, CLOSE_ROUND_AT_DEADLINE
 
 log = logging.getLogger(__name__)
 
 
-@shared_task(name="studies.advance_study", soft_time_limit=120, time_limit=180)
+@shared_task(name=ADVANCE_STUDY, soft_time_limit=120, time_limit=180)
 def advance_study(study_id: int) -> None:
     services.study_advance(study_id=study_id)
 
 
-@shared_task(name="studies.close_round", soft_time_limit=60, time_limit=120)
+@shared_task(name=CLOSE_ROUND, soft_time_limit=60, time_limit=120)
 def close_round(round_id: int) -> None:
     if services.round_try_close(round_id=round_id, inline_aggregate=True):
         services.round_aggregate(round_id=round_id)  # small: no second broker hop
 
 
-@shared_task(name="studies.close_round_at_deadline", soft_time_limit=60, time_limit=120)
+@shared_task(name=CLOSE_ROUND_AT_DEADLINE, soft_time_limit=60, time_limit=120)
 def close_round_at_deadline(round_id: int) -> None:
     """Scheduled with a countdown when the round opens; the reconciler covers a lost message."""
     rnd = Round.objects.filter(pk=round_id).only("deadline", "status").first()
@@ -41,13 +43,13 @@ def close_round_at_deadline(round_id: int) -> None:
     services.round_try_close(round_id=round_id)
 
 
-@shared_task(name="studies.aggregate_chunk", acks_late=True, soft_time_limit=3000, time_limit=3600)
+@shared_task(name=AGGREGATE_CHUNK, acks_late=True, soft_time_limit=3000, time_limit=3600)
 def aggregate_chunk(round_id: int, index: int) -> None:
     """One range of ciphertext parts of a large model; chunks of a round run on any free worker."""
     services.round_aggregate_chunk(round_id=round_id, index=index)
 
 
-@shared_task(name="studies.aggregate_round", acks_late=True, soft_time_limit=3000, time_limit=3600)
+@shared_task(name=AGGREGATE_ROUND, acks_late=True, soft_time_limit=3000, time_limit=3600)
 def aggregate_round(round_id: int) -> None:
     services.round_aggregate(round_id=round_id)
 

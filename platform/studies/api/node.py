@@ -22,6 +22,7 @@ from rest_framework.response import Response
 from rest_framework.throttling import AnonRateThrottle
 from rest_framework.views import APIView
 
+from audit.services import actor_label
 from consortia.services import EnrolmentError, node_enrol, node_heartbeat
 from fedproto import PROTOCOL_VERSION
 
@@ -70,7 +71,7 @@ class NodeView(DbSlotMixin, APIView):
                                  participations__hospital=self.hospital)
 
     def actor(self) -> str:
-        return f"node:{self.hospital.pk}:{self.hospital.name}"
+        return actor_label(hospital=self.hospital)
 
 
 class EnrolSerializer(serializers.Serializer):

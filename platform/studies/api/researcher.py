@@ -21,6 +21,7 @@ from .. import selectors, services
 from ..models import Study
 from .errors import error
 
+
 class StudyCreateSerializer(serializers.Serializer):
     consortium_id = serializers.IntegerField()
     name = serializers.CharField(max_length=200)

@@ -1,0 +1,38 @@
+"""Study services: every state change of a study happens here, in a transaction, with its audit
+event. Tasks (studies/tasks.py) and the API/portal views call these functions; they never change
+state themselves. Call sites use the package: ``from studies import services; services.study_create(...)``.
+
+    lifecycle    definition, status changes, moving a study forward
+    recruitment  decisions, encryption context, sealed keys, key acknowledgements
+    rounds       open/close rounds, job refusals, privacy spend, encrypted uploads
+    aggregation  adding the ciphertexts (whole round or by chunk)
+    release      round attestations, the final model
+    storage      media files (atomic writes, verified reads, paths, chunk index)
+    common       audit event + node wake-up of a state change, tasks enqueued by name
+"""
+
+from .aggregation import missing_chunks, round_aggregate, round_aggregate_chunk
+from .errors import ServiceError
+from .lifecycle import (
+                        TERMINAL,
+                        study_advance,
+                        study_cancel,
+                        study_create,
+                        study_fail,
+                        study_open_recruitment,
+                        study_pause,
+                        study_resume,
+                        validate_study_config,
+)
+from .recruitment import he_context_publish, key_ack, participation_decide, sealed_key_fetch, sealed_keys_store
+from .release import final_model_downloaded, final_model_store, round_report_record
+from .rounds import DP_ENGINE_RE, SPEND_FIELDS, job_refuse, privacy_spend_record, round_open, round_try_close, update_accept
+
+__all__ = [
+    "DP_ENGINE_RE", "SPEND_FIELDS", "TERMINAL", "ServiceError",
+    "final_model_downloaded", "final_model_store", "he_context_publish", "job_refuse", "key_ack", "missing_chunks",
+    "participation_decide", "privacy_spend_record", "round_aggregate", "round_aggregate_chunk", "round_open",
+    "round_report_record", "round_try_close", "sealed_key_fetch", "sealed_keys_store", "study_advance", "study_cancel",
+    "study_create", "study_fail", "study_open_recruitment", "study_pause", "study_resume", "update_accept",
+    "validate_study_config",
+]

@@ -1,0 +1,248 @@
+"""Study lifecycle: definition, status changes and moving a study forward.
+
+Every state change happens in the services package, in a transaction, with its audit event;
+tasks (studies/tasks.py) and API views call the services and never change state themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Iterable
+
+from django.db import transaction
+from django.utils import timezone
+
+from consortia.models import Consortium, Hospital
+from fedproto.codec import DEFAULT_CODEC, get_codec
+from fedproto.errors import SpecError
+from fedproto.privacy import validate_privacy
+from fedproto.schema import validate_schema
+from fedproto.specs import MAX_LOCAL_EPOCHS, MAX_ROUNDS, validate_model_spec
+from fedproto.specs import n_params as spec_n_params
+
+from ..models import HEContext, Participation, Round, Study, TrainingJob
+from ..selectors import study_config
+from .common import ADVANCE_STUDY, _study_audit, enqueue, enqueue_on_commit
+from .errors import ServiceError
+from .rounds import round_open
+
+log = logging.getLogger(__name__)
+
+TERMINAL = {Study.Status.COMPLETED, Study.Status.FAILED, Study.Status.CANCELLED}
+
+
+# ---------------------------------------------------------------- study definition
+
+def _int_in(name: str, value, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise SpecError(f"{name} must be an integer between {lo} and {hi}, got {value!r}")
+    return value
+
+
+def _float_in(name: str, value, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo < float(value) <= hi:
+        raise SpecError(f"{name} must be a number in ({lo}, {hi}], got {value!r}")
+    return float(value)
+
+
+def validate_study_config(*, schema, model_spec, rounds, local_epochs, batch_size, learning_rate, privacy,
+                          encryption, quorum, round_deadline_s, n_hospitals: int) -> dict:
+    """Validate a study definition with the shared rules; raise SpecError saying what to fix."""
+    schema = validate_schema(schema)
+    model_spec = validate_model_spec(model_spec, schema["task"])
+    privacy = validate_privacy(privacy)
+    enc = encryption if isinstance(encryption, dict) else {}
+    if not isinstance(encryption, dict):
+        raise SpecError(f'encryption must be an object such as {{"codec": "{DEFAULT_CODEC}"}}')
+    try:
+        codec = get_codec(enc.get("codec", DEFAULT_CODEC))
+    except (KeyError, ValueError) as exc:
+        raise SpecError(f"unknown encryption codec {enc.get('codec')!r}: {exc}") from None
+    enc = codec.validate_config({**enc, "codec": codec.name})
+    if n_hospitals < 1:
+        raise SpecError("invite at least one hospital")
+    if n_hospitals > enc.get("max_hospitals", n_hospitals):
+        raise SpecError(f"{n_hospitals} hospitals invited but the encryption is sized for at most "
+                        f"{enc['max_hospitals']}; raise encryption.max_hospitals")
+    return {
+        "schema": schema, "model_spec": model_spec, "privacy": privacy, "encryption": enc,
+        "rounds": _int_in("rounds", rounds, 1, MAX_ROUNDS),
+        "local_epochs": _int_in("local_epochs", local_epochs, 1, MAX_LOCAL_EPOCHS),
+        "batch_size": _int_in("batch_size", batch_size, 1, 100_000),
+        "learning_rate": _float_in("learning_rate", learning_rate, 0.0, 10.0),
+        "quorum": _int_in("quorum", quorum, 1, n_hospitals),
+        "round_deadline_s": _int_in("round_deadline_s", round_deadline_s, 5, 7 * 24 * 3600),
+    }
+
+
+def study_create(*, consortium: Consortium, name: str, hospitals: Iterable[Hospital], schema: dict,
+                 model_spec: dict, rounds: int, local_epochs: int, batch_size: int, learning_rate: float,
+                 privacy: dict, encryption: dict, quorum: int, round_deadline_s: int, owner=None,
+                 purpose: str = "", seed: int | None = None, actor: str = "system") -> Study:
+    hospitals = list(hospitals)
+    if not name or len(name) > 200:
+        raise SpecError("study name must be 1 to 200 characters")
+    foreign = [h.name for h in hospitals if h.consortium_id != consortium.pk]
+    if foreign:
+        raise SpecError(f"hospital(s) {foreign} are not members of consortium {consortium.name}")
+    if len({h.pk for h in hospitals}) != len(hospitals):
+        raise SpecError("a hospital is invited twice")
+    cfg = validate_study_config(schema=schema, model_spec=model_spec, rounds=rounds, local_epochs=local_epochs,
+                                batch_size=batch_size, learning_rate=learning_rate, privacy=privacy,
+                                encryption=encryption, quorum=quorum, round_deadline_s=round_deadline_s,
+                                n_hospitals=len(hospitals))
+    with transaction.atomic():
+        if Study.objects.filter(consortium=consortium, name=name).exists():
+            raise SpecError(f"a study named {name!r} already exists in this consortium; choose another name")
+        study = Study.objects.create(
+            consortium=consortium, name=name, purpose=purpose, owner=owner, schema=cfg["schema"],
+            model_spec=cfg["model_spec"], rounds=cfg["rounds"], local_epochs=cfg["local_epochs"],
+            batch_size=cfg["batch_size"], learning_rate=cfg["learning_rate"],
+            epsilon=cfg["privacy"]["epsilon"], delta=cfg["privacy"]["delta"],
+            clip_norm=cfg["privacy"]["clip_norm"], accountant=cfg["privacy"]["accountant"],
+            encryption=cfg["encryption"], quorum=cfg["quorum"], round_deadline_s=cfg["round_deadline_s"],
+            seed=seed if seed is not None else secrets.randbelow(2 ** 31),
+            n_params=spec_n_params(cfg["model_spec"], len(cfg["schema"]["features"])),
+        )
+        for h in hospitals:
+            Participation.objects.create(study=study, hospital=h)
+        _study_audit(study, "study.created", actor, data={"config": study_config(study),
+                                                          "invited": [h.name for h in hospitals]})
+    return study
+
+
+def study_open_recruitment(*, study: Study, actor: str) -> Study:
+    """draft -> recruiting: invitations become visible to the hospitals."""
+    with transaction.atomic():
+        n = Study.objects.filter(pk=study.pk, status=Study.Status.DRAFT).update(status=Study.Status.RECRUITING)
+        if not n:
+            raise ServiceError(f"study is {Study.objects.get(pk=study.pk).status}, only a draft can be started",
+                               code="wrong_state")
+        _study_audit(study, "study.recruiting", actor)
+    study.refresh_from_db()
+    return study
+
+
+def _set_status(study: Study, *, frm: Iterable[str], to: str, actor: str, action: str, reason: str = "") -> bool:
+    fields = {"status": to, "status_reason": reason}
+    if to in TERMINAL:
+        fields["finished_at"] = timezone.now()
+    if to == Study.Status.RUNNING and study.started_at is None:
+        fields["started_at"] = timezone.now()
+    n = Study.objects.filter(pk=study.pk, status__in=list(frm)).update(**fields)
+    if n:
+        _study_audit(study, action, actor, data={"from": list(frm), "to": to, "reason": reason})
+        study.refresh_from_db()
+    return bool(n)
+
+
+def study_pause(*, study: Study, actor: str) -> Study:
+    with transaction.atomic():
+        if not _set_status(study, frm=[Study.Status.RUNNING], to=Study.Status.PAUSED, actor=actor, action="study.paused"):
+            raise ServiceError(f"only a running study can be paused (this one is {study.status})", code="wrong_state")
+    return study
+
+
+def study_resume(*, study: Study, actor: str) -> Study:
+    with transaction.atomic():
+        if not _set_status(study, frm=[Study.Status.PAUSED], to=Study.Status.RUNNING, actor=actor, action="study.resumed"):
+            raise ServiceError(f"only a paused study can be resumed (this one is {study.status})", code="wrong_state")
+        enqueue_on_commit(ADVANCE_STUDY, study.pk)
+    return study
+
+
+def study_cancel(*, study: Study, actor: str, reason: str = "") -> Study:
+    with transaction.atomic():
+        if not _set_status(study, frm=[Study.Status.DRAFT, Study.Status.RECRUITING, Study.Status.RUNNING,
+                                       Study.Status.PAUSED], to=Study.Status.CANCELLED, actor=actor,
+                           action="study.cancelled", reason=reason or "cancelled by the study owner"):
+            raise ServiceError(f"the study is already {study.status}", code="wrong_state")
+        _expire_open_jobs(study, reason="study cancelled")
+    return study
+
+
+def study_fail(*, study: Study, reason: str, actor: str = "system") -> None:
+    with transaction.atomic():
+        if _set_status(study, frm=[Study.Status.RECRUITING, Study.Status.RUNNING, Study.Status.PAUSED],
+                       to=Study.Status.FAILED, actor=actor, action="study.failed", reason=reason):
+            _expire_open_jobs(study, reason=f"study failed: {reason}")
+
+
+def _expire_open_jobs(study: Study, *, reason: str) -> None:
+    TrainingJob.objects.filter(round__study=study, status=TrainingJob.Status.DISPATCHED).update(
+        status=TrainingJob.Status.EXPIRED, reason=reason, finished_at=timezone.now())
+    Round.objects.filter(study=study, status__in=[Round.Status.OPEN, Round.Status.COLLECTING]).update(
+        status=Round.Status.FAILED, status_reason=reason, closed_at=timezone.now())
+
+
+
+# ---------------------------------------------------------------- orchestration
+
+def _advance_after_commit(study: Study) -> None:
+    """Once this transaction commits, move the study on in this process: a recruitment step
+    (decision, context, key acknowledgement) is a few rows, and a broker hop here was most of the
+    time between the last key and round 1. The last of concurrent requests to commit sees every
+    row; study_advance is idempotent under concurrency. On any error a Celery task retries it."""
+    def run() -> None:
+        try:
+            study_advance(study_id=study.pk)
+        except Exception:  # noqa: BLE001 - the request already succeeded; the task repairs it
+            log.exception("advancing study %s after commit failed; enqueueing it", study.pk)
+            enqueue(ADVANCE_STUDY, study.pk)
+
+    transaction.on_commit(run)
+
+
+def study_advance(*, study_id: int) -> None:
+    """Move a study forward if it can: start running once set up, open the next round. Idempotent."""
+    study = Study.objects.get(pk=study_id)
+    if study.status == Study.Status.RECRUITING:
+        parts = list(Participation.objects.filter(study=study))
+        answered = all(p.state != Participation.State.INVITED for p in parts)
+        approved = [p for p in parts if p.state == Participation.State.APPROVED]
+        if answered and len(approved) < study.quorum:
+            study_fail(study=study,
+                       reason=f"only {len(approved)} of {len(parts)} hospitals approved; the quorum is {study.quorum}")
+            return
+        ready = answered and HEContext.objects.filter(study=study).exists() and all(p.key_acked_at for p in approved)
+        if ready:
+            with transaction.atomic():
+                if _set_status(study, frm=[Study.Status.RECRUITING], to=Study.Status.RUNNING, actor="system",
+                               action="study.running",
+                               reason=f"{len(approved)} hospitals approved and hold the key"):
+                    round_open(study=study, number=1, attempt=1)
+        return
+    if study.status != Study.Status.RUNNING:
+        return
+    last = Round.objects.filter(study=study).order_by("-number", "-attempt").first()
+    if last is None:
+        with transaction.atomic():
+            round_open(study=study, number=1, attempt=1)
+    elif last.status == Round.Status.DONE:
+        if last.number >= study.rounds:
+            with transaction.atomic():
+                _set_status(study, frm=[Study.Status.RUNNING], to=Study.Status.COMPLETED, actor="system",
+                            action="study.completed", reason=f"{study.rounds} rounds done")
+        else:
+            with transaction.atomic():
+                round_open(study=study, number=last.number + 1, attempt=1)
+    elif last.status == Round.Status.FAILED:
+        if last.attempt < study.max_round_attempts:
+            with transaction.atomic():
+                round_open(study=study, number=last.number, attempt=last.attempt + 1)
+        else:
+            study_fail(study=study, reason=f"round {last.number} failed {last.attempt} times: {last.status_reason}")
+
+
+def _advance_in_transaction(study: Study) -> None:
+    """Open the next round (or complete the study) in the transaction that finished this one, so
+    a node sees the aggregate and its next job together; on any error fall back to the task."""
+    try:
+        with transaction.atomic():
+            study_advance(study_id=study.pk)
+    except Exception:  # noqa: BLE001 - the savepoint is rolled back; the task retries it cleanly
+        log.exception("advancing study %s inline failed; enqueueing it", study.pk)
+        enqueue_on_commit(ADVANCE_STUDY, study.pk)
+
+

@@ -1,0 +1,266 @@
+"""Rounds: open one (a training job per approved hospital), take the nodes' answers (refusal,
+privacy spend, encrypted update) and close it once every job is answered or the deadline passed."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import BinaryIO, NoReturn
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from audit.services import actor_label
+from consortia.models import Hospital
+from fedproto import wire
+from fedproto.codec import get_codec
+from fedproto.errors import CodecError
+
+from ..models import EncryptedUpdate, HEContext, Participation, PrivacySpend, Round, Study, TrainingJob
+from . import storage
+from .common import (
+    ADVANCE_STUDY,
+    AGGREGATE_CHUNK,
+    AGGREGATE_ROUND,
+    CLOSE_ROUND,
+    CLOSE_ROUND_AT_DEADLINE,
+    _study_audit,
+    enqueue,
+    enqueue_on_commit,
+)
+from .errors import ServiceError
+
+
+def round_open(*, study: Study, number: int, attempt: int) -> Round | None:
+    """Open a round and dispatch one training job per approved hospital (inside a transaction)."""
+    if Study.objects.filter(pk=study.pk, status=Study.Status.RUNNING).count() == 0:
+        return None
+    try:
+        with transaction.atomic():
+            rnd = Round.objects.create(study=study, number=number, attempt=attempt, status=Round.Status.COLLECTING,
+                                       collecting_at=timezone.now(),
+                                       deadline=timezone.now() + timedelta(seconds=study.round_deadline_s))
+    except IntegrityError:
+        return None  # already opened by a concurrent worker
+    hospitals = list(Participation.objects.filter(study=study, state=Participation.State.APPROVED)
+                     .select_related("hospital").values_list("hospital_id", flat=True))
+    TrainingJob.objects.bulk_create([TrainingJob(round=rnd, hospital_id=h) for h in hospitals])
+    _study_audit(study, "round.opened", "system", obj=rnd,
+                 data={"round": number, "attempt": attempt, "jobs_dispatched": len(hospitals), "hospitals": hospitals,
+                       "deadline": rnd.deadline.isoformat()})
+    enqueue_on_commit(CLOSE_ROUND_AT_DEADLINE, rnd.pk)
+    return rnd
+
+
+def job_refuse(*, job: TrainingJob, hospital: Hospital, reason: str, code: str) -> TrainingJob:
+    study = job.round.study
+    with transaction.atomic():
+        n = TrainingJob.objects.filter(pk=job.pk, hospital=hospital, status=TrainingJob.Status.DISPATCHED).update(
+            status=TrainingJob.Status.REFUSED, reason=reason[:4000], reason_code=code[:32], finished_at=timezone.now())
+        if not n:
+            job.refresh_from_db()
+            if job.status == TrainingJob.Status.REFUSED:
+                return job
+            raise ServiceError(f"job {job.pk} is {job.status}; it can no longer be refused", code="wrong_state")
+        _study_audit(study, "job.refused", actor_label(hospital=hospital), obj=job, hospital_id=hospital.pk,
+                     data={"round": job.round.number, "attempt": job.round.attempt, "code": code, "reason": reason[:4000]})
+        enqueue_on_commit(CLOSE_ROUND, job.round_id)
+    job.refresh_from_db()
+    return job
+
+
+DP_ENGINE_RE = re.compile(r"[A-Za-z0-9._-]{0,32}")
+SPEND_FIELDS = ("epsilon", "delta", "noise_multiplier", "sample_rate", "steps", "clip_norm", "accountant",
+                "accountant_version")
+
+
+def privacy_spend_record(*, job: TrainingJob, hospital: Hospital, spend: dict) -> PrivacySpend:
+    study = job.round.study
+    missing = [k for k in SPEND_FIELDS if k not in spend]
+    if missing:
+        raise ServiceError(f"privacy spend is missing {missing}", code="invalid", status=422)
+    try:
+        vals = {
+            "epsilon": float(spend["epsilon"]), "delta": float(spend["delta"]),
+            "noise_multiplier": float(spend["noise_multiplier"]), "sample_rate": float(spend["sample_rate"]),
+            "steps": int(spend["steps"]), "clip_norm": float(spend["clip_norm"]),
+            "accountant": str(spend["accountant"])[:32], "accountant_version": str(spend["accountant_version"])[:32],
+            "epsilon_round": float(spend["epsilon_round"]) if spend.get("epsilon_round") is not None else None,
+        }
+    except (TypeError, ValueError):
+        raise ServiceError("privacy spend values must be numbers (steps an integer)", code="invalid", status=422) from None
+    engine = spend.get("dp_engine", "")
+    if not isinstance(engine, str) or not DP_ENGINE_RE.fullmatch(engine):
+        raise ServiceError(f"privacy spend dp_engine must be the node's DP-SGD engine name (letters, digits, '.', '_', "
+                           f"'-'; at most 32), e.g. \"fused\" or \"ew\"; got {str(engine)[:40]!r}", code="invalid",
+                           status=422)
+    vals["dp_engine"] = engine
+    if not (vals["epsilon"] >= 0 and 0 < vals["sample_rate"] <= 1 and vals["steps"] >= 0 and vals["noise_multiplier"] >= 0):
+        raise ServiceError("privacy spend values out of range", code="invalid", status=422)
+    with transaction.atomic():
+        existing = PrivacySpend.objects.filter(job=job).first()
+        if existing is not None:
+            return existing  # a retried report after a crash: the first one stands
+        if job.status not in (TrainingJob.Status.DISPATCHED, TrainingJob.Status.UPLOADED):
+            raise ServiceError(f"job {job.pk} is {job.status}", code="wrong_state")
+        ps = PrivacySpend.objects.create(job=job, **vals)
+        over = vals["epsilon"] > study.epsilon + 1e-9
+        _study_audit(study, "privacy.spent", actor_label(hospital=hospital), obj=ps, hospital_id=hospital.pk,
+                     data={"round": job.round.number, **{k: vals[k] for k in vals}, "budget": study.epsilon,
+                           "over_budget": over})
+    return ps
+
+
+# ---------------------------------------------------------------- encrypted updates
+
+def _reject_update(study: Study, job: TrainingJob, hospital: Hospital, reason: str, code: str,
+                   status: int) -> NoReturn:
+    with transaction.atomic():
+        _study_audit(study, "update.rejected", actor_label(hospital=hospital), obj=job, hospital_id=hospital.pk,
+                     data={"round": job.round.number, "attempt": job.round.attempt, "code": code, "reason": reason})
+    raise ServiceError(reason, code=code, status=status)
+
+
+def _inspect_upload(received: storage.Received, codec, ctx, *, expected_parts: int, n_params: int) -> list[storage.ChunkRange]:
+    """Check the frame, the part count and each part's header/parameters (cheap), and index the
+    parts by chunk (byte range + hash) so several workers can each add one range. CodecError says
+    what is wrong."""
+    with open(received.path, "rb") as fh:
+        n = wire.read_frame_header(fh)
+        if n != expected_parts:
+            raise CodecError(f"update has {n} ciphertext parts; this study's model ({n_params} parameters) "
+                             f"needs exactly {expected_parts}")
+        indexer = storage.ChunkIndexer(chunk_parts=int(settings.AGGREGATE_CHUNK_PARTS), offset=fh.tell())
+        for i, part in enumerate(wire.iter_frame_parts(fh, n)):
+            try:
+                codec.inspect_part(ctx, part)
+            except CodecError as exc:
+                raise CodecError(f"part {i}: {exc}") from None
+            indexer.add(part)
+    return indexer.index()
+
+
+def update_accept(*, job: TrainingJob, hospital: Hospital, stream: BinaryIO, content_length: int | None) -> EncryptedUpdate:
+    """Stream an encrypted update to storage, check it cheaply, and record it.
+
+    The request path checks framing, part count and each part's header/parameters (cheap); the full
+    deserialisation happens once, in the aggregation task.
+    """
+    rnd = job.round
+    study = rnd.study
+    if job.hospital_id != hospital.pk:
+        raise ServiceError("no such job for this node", code="not_found", status=404)
+    if job.status == TrainingJob.Status.UPLOADED:
+        _reject_update(study, job, hospital, "an update for this job was already accepted (duplicate upload)", "duplicate", 409)
+    if job.status != TrainingJob.Status.DISPATCHED or rnd.status != Round.Status.COLLECTING:
+        _reject_update(study, job, hospital, f"job {job.pk} is {job.status} and round {rnd.number} is {rnd.status}: "
+                       "it no longer accepts updates", "job_closed", 409)
+    if content_length is None:
+        _reject_update(study, job, hospital, "send the update with a Content-Length header", "length_required", 411)
+    if content_length > settings.MAX_UPDATE_BYTES:
+        _reject_update(study, job, hospital, f"update is {content_length} bytes; the limit is {settings.MAX_UPDATE_BYTES}",
+                       "too_large", 413)
+    ctx_row = HEContext.objects.filter(study=study).first()
+    codec = get_codec(study.encryption["codec"])
+    expected_parts = codec.n_parts(study.encryption, study.n_params)
+    ctx = codec.load_params(bytes(ctx_row.public_params))
+    received = storage.receive(storage.updates_dir(rnd), f".job_{job.pk}_", stream, content_length)
+    try:
+        if received.size != content_length:
+            raise CodecError(f"upload truncated: received {received.size} of {content_length} bytes")
+        chunks = _inspect_upload(received, codec, ctx, expected_parts=expected_parts, n_params=study.n_params)
+    except CodecError as exc:
+        storage.discard(received)
+        _reject_update(study, job, hospital, f"encrypted update rejected: {exc}", "invalid_ciphertext", 422)
+    except BaseException:
+        storage.discard(received)
+        raise
+    final = storage.update_path(rnd, job.pk)
+    with transaction.atomic():
+        claimed = TrainingJob.objects.filter(pk=job.pk, status=TrainingJob.Status.DISPATCHED,
+                                             round__status=Round.Status.COLLECTING).update(
+            status=TrainingJob.Status.UPLOADED, finished_at=timezone.now())
+        if not claimed:
+            storage.discard(received)
+            raise ServiceError("this job no longer accepts an update (duplicate or closed)", code="duplicate", status=409)
+        storage.place(received, final)
+        upd = EncryptedUpdate.objects.create(job=job, path=storage.relative(final), n_parts=expected_parts,
+                                             size_bytes=received.size, sha256=received.sha256,
+                                             chunks=storage.chunk_index_to_json(chunks) if len(chunks) > 1 else [])
+        Round.objects.filter(pk=rnd.pk).update(n_updates=F("n_updates") + 1)
+        _study_audit(study, "update.accepted", actor_label(hospital=hospital), obj=upd, hospital_id=hospital.pk,
+                     data={"round": rnd.number, "attempt": rnd.attempt, "bytes": received.size, "sha256": upd.sha256,
+                           "parts": expected_parts})
+        transaction.on_commit(lambda: _close_if_answered(rnd.pk))
+    return upd
+
+
+def _close_if_answered(round_id: int) -> None:
+    """After an upload committed: enqueue the close only when no job of the round is still waiting.
+    One close task per round instead of one per upload (with 200 hospitals the queue of closes was
+    the round's critical path). Runs after this upload's commit, so the last upload to commit sees
+    no pending job; a deadline or a refusal closes the round through their own paths."""
+    if not TrainingJob.objects.filter(round_id=round_id, status=TrainingJob.Status.DISPATCHED).exists():
+        enqueue(CLOSE_ROUND, round_id)
+
+
+# ---------------------------------------------------------------- closing
+
+def _chunk_layout(rnd: Round) -> list[tuple[int, int]] | None:
+    """The chunk layout shared by every upload of the round, [(first part, parts), ...], or None
+    (aggregate in one task). See storage.chunk_layout."""
+    return storage.chunk_layout(storage.chunk_index_from_json(chunks) for chunks in
+                                EncryptedUpdate.objects.filter(job__round=rnd).values_list("chunks", flat=True))
+
+
+def round_try_close(*, round_id: int, force_deadline: bool = False, inline_aggregate: bool = False) -> bool:
+    """Close a collecting round when every job is answered or the deadline passed; then aggregate
+    (quorum met) or fail the attempt. Idempotent. With ``inline_aggregate`` (the caller is a
+    Celery task) a small aggregation (at most settings.INLINE_AGGREGATE_MAX_PART_LOADS ciphertext
+    part loads, uploads x parts: one broker hop less per round) is not enqueued: True tells the
+    caller to run round_aggregate itself right after (the reconciler covers a worker lost in
+    between)."""
+    with transaction.atomic():
+        rnd = Round.objects.select_for_update().select_related("study").get(pk=round_id)
+        if rnd.status != Round.Status.COLLECTING:
+            return
+        study = rnd.study
+        jobs = list(TrainingJob.objects.filter(round=rnd))
+        pending = [j for j in jobs if j.status == TrainingJob.Status.DISPATCHED]
+        now = timezone.now()
+        past_deadline = rnd.deadline is not None and now >= rnd.deadline
+        if pending and not past_deadline and not force_deadline:
+            return False
+        if pending:
+            TrainingJob.objects.filter(pk__in=[j.pk for j in pending]).update(
+                status=TrainingJob.Status.EXPIRED, reason="no update before the round deadline", finished_at=now)
+        uploaded = [j for j in jobs if j.status == TrainingJob.Status.UPLOADED]
+        rnd.closed_at = now
+        if len(uploaded) >= study.quorum:
+            rnd.status = Round.Status.AGGREGATING
+            rnd.save(update_fields=["status", "closed_at"])
+            _study_audit(study, "round.closed", "system", obj=rnd,
+                         data={"round": rnd.number, "attempt": rnd.attempt, "updates": len(uploaded),
+                               "expired": [j.hospital_id for j in pending],
+                               "refused": [j.hospital_id for j in jobs if j.status == TrainingJob.Status.REFUSED]})
+            codec = get_codec(study.encryption["codec"])
+            loads = len(uploaded) * codec.n_parts(study.encryption, study.n_params)
+            layout = _chunk_layout(rnd)
+            if layout:
+                for index in range(len(layout)):
+                    enqueue_on_commit(AGGREGATE_CHUNK, rnd.pk, index)
+                return False
+            if inline_aggregate and loads <= settings.INLINE_AGGREGATE_MAX_PART_LOADS:
+                return True
+            enqueue_on_commit(AGGREGATE_ROUND, rnd.pk)
+        else:
+            rnd.status = Round.Status.FAILED
+            rnd.status_reason = (f"{len(uploaded)} update(s) arrived, the quorum is {study.quorum}"
+                                 + (" (deadline passed)" if pending else ""))
+            rnd.save(update_fields=["status", "status_reason", "closed_at"])
+            _study_audit(study, "round.failed", "system", obj=rnd,
+                         data={"round": rnd.number, "attempt": rnd.attempt, "reason": rnd.status_reason})
+            enqueue_on_commit(ADVANCE_STUDY, study.pk)
+    return False
