@@ -35,15 +35,22 @@ import numpy as np
 from .discrete_gaussian import as_fraction
 
 PRECISION = 384
-MAX_HALF_WIDTH = 1 << 22  # sigma up to ~3e5 at 2^-128 tails; the table then holds 8.4e6 entries
+MAX_HALF_WIDTH = 1 << 20  # sigma up to ~7.8e4 at 2^-128 tails: 2.1e6 entries, ~100 MB of Python ints while building
 
 
 def support_half_width(sigma2: Fraction, tail_bits: int = 128) -> int:
     """Smallest m >= 1 with 2 (sigma^2/m) exp(-m^2/(2 sigma^2)) <= 2^-(tail_bits + 1) (one bit of float slack)."""
     s2 = float(sigma2)
     target = -(tail_bits + 1) * math.log(2)
+
+    def ok(m: int) -> bool:
+        return math.log(2 * s2 / m) - m * m / (2 * s2) <= target
+
     m = max(1, int(math.sqrt(2 * s2 * (tail_bits + 1) * math.log(2))))
-    while math.log(2 * s2 / m) - m * m / (2 * s2) > target:
+    m = max(1, int(math.sqrt(2 * s2 * (-target + max(0.0, math.log(2 * s2 / m))))))  # one fixed-point step
+    while m > 1 and ok(m - 1):
+        m -= 1
+    while not ok(m):
         m += 1
     return m
 
@@ -87,16 +94,19 @@ class DiscreteGaussianTable:
             weights.append(p)
         if weights[-1] < 1 << (PRECISION - 200):
             raise ValueError("internal: a kept weight fell below 2^-200; the error bound would not hold")
-        full = weights[:0:-1] + weights  # x = -m .. m
-        total = sum(full)
-        cum, bounds = 0, []
-        for w in full[:-1]:
-            cum += w
-            bounds.append((cum << 128) // total)
+        total = 2 * sum(weights) - weights[0]  # x = -m .. m, symmetric
         mask = (1 << 64) - 1
-        self._hi = np.array([c >> 64 for c in bounds], dtype=np.uint64)
-        self._lo = np.array([c & mask for c in bounds], dtype=np.uint64)
-        self._probs = (np.diff(np.array([0] + bounds + [1 << 128], dtype=object)) / float(1 << 128)).astype(float)
+        self._hi = np.empty(2 * m, dtype=np.uint64)  # CDF boundary after x = -m .. m-1 (the last one is 2^128)
+        self._lo = np.empty(2 * m, dtype=np.uint64)
+        self._probs = np.empty(2 * m + 1)
+        cum, prev = 0, 0
+        for i in range(2 * m + 1):
+            cum += weights[abs(i - m)]
+            c = (cum << 128) // total if i < 2 * m else 1 << 128
+            self._probs[i] = (c - prev) / 2.0 ** 128
+            if i < 2 * m:
+                self._hi[i], self._lo[i] = c >> 64, c & mask
+            prev = c
         tail = 2 * float(s2) / m * math.exp(-m * m / (2 * float(s2)))
         fixed = 2 * (m + 1) * (m + 2) * 2.0 ** -(PRECISION - 201)
         self.tv_bound = tail + fixed + (2 * m + 1) * 2.0 ** -128

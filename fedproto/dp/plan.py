@@ -16,7 +16,7 @@ from fractions import Fraction
 from typing import Any
 
 from .accounting import BETA_DEFAULT, ddg_epsilon, local_sigma_for_epsilon, rounded_l1_bound, rounded_l2_bound
-from .dgauss_table import support_half_width
+from .dgauss_table import MAX_HALF_WIDTH, support_half_width
 
 SAMPLER_TV_MAX = 2.0 ** -100  # DiscreteGaussianTable.tv_bound is below this for every table it builds
 SIGMA_GRID = 1024  # sigma is rounded up to a multiple of 1/1024 (short Fractions for the exact sampler)
@@ -87,5 +87,8 @@ def plan_distributed_noise(*, target_epsilon: float, delta: float, clip: float, 
     eps, order = ddg_epsilon(sigma=sigma, honest_shares=honest, l2_sensitivity=l2, l1_sensitivity=l1, dim=dim,
                              rounds=rounds, delta=acc_delta)
     m = support_half_width(Fraction(sigma) ** 2, tail_bits)
+    if m > MAX_HALF_WIDTH:
+        raise ValueError(f"local sigma {sigma:.6g} integer units is too wide for the table sampler: raise gamma (a coarser "
+                         f"quantisation step) so that sigma = {sigma * gamma:.4g} model units spans fewer integers")
     return DistributedNoisePlan(float(target_epsilon), float(delta), float(clip), float(gamma), float(beta), dim, rounds,
                                 n_hospitals, quorum, collusion, honest, l2, l1, sigma, m, sampler_delta, eps, order)

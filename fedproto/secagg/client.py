@@ -57,6 +57,7 @@ class SecAggClient:
         self._u1: tuple[int, ...] | None = None
         self._pair_seeds: dict[int, bytes] = {}
         self._answered: tuple[int, ...] | None = None
+        self._bundle: ShareBundle | None = None
 
     @property
     def mask_public_key(self) -> bytes:
@@ -78,6 +79,8 @@ class SecAggClient:
             raise SecAggError(f"the key directory lists {len(ads)} hospitals, fewer than the quorum {self.setup.quorum}")
         if self._directory is not None and self._directory != ads:
             raise SecAggError("a different key directory was already used this round: refusing to share again")
+        if self._bundle is not None:  # a repeat gets the same shares: two sharings of one secret must not exist
+            return self._bundle
         u0 = sorted(ads)
         key_shares = shamir.split(bytes(self._mask_sk), u0, self.setup.threshold, self._randbelow)
         b_shares = shamir.split(self._b, u0, self.setup.threshold, self._randbelow)
@@ -91,7 +94,8 @@ class SecAggClient:
             boxes[peer] = bytes(Box(self._static, self._peer_static(static_public_keys, peer)).encrypt(payload.to_bytes()))
         self._directory = ads
         self._held[self.hospital] = (key_shares[self.hospital], b_shares[self.hospital])
-        return ShareBundle(self.setup.study_id, self.setup.round_index, self.hospital, boxes)
+        self._bundle = ShareBundle(self.setup.study_id, self.setup.round_index, self.hospital, boxes)
+        return self._bundle
 
     @staticmethod
     def _peer_static(keys: Mapping[int, bytes], peer: int) -> PublicKey:
@@ -171,6 +175,7 @@ class SecAggClient:
                 "mask_private_key": enc(bytes(self._mask_sk)).decode(), "b": enc(self._b).decode(),
                 "directory": None if self._directory is None else
                 KeyDirectory(self.setup.study_id, self.setup.round_index, tuple(self._directory.values())).to_dict(),
+                "bundle": None if self._bundle is None else self._bundle.to_dict(),
                 "held": {str(k): [shamir.share_to_hex(a), shamir.share_to_hex(b)] for k, (a, b) in self._held.items()},
                 "u1": None if self._u1 is None else list(self._u1),
                 "answered": None if self._answered is None else list(self._answered)}
@@ -184,6 +189,8 @@ class SecAggClient:
             c = cls(setup, int(state["hospital"]), static_private_key, random_bytes=lambda n: next(secrets_))
             if state["directory"] is not None:
                 c._directory = KeyDirectory.from_dict(state["directory"]).by_hospital()
+            if state["bundle"] is not None:
+                c._bundle = ShareBundle.from_dict(state["bundle"])
             c._held = {int(k): (shamir.share_from_hex(a), shamir.share_from_hex(b)) for k, (a, b) in state["held"].items()}
             if state["u1"] is not None:
                 c._u1 = tuple(state["u1"])

@@ -215,6 +215,8 @@ def test_collusion_moves_noise_onto_the_honest_hospitals():
     assert d["central_sigma"] == colluding.central_sigma and d["noise_bound"] == colluding.noise_bound
     with pytest.raises(ValueError, match="no honest noise share"):
         plan_distributed_noise(quorum=15, collusion=15, **common)
+    with pytest.raises(ValueError, match="raise gamma"):
+        plan_distributed_noise(quorum=15, collusion=3, **{**common, "gamma": 1e-5})
 
 
 def test_more_rounds_or_less_noise_cost_more_epsilon():

@@ -244,6 +244,8 @@ def test_client_state_survives_a_restart():
     state = json.loads(json.dumps(r.clients[2].export_state()))
     resumed = SecAggClient.from_state(state, bytes(r.static[2]))
     assert np.array_equal(resumed.mask(x), before)
+    directory = r.co.directory()
+    assert resumed.share(directory, r.pubs) == r.clients[2].share(directory, r.pubs)  # the same shares, not new ones
     req = UnmaskRequest("s-1", 3, (1, 2, 3, 4))
     assert resumed.unmask(req) == r.clients[2].unmask(req)
     with pytest.raises(SecAggError, match="damaged"):
