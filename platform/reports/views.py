@@ -1,8 +1,9 @@
 """Read-only audit views: the study audit report (HTML, PDF), the chain export and the trail.
 
-Who may read: auditors and consortium admins of the study's consortium (report, export, trail);
-researchers of that consortium may read the report. Anyone else gets 404, as if the study did not
-exist, so study ids of other consortia are not disclosed.
+Who may read is decided by studies.access: the report is for the researchers, auditors and
+consortium admins of the study's consortium; the export and the trail for its auditors and
+consortium admins. A study the user cannot see answers 404 (ids of other consortia are not
+disclosed); a study they see without the role answers 403.
 """
 
 from __future__ import annotations
@@ -10,42 +11,43 @@ from __future__ import annotations
 import json
 
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import Http404, HttpResponse, StreamingHttpResponse
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from consortia.selectors import AUDIT_ROLES, Role, consortia_of, roles_in
+from audit.management.commands.audit_export import export_lines
+from audit.selectors import verify_study_chain
+from audit.services import stream_for
+from studies import access
 from studies.models import Study
 
 from . import report, selectors
-from .management.commands.audit_export import export_lines
-from .services import stream_for
 
-REPORT_ROLES = AUDIT_ROLES | {Role.RESEARCHER}
 PAGE_SIZE = 50
 
 
-def _study_for(request, study_id: int, roles) -> Study:
-    study = get_object_or_404(Study.objects.select_related("consortium", "owner"), pk=study_id)
-    if not roles_in(request.user, study.consortium_id) & set(roles):
-        raise Http404("no such study")
-    return study
+def _report_scope(request, study_id: int) -> access.StudyScope:
+    scope = access.study_scope(request.user, study_id)
+    if not scope.can_report:
+        raise PermissionDenied("only the consortium's researchers, auditors and admins read the audit report")
+    return scope
 
 
 @require_GET
 @login_required
 def study_report(request, study_id: int):
-    study = _study_for(request, study_id, REPORT_ROLES)
-    ctx = report.build_context(study)
-    ctx["can_audit"] = bool(roles_in(request.user, study.consortium_id) & AUDIT_ROLES)
-    return HttpResponse(report.render_html(study, request=request, context=ctx))
+    scope = _report_scope(request, study_id)
+    ctx = report.build_context(scope.study)
+    ctx["can_audit"] = scope.can_audit
+    return HttpResponse(report.render_html(scope.study, request=request, context=ctx))
 
 
 @require_GET
 @login_required
 def study_report_pdf(request, study_id: int):
-    study = _study_for(request, study_id, REPORT_ROLES)
+    study = _report_scope(request, study_id).study
     try:
         pdf = report.render_pdf(study)
     except report.PdfUnavailable as exc:
@@ -59,7 +61,10 @@ def study_report_pdf(request, study_id: int):
 @login_required
 def study_export(request, study_id: int):
     """The study's chain as JSON Lines (same bytes as `manage.py audit_export`)."""
-    study = _study_for(request, study_id, AUDIT_ROLES)
+    scope = access.study_scope(request.user, study_id)
+    if not scope.can_audit:
+        raise PermissionDenied("only auditors and consortium admins export the audit chain")
+    study = scope.study
     resp = StreamingHttpResponse((line + "\n" for line in export_lines(stream_for(study.pk))),
                                  content_type="application/x-ndjson")
     resp["Content-Disposition"] = f'attachment; filename="study-{study.pk}-audit.jsonl"'
@@ -80,17 +85,13 @@ def _int_param(request, name: str) -> int | None:
 @login_required
 def trail(request):
     """The audit trail of the consortia the user audits; ?study=ID (one chain, in order) or ?consortium=ID."""
-    study_id, consortium_id = _int_param(request, "study"), _int_param(request, "consortium")
-    qs = selectors.trail_for(request.user, study_id=study_id, consortium_id=consortium_id)
-    if qs is None:
-        raise Http404("no such study or consortium")
-    auditable = [c for c in consortia_of(request.user) if roles_in(request.user, c.pk) & AUDIT_ROLES]
-    if not auditable and study_id is None and consortium_id is None and not request.user.is_superuser:
-        raise Http404("you audit no consortium")
-    study = Study.objects.filter(pk=study_id).first() if study_id else None
-    page = Paginator(qs, PAGE_SIZE).get_page(request.GET.get("page"))
+    scope = access.trail_scope(request.user, study_id=_int_param(request, "study"),
+                               consortium_id=_int_param(request, "consortium"))
+    page = Paginator(selectors.trail_events(scope), PAGE_SIZE).get_page(request.GET.get("page"))
     rows = [{"ev": ev, "data": json.dumps(ev.data, sort_keys=True, ensure_ascii=False)} for ev in page]
-    ctx = {"page": page, "rows": rows, "study": study, "consortium_id": consortium_id,
-           "chain": selectors.verify_study_chain(study.pk) if study else None,
-           "studies": Study.objects.filter(consortium__in=auditable).order_by("-created_at")[:200]}
-    return render(request, "audit/trail.html", ctx)
+    study = scope.study
+    ctx = {"page": page, "rows": rows, "study": study, "consortium_id": scope.consortium_id,
+           "chain": verify_study_chain(study.pk) if study else None,
+           "studies": Study.objects.filter(consortium__in=access.auditable_consortia(request.user))
+                                   .order_by("-created_at")[:200]}
+    return render(request, "reports/trail.html", ctx)

@@ -26,6 +26,8 @@ from fedproto.codec import DEFAULT_CODEC, get_codec
 from fedproto.errors import SpecError
 from fedproto.privacy import validate_privacy
 from fedproto.specs import MAX_LOCAL_EPOCHS, MAX_ROUNDS
+from reports.epsilon_check import recompute_study
+from reports.report import PdfUnavailable, write_study_report
 
 from ... import services
 from ...demo_data import breast_cancer_split
@@ -188,8 +190,6 @@ class Command(BaseCommand):
         from hospital_node.models import load_model_bytes
         from hospital_node.trainer import evaluate, train_local_only
 
-        from audit.privacy import recompute_study
-
         cfg = study_config(study)
         recomputed = {h.hospital_id: h for h in recompute_study(study).hospitals}
         center = np.array([f["center"] for f in data.schema["features"]])
@@ -269,8 +269,6 @@ class Command(BaseCommand):
         w("=" * 72)
 
     def _write_report(self, study: Study, out: Path) -> None:
-        from audit.report import PdfUnavailable, write_study_report
-
         reports = out / "reports"
         try:
             paths = write_study_report(study=study, out_dir=reports)
