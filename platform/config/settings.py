@@ -41,6 +41,7 @@ INSTALLED_APPS = [
     "audit",
     "consortia",
     "studies",
+    "reports",
 ]
 if os.environ.get("FEDPLATFORM_PORTAL", "1") == "1":
     try:

@@ -13,7 +13,7 @@ urlpatterns = [
     path("api/schema/", SchemaView.as_view(), name="schema"),
     path("api/node/", include(node_urls)),
     path("api/", include(researcher_urls)),
-    path("audit/", include("audit.urls")),
+    path("audit/", include("reports.urls")),
 ]
 if "portal" in settings.INSTALLED_APPS:
     urlpatterns.append(path("", include("portal.urls")))

@@ -1,7 +1,6 @@
 """Secrets handed out once (node tokens, enrolment tokens); only their hashes are stored."""
 
 import hashlib
-import hmac
 import secrets
 
 
@@ -12,7 +11,3 @@ def new_token(prefix: str) -> str:
 def token_hash(token: str) -> str:
     # Tokens are 256-bit random values, so a plain SHA-256 is not brute-forceable.
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def same_hash(a: str, b: str) -> bool:
-    return hmac.compare_digest(a, b)

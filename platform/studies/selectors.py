@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 
 from django.conf import settings
-from django.db.models import Q
 from django.utils import timezone
 
 from consortia.models import Hospital
@@ -133,19 +132,3 @@ def study_progress(study: Study) -> dict:
     return {"status": study.status, "rounds_done": done, "rounds_planned": study.rounds,
             "current_round": current.number if current else None,
             "current_round_status": current.status if current else None}
-
-
-def studies_visible_to(user):
-    """Studies of the consortia the user belongs to (hospital admins: only those their hospital is invited to)."""
-    from consortia.models import Membership
-
-    if user.is_superuser:
-        return Study.objects.all()
-    ms = Membership.objects.filter(user=user)
-    q = Q(pk__in=[])
-    for m in ms:
-        if m.role == Membership.Role.HOSPITAL_ADMIN:
-            q |= Q(consortium_id=m.consortium_id, participations__hospital_id=m.hospital_id)
-        else:
-            q |= Q(consortium_id=m.consortium_id)
-    return Study.objects.filter(q).distinct()

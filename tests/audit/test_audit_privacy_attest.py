@@ -10,9 +10,9 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from audit.models import AuditEvent
-from audit.privacy import recompute_study
-from audit.report import render_html
-from audit.selectors import attestations, problem_events
+from reports.epsilon_check import epsilon_for, recompute_study
+from reports.report import render_html
+from reports.selectors import attestations, problem_events
 from studies import services
 from studies.models import Participation
 
@@ -44,6 +44,7 @@ def recompute_cmd(study) -> str:
 @pytest.mark.parametrize("accountant", ["rdp", "prv"])
 def test_honest_spends_recompute_exactly(postgres, accountant):
     from audit_support import enrolled, make_study
+
     from consortia.services import consortium_create
 
     c = consortium_create(name=f"Privacy {accountant}")
@@ -102,8 +103,6 @@ def test_inputs_that_differ_from_the_study_are_flagged(light_world):
 def test_spend_over_budget_is_flagged(light_world):
     study = light_world["study"]
     a, b = approved(light_world)
-    from audit.privacy import epsilon_for
-
     for n in (1, 2, 3):
         _, (ja,) = done_round_with_jobs(study, [a], n)
         spend = spend_for(n)

@@ -12,10 +12,10 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from audit.models import AuditHead
-from audit.report import write_study_report
 from consortia.services import consortium_create, membership_grant
 from fedproto import PROTOCOL_VERSION, SOFTWARE_VERSION
 from fedproto.codec import get_codec
+from reports.report import PdfUnavailable, write_study_report
 
 
 def user(name, consortium=None, role=None, hospital=None):
@@ -92,11 +92,12 @@ def test_report_and_trail_access(light_world):
     report, pdf, trail = (f"/audit/studies/{study.pk}/report/", f"/audit/studies/{study.pk}/report.pdf",
                           f"/audit/trail/?study={study.pk}")
     export = f"/audit/studies/{study.pk}/export.jsonl"
+    # A study the user cannot see answers 404; one they see without the role answers 403 (studies.access).
     cases = {
         "auditor": (user("aud", c, "auditor"), 200, 200),
         "admin": (user("adm", c, "consortium_admin"), 200, 200),
-        "researcher": (user("res", c, "researcher"), 200, 404),
-        "hospital admin": (user("hadm", c, "hospital_admin", light_world["hospitals"][0]), 404, 404),
+        "researcher": (user("res", c, "researcher"), 200, 403),
+        "hospital admin": (user("hadm", c, "hospital_admin", light_world["hospitals"][0]), 403, 403),
         "auditor elsewhere": (user("aud2", other, "auditor"), 404, 404),
         "no role": (user("nobody"), 404, 404),
     }
@@ -111,8 +112,9 @@ def test_report_and_trail_access(light_world):
     assert r.status_code == 302 and "/login/" in r["Location"]
     # The trail is paginated and in chain order for one study.
     aud = cases["auditor"][0]
-    from audit.services import audit_record
     from django.db import transaction
+
+    from audit.services import audit_record
 
     with transaction.atomic():
         for i in range(60):
@@ -132,8 +134,6 @@ def test_report_without_weasyprint_says_what_to_install(light_world, tmp_path, m
     """Where WeasyPrint cannot be imported, the HTML report is still written, a stale PDF is removed,
     and the portal answers 503 with the fix instead of a server error."""
     import sys
-
-    from audit.report import PdfUnavailable
 
     study = light_world["study"]
     out = tmp_path / "reports"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from portal_support import SCHEMA
+
 from studies.models import Study
 
 pytestmark = pytest.mark.django_db
@@ -76,7 +76,7 @@ def test_privacy_preview_fragment(world, client):
     r = client.get("/studies/privacy-preview/?epsilon=1&delta=1e-5&batch_size=32&rounds=2&local_epochs=1&sizes=1000")
     html = r.content.decode()
     assert r.status_code == 200 and "<table" in html and "1000" in html
-    from portal.privacy import noise_multiplier
+    from portal.noise_preview import noise_multiplier
 
     sigma = noise_multiplier(1.0, 1e-5, 32, 1000, 2, 1)
     assert 0.3 < sigma < 5 and f"{sigma:.2f}" in html

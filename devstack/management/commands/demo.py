@@ -173,7 +173,7 @@ class Command(BaseCommand):
 
     def _write_report(self, study: Study, out: Path) -> None:
         # The report module loads Opacus (epsilon recomputation), which takes seconds to import.
-        from audit.report import PdfUnavailable, write_study_report
+        from reports.report import PdfUnavailable, write_study_report
 
         reports = out / "reports"
         try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.core.exceptions import ObjectDoesNotExist
+from django.core.exceptions import ObjectDoesNotExist, PermissionDenied
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -32,6 +32,8 @@ def exception_handler(exc, context):
         return error(str(exc), "invalid", status.HTTP_422_UNPROCESSABLE_ENTITY)
     if isinstance(exc, (Http404, ObjectDoesNotExist)):
         return error("not found (or not visible to you)", "not_found", status.HTTP_404_NOT_FOUND)
+    if isinstance(exc, PermissionDenied):
+        return error(str(exc) or "your role does not allow this", "forbidden", status.HTTP_403_FORBIDDEN)
     if isinstance(exc, exceptions.APIException):
         resp = drf_handler(exc, context)
         code = exc.get_codes() if isinstance(exc.get_codes(), str) else "invalid"

@@ -23,6 +23,7 @@ from rest_framework.throttling import AnonRateThrottle
 from rest_framework.views import APIView
 
 from audit.services import actor_label
+from consortia.models import Hospital
 from consortia.services import EnrolmentError, node_enrol, node_heartbeat
 from fedproto import PROTOCOL_VERSION
 
@@ -126,8 +127,6 @@ class WorkView(NodeView):
         if len(skip) > 1000:
             return error("skip lists at most 1000 item keys", "invalid", 422)
         deadline = time.monotonic() + wait
-        from consortia.models import Hospital
-
         Hospital.objects.filter(pk=self.hospital.pk).update(last_heartbeat=timezone.now())
         # Recompute the items only when a state change was committed since the last look (the work
         # signal), or every NODE_LONGPOLL_RECHECK_S as a safety net; between looks the poll holds

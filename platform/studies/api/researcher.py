@@ -1,4 +1,4 @@
-"""REST API for researchers and admins (session auth; object-level checks by consortium role)."""
+"""REST API for researchers and admins (session auth; who may see and do what: studies.access)."""
 
 from __future__ import annotations
 
@@ -6,19 +6,15 @@ from pathlib import Path
 
 from django.conf import settings
 from django.http import FileResponse
-from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from audit.services import actor_label
-from consortia.models import Consortium, Hospital
-from consortia.selectors import MANAGE_STUDY_ROLES as MANAGE_ROLES
-from consortia.selectors import roles_in
+from consortia.models import Hospital
 
-from .. import selectors, services
-from ..models import Study
+from .. import access, selectors, services
 from .errors import error
 
 
@@ -40,19 +36,21 @@ class StudyCreateSerializer(serializers.Serializer):
     seed = serializers.IntegerField(required=False, allow_null=True, default=None)
 
 
-def study_summary(study: Study) -> dict:
+def study_summary(scope: access.StudyScope) -> dict:
+    """The study as the user sees it: a hospital admin sees only their own hospital's participation."""
+    study = scope.study
     return {**selectors.study_config(study), "status": study.status, "status_reason": study.status_reason,
             "progress": selectors.study_progress(study),
             "participants": [{"hospital_id": p.hospital_id, "hospital": p.hospital.name, "state": p.state,
                               "decided_by": p.decided_by, "decided_at": p.decided_at}
-                             for p in study.participations.select_related("hospital")],
+                             for p in scope.participations()],
             "final_model_sha256": getattr(getattr(study, "final_model", None), "sha256", None)}
 
 
 class StudyListView(APIView):
     @extend_schema(summary="Studies visible to you")
     def get(self, request):
-        studies = selectors.studies_visible_to(request.user).select_related("consortium")
+        studies = access.visible_studies(request.user).select_related("consortium")
         return Response({"studies": [{"id": s.pk, "name": s.name, "status": s.status, "consortium": s.consortium.name,
                                       "progress": selectors.study_progress(s)} for s in studies]})
 
@@ -61,9 +59,7 @@ class StudyListView(APIView):
         s = StudyCreateSerializer(data=request.data)
         s.is_valid(raise_exception=True)
         d = s.validated_data
-        consortium = Consortium.objects.filter(pk=d["consortium_id"]).first()
-        if consortium is None or not (roles_in(request.user, consortium.pk) & MANAGE_ROLES):
-            return error("no such consortium, or you may not define studies in it", "not_found", 404)
+        consortium = access.consortium_for_new_study(request.user, d["consortium_id"])
         hospitals = list(Hospital.objects.filter(pk__in=d["hospital_ids"], consortium=consortium))
         if len(hospitals) != len(set(d["hospital_ids"])):
             return error("hospital_ids must all be hospitals of this consortium", "invalid", 422)
@@ -73,13 +69,12 @@ class StudyListView(APIView):
             learning_rate=d["learning_rate"], privacy=d["privacy"], encryption=d["encryption"], quorum=d["quorum"],
             round_deadline_s=d["round_deadline_s"], owner=request.user, seed=d["seed"],
             actor=actor_label(user=request.user))
-        return Response(study_summary(study), status=201)
+        return Response(study_summary(access.scope_for(request.user, study)), status=201)
 
 
 class StudyDetailView(APIView):
     def get(self, request, study_id: int):
-        study = get_object_or_404(selectors.studies_visible_to(request.user), pk=study_id)
-        return Response(study_summary(study))
+        return Response(study_summary(access.study_scope(request.user, study_id)))
 
 
 class StudyActionView(APIView):
@@ -87,22 +82,26 @@ class StudyActionView(APIView):
                "resume": services.study_resume, "cancel": services.study_cancel}
 
     def post(self, request, study_id: int, action: str):
-        study = get_object_or_404(selectors.studies_visible_to(request.user), pk=study_id)
+        scope = access.study_scope(request.user, study_id)
         if action not in self.ACTIONS:
             return error(f"unknown action {action!r}; use one of {', '.join(self.ACTIONS)}", "not_found", 404)
-        if not (roles_in(request.user, study.consortium_id) & MANAGE_ROLES):
+        if not scope.can_manage:
             return error("only researchers and consortium admins manage studies", "forbidden", 403)
-        self.ACTIONS[action](study=study, actor=actor_label(user=request.user))
-        study.refresh_from_db()
-        return Response(study_summary(study))
+        self.ACTIONS[action](study=scope.study, actor=actor_label(user=request.user))
+        scope.study.refresh_from_db()
+        return Response(study_summary(scope))
 
 
 class FinalModelDownloadView(APIView):
     def get(self, request, study_id: int):
-        study = get_object_or_404(selectors.studies_visible_to(request.user), pk=study_id)
+        scope = access.study_scope(request.user, study_id)
+        study = scope.study
         fm = getattr(study, "final_model", None)
         if fm is None:
             return error("the final model is not released yet", "not_ready", 409)
+        if not scope.can_download_model:
+            return error("only the study's researchers, auditors and the hospitals that approved it download the model",
+                         "forbidden", 403)
         services.final_model_downloaded(study=study, actor=actor_label(user=request.user))
         resp = FileResponse(open(Path(settings.MEDIA_ROOT) / fm.path, "rb"), as_attachment=True,
                             filename=f"study_{study.pk}_model.safetensors", content_type="application/octet-stream")

@@ -9,7 +9,8 @@ from __future__ import annotations
 import warnings
 from functools import lru_cache
 
-from fedproto.privacy import planned_steps, sample_rate as poisson_rate
+from fedproto.privacy import planned_steps
+from fedproto.privacy import sample_rate as poisson_rate
 
 DEFAULT_SIZES = (200, 1000, 5000)
 

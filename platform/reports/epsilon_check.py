@@ -13,7 +13,12 @@ import math
 from dataclasses import asdict, dataclass, field
 
 import opacus
+from django.db import transaction
 from opacus.accountants import create_accountant
+
+from audit.services import audit_record
+
+from .selectors import privacy_spends
 
 # Relative tolerance between a reported and a recomputed epsilon. The accountants are deterministic
 # for a given history; the slack only absorbs float formatting (and, for PRV, tiny numeric drift).
@@ -95,8 +100,6 @@ def _close(a: float, b: float) -> bool:
 
 def recompute_study(study) -> RecomputeResult:
     """Rebuild each hospital's accountant job by job and compare with every reported cumulative epsilon."""
-    from .selectors import privacy_spends
-
     hospitals: list[HospitalCheck] = []
     for name, row in privacy_spends(study).items():
         history: list[tuple[float, float, int]] = []
@@ -140,10 +143,6 @@ def recompute_study(study) -> RecomputeResult:
 
 def recompute_and_record(study, *, actor: str = "system") -> RecomputeResult:
     """Recompute, then append the result to the study's chain as a privacy.recompute event."""
-    from django.db import transaction
-
-    from .services import audit_record
-
     res = recompute_study(study)
     with transaction.atomic():
         audit_record(action="privacy.recompute", actor=actor, obj=study, study_id=study.pk,

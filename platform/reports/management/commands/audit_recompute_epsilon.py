@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
-from audit.privacy import recompute_and_record
+from reports.epsilon_check import recompute_and_record
 from studies.models import Study
 
 

@@ -1,4 +1,5 @@
-"""Audit views: study audit report (HTML/PDF), chain export and the trail (read-only)."""
+"""Audit views: study audit report (HTML/PDF), chain export and the trail (read-only), under /audit/.
+The URL namespace stays "audit" (the pages' names did not change when they moved to this app)."""
 
 from django.urls import path
 

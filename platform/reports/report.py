@@ -8,16 +8,20 @@ and failure, software versions and the chain verification result with its head h
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import opacus
 from django.template.loader import render_to_string
 from django.utils import timezone
 
 import fedproto
+from audit.selectors import study_events, verify_study_chain
 from fedproto.codec import get_codec
+from studies.models import FinalModel, HEContext, Participation, SealedKey
 
 from . import selectors
-from .privacy import recompute_study
+from .epsilon_check import recompute_study
 
 # Encryption parameters shown first, in this order; the rest follow alphabetically.
 ENC_FIRST = ("codec", "scheme", "security_level_bits", "poly_modulus_degree", "plain_modulus", "plain_modulus_bits",
@@ -37,8 +41,6 @@ def _fmt_value(v) -> str:
 
 
 def _encryption(study) -> dict:
-    from studies.models import HEContext, SealedKey
-
     try:
         desc = get_codec(study.encryption["codec"]).describe(study.encryption)
     except Exception as exc:  # an unknown codec must not hide the rest of the report
@@ -57,8 +59,6 @@ def _encryption(study) -> dict:
 
 
 def _participants(study) -> list[dict]:
-    from studies.models import Participation
-
     rows = []
     for p in Participation.objects.filter(study=study).select_related("hospital").order_by("hospital__name"):
         rows.append({"hospital": p.hospital.name, "state": p.state, "decided_by": p.decided_by,
@@ -104,10 +104,6 @@ def _dp_engines(spends) -> str:
 
 
 def _software(study) -> dict:
-    import opacus
-
-    from studies.models import Participation
-
     node_versions = sorted({v for v in Participation.objects.filter(study=study)
                             .values_list("hospital__node_version", flat=True) if v})
     try:
@@ -137,11 +133,9 @@ def _describe_problem(ev) -> str:
 
 
 def build_context(study) -> dict:
-    from studies.models import FinalModel
-
-    chain = selectors.verify_study_chain(study.pk)
+    chain = verify_study_chain(study.pk)
     recomputed = recompute_study(study)
-    events = selectors.study_events(study.pk)
+    events = study_events(study.pk)
     problems = [{"seq": ev.seq, "at": ev.created_at, "action": ev.action, "actor": ev.actor,
                  "what": _describe_problem(ev)} for ev in selectors.problem_events(study.pk)]
     fm = FinalModel.objects.filter(study=study).select_related("uploaded_by").first()
@@ -185,7 +179,7 @@ def build_context(study) -> dict:
 def render_html(study, *, for_pdf: bool = False, request=None, context: dict | None = None) -> str:
     ctx = dict(context or build_context(study))
     ctx["for_pdf"] = for_pdf
-    return render_to_string("audit/report.html", ctx, request=request)
+    return render_to_string("reports/report.html", ctx, request=request)
 
 
 class PdfUnavailable(RuntimeError):
@@ -193,8 +187,6 @@ class PdfUnavailable(RuntimeError):
 
 
 def render_pdf(study, *, context: dict | None = None) -> bytes:
-    import logging
-
     try:
         from weasyprint import HTML
     except (ImportError, OSError) as exc:  # OSError: WeasyPrint is installed but cannot load Pango

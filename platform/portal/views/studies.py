@@ -1,0 +1,244 @@
+"""Study pages: define a study (with the noise preview), the study page and its live timeline,
+charts, the actions (start, pause, resume, cancel), the model download and the model card."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.http import FileResponse, Http404, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from audit.services import actor_label
+from fedproto.codec import get_codec
+from fedproto.errors import SpecError
+from fedproto.specs import MAX_LOCAL_EPOCHS, MAX_ROUNDS
+from studies import access, selectors, services
+from studies.models import Participation, PrivacySpend, Round, RoundReport, Study, TrainingJob
+
+from .. import charts, noise_preview
+from ..forms import STUDY_PRESETS, StudyForm
+
+LIVE_STATUSES = {Study.Status.RECRUITING, Study.Status.RUNNING, Study.Status.PAUSED}
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def study_new(request):
+    consortia = access.consortia_with_role(request.user, access.MANAGE_STUDY_ROLES)
+    if not consortia.exists():
+        raise PermissionDenied("only researchers and consortium admins define studies")
+    form = StudyForm(request.POST or None, consortia=consortia)
+    status = 200
+    if request.method == "POST":
+        if form.is_valid():
+            d = form.cleaned_data
+            try:
+                study = services.study_create(
+                    consortium=d["consortium"], name=d["name"], purpose=d["purpose"], hospitals=list(d["hospitals"]),
+                    schema=d["schema"], model_spec=d["model_spec"], rounds=d["rounds"], local_epochs=d["local_epochs"],
+                    batch_size=d["batch_size"], learning_rate=d["learning_rate"],
+                    privacy={"epsilon": d["epsilon"], "delta": d["delta"], "clip_norm": d["clip_norm"]},
+                    encryption=d["encryption"], quorum=d["quorum"], round_deadline_s=d["round_deadline_s"],
+                    owner=request.user, actor=actor_label(user=request.user))
+            except SpecError as exc:
+                form.add_error(None, str(exc))
+            else:
+                messages.success(request, "Study created as a draft. Check what the privacy budget implies, then start it.")
+                sizes = noise_preview.parse_sizes(d.get("dataset_sizes"))
+                return redirect(reverse("portal:study", args=[study.pk]) + "?sizes=" + ",".join(map(str, sizes)))
+        status = 422
+    enc_desc = []
+    for key, label, enc in form.presets:
+        desc = get_codec(enc["codec"]).describe(enc)
+        enc_desc.append({"key": key, "label": label, "desc": {k: desc[k] for k in (
+            "scheme", "poly_modulus_degree", "security_level_bits", "quant_bits", "max_hospitals") if k in desc}})
+    return render(request, "portal/study_new.html", {"form": form, "presets": STUDY_PRESETS,
+                                                     "presets_json": json.dumps(STUDY_PRESETS), "enc_desc": enc_desc},
+                  status=status)
+
+
+@login_required
+@require_GET
+def privacy_preview(request):
+    """HTML fragment: noise multipliers implied by a budget (used live by the new-study form)."""
+    if not access.consortia_with_role(request.user, access.MANAGE_STUDY_ROLES).exists():
+        raise PermissionDenied
+    try:
+        eps = float(request.GET["epsilon"])
+        delta = float(request.GET["delta"])
+        batch = int(request.GET["batch_size"])
+        rounds = int(request.GET["rounds"])
+        epochs = int(request.GET["local_epochs"])
+        if not (0 < eps <= 100 and 0 < delta <= 0.1 and 1 <= batch <= 100_000 and 1 <= rounds <= MAX_ROUNDS
+                and 1 <= epochs <= MAX_LOCAL_EPOCHS):
+            raise ValueError
+    except (KeyError, ValueError):
+        return HttpResponse('<p class="muted">Fill in ε, δ, batch size, rounds and local epochs to see the noise they imply.</p>')
+    table = noise_preview.budget_table(epsilon=eps, delta=delta, batch_size=batch, rounds=rounds, epochs=epochs,
+                                       sizes=noise_preview.parse_sizes(request.GET.get("sizes")))
+    return render(request, "portal/_privacy_table.html", {"t": table})
+
+
+def _round_rows(scope: access.StudyScope):
+    study = scope.study
+    rounds = list(Round.objects.filter(study=study).order_by("number", "attempt"))
+    jobs = scope.filter_hospital(TrainingJob.objects.filter(round__study=study).select_related("hospital"))
+    by_round: dict[int, list] = {}
+    for j in jobs:
+        by_round.setdefault(j.round_id, []).append(j)
+    out = []
+    for r in rounds:
+        end = r.done_at or r.closed_at
+        out.append({"r": r, "jobs": sorted(by_round.get(r.pk, []), key=lambda j: j.hospital.name),
+                    "seconds": (end - r.opened_at).total_seconds() if end else None})
+    return out
+
+
+def _live_key(scope: access.StudyScope) -> str:
+    s = scope.study
+    n_rep = scope.filter_hospital(RoundReport.objects.filter(round__study=s)).count()
+    n_sp = scope.filter_hospital(PrivacySpend.objects.filter(job__round__study=s), "job__hospital_id").count()
+    return f"{n_rep}-{n_sp}-{hasattr(s, 'final_model')}"
+
+
+@login_required
+@require_GET
+def study_detail(request, study_id: int):
+    scope = access.study_scope(request.user, study_id)
+    study = scope.study
+    ctx = {"s": study, "scope": scope, "progress": selectors.study_progress(study),
+           "parts": list(scope.participations()), "rounds": _round_rows(scope),
+           "config_json": json.dumps(selectors.study_config(study), indent=2),
+           "live": study.status in LIVE_STATUSES, "live_key": _live_key(scope),
+           "final_model": getattr(study, "final_model", None),
+           "enc": get_codec(study.encryption["codec"]).describe(study.encryption),
+           "has_reports": RoundReport.objects.filter(round__study=study).exists()}
+    if study.status == Study.Status.DRAFT:
+        ctx["privacy_table"] = noise_preview.budget_table(
+            epsilon=study.epsilon, delta=study.delta, batch_size=study.batch_size, rounds=study.rounds,
+            epochs=study.local_epochs, sizes=noise_preview.parse_sizes(request.GET.get("sizes")), accountant=study.accountant)
+    return render(request, "portal/study.html", ctx)
+
+
+@login_required
+@require_GET
+def study_live(request, study_id: int):
+    """Fragment polled every 2 s while a study is live: the round timeline and a change key."""
+    scope = access.study_scope(request.user, study_id)
+    study = scope.study
+    resp = render(request, "portal/_timeline.html", {
+        "s": study, "rounds": _round_rows(scope), "progress": selectors.study_progress(study)})
+    resp["X-Study-Status"] = study.status
+    resp["X-Live-Key"] = _live_key(scope)
+    resp["Cache-Control"] = "no-store"
+    return resp
+
+
+def _metrics_data(scope):
+    reps = scope.filter_hospital(RoundReport.objects.filter(round__study=scope.study).select_related("round", "hospital"))
+    return [{"round": r.round.number, "hospital": r.hospital.name, "metrics": r.metrics} for r in reps]
+
+
+def _spend_data(scope):
+    sp = scope.filter_hospital(PrivacySpend.objects.filter(job__round__study=scope.study)
+                               .select_related("job__round", "job__hospital"), "job__hospital_id")
+    return [{"round": p.job.round.number, "hospital": p.job.hospital.name, "epsilon": p.epsilon,
+             "delta": p.delta, "noise_multiplier": p.noise_multiplier, "hospital_obj": p.job.hospital} for p in sp]
+
+
+@login_required
+@require_GET
+def chart_metrics(request, study_id: int):
+    scope = access.study_scope(request.user, study_id)
+    svg = charts.metrics_chart(_metrics_data(scope), rounds_planned=scope.study.rounds,
+                               title="Global model, evaluated by each hospital on its own test split")
+    return HttpResponse(svg, content_type="image/svg+xml", headers={"Cache-Control": "no-store"})
+
+
+@login_required
+@require_GET
+def chart_privacy(request, study_id: int):
+    scope = access.study_scope(request.user, study_id)
+    data = _spend_data(scope)
+    caps = {d["hospital"]: d["hospital_obj"].max_epsilon for d in data if d["hospital_obj"].max_epsilon is not None}
+    svg = charts.privacy_chart(data, budget=scope.study.epsilon, rounds_planned=scope.study.rounds, caps=caps)
+    return HttpResponse(svg, content_type="image/svg+xml", headers={"Cache-Control": "no-store"})
+
+
+ACTIONS = {"start": services.study_open_recruitment, "pause": services.study_pause,
+           "resume": services.study_resume, "cancel": services.study_cancel}
+
+
+@login_required
+@require_POST
+def study_action(request, study_id: int, action: str):
+    scope = access.study_scope(request.user, study_id)
+    if action not in ACTIONS:
+        raise Http404
+    if not scope.can_manage:
+        raise PermissionDenied("only researchers and consortium admins manage studies")
+    try:
+        ACTIONS[action](study=scope.study, actor=actor_label(user=request.user))
+    except services.ServiceError as exc:
+        messages.error(request, str(exc))
+    else:
+        done = {"start": "Recruitment opened: the invited hospitals now see the study.", "pause": "Study paused.",
+                "resume": "Study resumed.", "cancel": "Study cancelled."}[action]
+        messages.success(request, done)
+    return redirect("portal:study", study_id=scope.study.pk)
+
+
+@login_required
+@require_GET
+def model_download(request, study_id: int):
+    scope = access.study_scope(request.user, study_id)
+    fm = getattr(scope.study, "final_model", None)
+    if fm is None:
+        raise Http404("the final model is not released yet")
+    if not scope.can_download_model:
+        raise PermissionDenied("only the study's researchers, auditors and participating hospitals download the model")
+    services.final_model_downloaded(study=scope.study, actor=actor_label(user=request.user))
+    resp = FileResponse(open(Path(settings.MEDIA_ROOT) / fm.path, "rb"), as_attachment=True,
+                        filename=f"study_{scope.study.pk}_model.safetensors", content_type="application/octet-stream")
+    resp["X-Model-SHA256"] = fm.sha256
+    return resp
+
+
+def _model_card_ctx(scope):
+    study = scope.study
+    fm = getattr(study, "final_model", None)
+    spends = _spend_data(scope)
+    last_spend: dict[str, dict] = {}
+    for d in sorted(spends, key=lambda d: d["round"]):
+        last_spend[d["hospital"]] = d
+    reports = []
+    if fm is not None:
+        last = selectors.done_round(study, fm.round_number)
+        if last is not None:
+            reports = list(scope.filter_hospital(RoundReport.objects.filter(round=last).select_related("hospital"))
+                           .order_by("hospital__name"))
+    approved = [p for p in scope.participations() if p.state == Participation.State.APPROVED]
+    last_spend = dict(sorted(last_spend.items()))
+    return {"s": study, "scope": scope, "fm": fm, "sites": approved, "spend": last_spend, "reports": reports,
+            "enc": get_codec(study.encryption["codec"]).describe(study.encryption),
+            "generated": timezone.now()}
+
+
+@login_required
+@require_GET
+def model_card(request, study_id: int):
+    scope = access.study_scope(request.user, study_id)
+    ctx = _model_card_ctx(scope)
+    if request.GET.get("format") == "md":
+        text = render(request, "portal/model_card.md", ctx).content
+        return HttpResponse(text, content_type="text/markdown; charset=utf-8", headers={
+            "Content-Disposition": f'attachment; filename="study_{scope.study.pk}_model_card.md"'})
+    return render(request, "portal/model_card.html", ctx)

@@ -1,0 +1,239 @@
+"""Who may see and do what: THE access policy of the portal, the researcher REST API and the audit
+report views. Every check of a user's right to see or change something goes through this module.
+
+Rules:
+- Nobody sees anything of a consortium they are not a member of: such objects answer 404
+  (their existence is not revealed).
+- Inside their consortium, a user without the right role for an action gets 403.
+- A hospital admin sees only the studies their hospital is invited to, once recruitment opened
+  (drafts are not sent to anyone), and inside a study only their own hospital's participation,
+  metrics and privacy spend. They see their own hospital(s) only.
+- Researchers and consortium admins define and manage studies; auditors and consortium admins read
+  the audit trail and export chains; researchers also read the study audit report.
+- The final model is for the study's researchers, admins, auditors and the hospitals that approved
+  the study (a hospital that declined does not get it).
+- Auditors read; they never change state. Superusers hold every role everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from django.core.exceptions import PermissionDenied
+from django.db.models import Q, QuerySet
+from django.http import Http404
+from django.shortcuts import get_object_or_404
+
+from consortia.models import Consortium, Hospital, Membership
+from consortia.selectors import roles_in
+
+from .models import Participation, Study
+
+Role = Membership.Role
+MANAGE_STUDY_ROLES = frozenset({Role.CONSORTIUM_ADMIN, Role.RESEARCHER})
+AUDIT_ROLES = frozenset({Role.CONSORTIUM_ADMIN, Role.AUDITOR})
+REPORT_ROLES = AUDIT_ROLES | {Role.RESEARCHER}
+MODEL_ROLES = MANAGE_STUDY_ROLES | {Role.AUDITOR}
+
+
+# ---------------------------------------------------------------- consortia and roles
+
+
+def roles_anywhere(user) -> set[str]:
+    """Every role the user holds in any consortium."""
+    if user.is_superuser:
+        return set(Role.values)
+    return set(Membership.objects.filter(user=user).values_list("role", flat=True))
+
+
+def consortia_with_role(user, roles) -> QuerySet[Consortium]:
+    """Consortia where the user holds one of ``roles``."""
+    if user.is_superuser:
+        return Consortium.objects.all()
+    return Consortium.objects.filter(memberships__user=user, memberships__role__in=list(roles)).distinct()
+
+
+def member_consortia(user) -> QuerySet[Consortium]:
+    return consortia_with_role(user, Role.values)
+
+
+def auditable_consortia(user) -> QuerySet[Consortium]:
+    """Consortia whose audit trail the user reads (auditor or consortium admin)."""
+    return consortia_with_role(user, AUDIT_ROLES)
+
+
+def consortium_for_new_study(user, consortium_id: int) -> Consortium:
+    """The consortium a new study is defined in: 404 unless the user is a member, 403 unless they
+    may manage studies there."""
+    roles = roles_in(user, consortium_id)
+    consortium = Consortium.objects.filter(pk=consortium_id).first()
+    if consortium is None or not roles:
+        raise Http404("no such consortium")
+    if not roles & MANAGE_STUDY_ROLES:
+        raise PermissionDenied("only researchers and consortium admins define studies")
+    return consortium
+
+
+def admin_hospital_ids(user) -> set[int]:
+    """Hospitals the user administers as a hospital admin."""
+    return set(Membership.objects.filter(user=user, role=Role.HOSPITAL_ADMIN).values_list("hospital_id", flat=True))
+
+
+# ---------------------------------------------------------------- studies
+
+
+def visible_studies(user) -> QuerySet[Study]:
+    """Studies the user may see: every study of the consortia where they hold a non-hospital role;
+    as a hospital admin, the non-draft studies their hospital is invited to."""
+    if user.is_superuser:
+        return Study.objects.all()
+    q = Q(pk__in=[])
+    for m in Membership.objects.filter(user=user):
+        if m.role == Role.HOSPITAL_ADMIN:
+            # Drafts are not yet sent to anyone: a hospital sees a study once it is recruiting.
+            q |= Q(consortium_id=m.consortium_id, participations__hospital_id=m.hospital_id) & ~Q(status=Study.Status.DRAFT)
+        else:
+            q |= Q(consortium_id=m.consortium_id)
+    return Study.objects.filter(q).distinct()
+
+
+@dataclass
+class StudyScope:
+    """What one user may see and do in one study they can see."""
+
+    study: Study
+    roles: set[str]
+    hospital_ids: set[int] | None = field(default=None)  # None: every hospital of the study
+
+    @property
+    def can_manage(self) -> bool:
+        """Start, pause, resume, cancel."""
+        return bool(self.roles & MANAGE_STUDY_ROLES)
+
+    @property
+    def can_report(self) -> bool:
+        """Read the study audit report (HTML and PDF)."""
+        return bool(self.roles & REPORT_ROLES)
+
+    @property
+    def can_audit(self) -> bool:
+        """Read the study's audit trail and export its chain."""
+        return bool(self.roles & AUDIT_ROLES)
+
+    @property
+    def sees_all_hospitals(self) -> bool:
+        return self.hospital_ids is None
+
+    def participations(self) -> QuerySet[Participation]:
+        qs = self.study.participations.select_related("hospital").order_by("hospital__name")
+        if self.hospital_ids is not None:
+            qs = qs.filter(hospital_id__in=self.hospital_ids)
+        return qs
+
+    def filter_hospital(self, qs: QuerySet, field_name: str = "hospital_id") -> QuerySet:
+        """Only the rows of hospitals this user sees (``field_name`` names the hospital id)."""
+        return qs if self.hospital_ids is None else qs.filter(**{f"{field_name}__in": self.hospital_ids})
+
+    @property
+    def can_download_model(self) -> bool:
+        if self.roles & MODEL_ROLES:
+            return True
+        return self.participations().filter(state=Participation.State.APPROVED).exists()
+
+
+def scope_for(user, study: Study) -> StudyScope:
+    """The scope of a study already known to be visible to the user (see visible_studies)."""
+    roles = roles_in(user, study.consortium_id)
+    if roles - {Role.HOSPITAL_ADMIN}:
+        return StudyScope(study, roles, None)
+    return StudyScope(study, roles, admin_hospital_ids(user) & set(
+        study.participations.values_list("hospital_id", flat=True)))
+
+
+def study_scope(user, study_id: int) -> StudyScope:
+    """The study if the user may see it (else 404), with what they may see and do in it."""
+    study = get_object_or_404(visible_studies(user).select_related("consortium", "owner", "custodian"), pk=study_id)
+    return scope_for(user, study)
+
+
+# ---------------------------------------------------------------- hospitals and invitations
+
+
+def visible_hospitals(user) -> QuerySet[Hospital]:
+    """Hospitals whose node status the user may see: all of a consortium for its non-hospital roles,
+    only their own hospital(s) for hospital admins."""
+    if user.is_superuser:
+        return Hospital.objects.all()
+    q = Q(pk__in=[])
+    for m in Membership.objects.filter(user=user):
+        if m.role == Role.HOSPITAL_ADMIN:
+            q |= Q(pk=m.hospital_id)
+        else:
+            q |= Q(consortium_id=m.consortium_id)
+    return Hospital.objects.filter(q).distinct()
+
+
+def hospital_for_admin_page(user, hospital_id: int) -> tuple[Hospital, bool]:
+    """A hospital's page and whether the user manages it (tokens, revocation): consortium admins
+    manage, the hospital's own admins read. Other consortium: 404. A hospital admin looking at
+    another hospital: 404 (they do not see other hospitals at all). Same consortium, other role: 403."""
+    h = Hospital.objects.select_related("consortium").filter(pk=hospital_id).first()
+    if h is None:
+        raise Http404
+    roles = roles_in(user, h.consortium_id)
+    if not roles:
+        raise Http404
+    manage = Role.CONSORTIUM_ADMIN in roles
+    if manage or h.pk in admin_hospital_ids(user) or user.is_superuser:
+        return h, manage
+    if roles == {Role.HOSPITAL_ADMIN}:
+        raise Http404
+    raise PermissionDenied("only the consortium admin and this hospital's admins can open this page")
+
+
+def inbox_hospital_ids(user) -> set[int]:
+    """The hospitals whose invitations the user decides; 403 for anyone who administers none."""
+    ids = admin_hospital_ids(user)
+    if not ids:
+        raise PermissionDenied("the inbox is for hospital admins")
+    return ids
+
+
+def invitation_for(user, participation_id: int) -> Participation:
+    """An invitation of one of the user's hospitals (403 for non hospital admins, 404 for other
+    hospitals' invitations and for drafts)."""
+    ids = inbox_hospital_ids(user)
+    return get_object_or_404(Participation.objects.select_related("study", "hospital", "study__consortium")
+                             .exclude(study__status=Study.Status.DRAFT), pk=participation_id, hospital_id__in=ids)
+
+
+# ---------------------------------------------------------------- audit trails
+
+@dataclass
+class TrailScope:
+    """Which audit events a user may read on one trail page."""
+
+    consortium_ids: set[int] | None  # None: every consortium (superuser)
+    study: Study | None = None       # one study's chain
+    consortium_id: int | None = None  # one consortium's events
+
+
+def trail_scope(user, *, study_id: int | None = None, consortium_id: int | None = None) -> TrailScope:
+    """The trail of one study, of one consortium, or of every consortium the user audits.
+    A study or consortium the user cannot see: 404; one they see without an audit role: 403;
+    the whole trail for a user who audits no consortium: 403."""
+    allowed = None if user.is_superuser else set(auditable_consortia(user).values_list("pk", flat=True))
+    if study_id is not None:
+        scope = study_scope(user, study_id)
+        if not scope.can_audit:
+            raise PermissionDenied("only auditors and consortium admins read the audit trail")
+        return TrailScope(allowed, study=scope.study)
+    if consortium_id is not None:
+        if not roles_in(user, consortium_id) or not Consortium.objects.filter(pk=consortium_id).exists():
+            raise Http404("no such consortium")
+        if allowed is not None and consortium_id not in allowed:
+            raise PermissionDenied("only auditors and consortium admins read the audit trail")
+        return TrailScope(allowed, consortium_id=consortium_id)
+    if allowed is not None and not allowed:
+        raise PermissionDenied("you audit no consortium")
+    return TrailScope(allowed)
