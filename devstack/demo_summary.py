@@ -22,7 +22,7 @@ def build_summary(study: Study, data: DemoData, hospitals: list[Hospital], wall_
                   say: Callable[[str], object]) -> dict:
     # torch and Opacus take seconds to import: loaded once the study is done, not before the
     # demo's processes start.
-    from audit.privacy import recompute_study
+    from reports.epsilon_check import recompute_study
     from hospital_node.data import load_study_data
     from hospital_node.models import load_model_bytes
     from hospital_node.trainer import evaluate, train_local_only
