@@ -1,9 +1,9 @@
-# The two commands the README starts with: `make demo` and `make test`.
+# The two commands the README starts with: `make demo` and `make test`; `make serve` runs the platform.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test lint bench services system-deps
+.PHONY: install demo serve test lint bench services system-deps
 
 $(VENV)/.installed: requirements.txt requirements/*.txt pyproject.toml platform/pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -20,6 +20,12 @@ install: $(VENV)/.installed
 # A full demo study on the embedded default (SQLite + a broker that needs no server).
 demo: install
 	$(PY) manage.py demo --summary-json demo-output/summary.json
+
+# The platform on this machine, in the foreground: migrations, gunicorn on $(BIND) and a Celery
+# worker with beat; Ctrl-C stops them all. DATABASE_URL / REDIS_URL select PostgreSQL / Redis.
+BIND ?= 127.0.0.1:8000
+serve: install
+	BIND=$(BIND) PY=$(PY) bash deploy/dev/serve.sh
 
 # System packages the tests need (Chromium for the browser tests, Pango for PDF reports).
 system-deps:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from celery import Celery
 from celery.signals import worker_ready
+from django.conf import settings
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -16,16 +17,17 @@ app.autodiscover_tasks()
 
 @worker_ready.connect
 def _write_ready_file(**_kwargs) -> None:
-    """FEDPLATFORM_WORKER_READY_FILE, if set, is written once the worker consumes tasks (used by
-    the local stack and container health checks to wait for a worker that is really up)."""
-    path = os.environ.get("FEDPLATFORM_WORKER_READY_FILE")
+    """FEDPLATFORM_WORKER_READY_FILE (settings.WORKER_READY_FILE), if set, is written once the worker
+    consumes tasks (used by the local stack and container health checks to wait for a worker that
+    is really up)."""
+    path = settings.WORKER_READY_FILE
     if path:
         Path(path).write_text(f"{os.getpid()}\n")
 
 
 def warm_publisher() -> None:
     """Open the broker connection and declare the task queue now, not in the first request that
-    enqueues a task (measured 0.3-0.8 s on the embedded broker, inside a node's key acknowledgement).
+    enqueues a task (which would pay for it inside, e.g., a node's key acknowledgement).
     Best effort: a broker that is down is reported by the first real publish."""
     try:
         with app.producer_or_acquire() as producer:

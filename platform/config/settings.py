@@ -1,21 +1,28 @@
-"""Settings for the platform. Every deployment knob is an environment variable (see README)."""
+"""Settings for the platform. Every deployment knob is an environment variable, read here and
+nowhere else, through the typed readers of config/env.py: a bad value stops every process at
+start-up with an error naming the variable. The README's environment table and
+deploy/env.example list them all, with their defaults."""
 
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from .env import envbool, envfloat, envint, envlist, envstr
 
 BASE_DIR = Path(__file__).resolve().parent.parent          # platform/
 REPO_DIR = BASE_DIR.parent
 
-VAR_DIR = Path(os.environ.get("FEDPLATFORM_VAR_DIR", REPO_DIR / "var")).resolve()
+# Relative paths in the environment are taken from the repository root, not from the working
+# directory (which differs between manage.py, gunicorn --chdir and the Celery worker).
+VAR_DIR = (REPO_DIR / envstr("FEDPLATFORM_VAR_DIR", "var")).resolve()
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
-DEBUG = os.environ.get("DJANGO_DEBUG", "0") == "1"
-_secret = os.environ.get("DJANGO_SECRET_KEY")
+DEBUG = envbool("DJANGO_DEBUG", False)
+_secret = envstr("DJANGO_SECRET_KEY", "", secret=True)
 if not _secret:
     # Local/dev default: a random key kept in var/ (never in the repo). Production sets the env var.
     key_file = VAR_DIR / "secret_key"
@@ -26,8 +33,9 @@ if not _secret:
         key_file.chmod(0o600)
     _secret = key_file.read_text().strip()
 SECRET_KEY = _secret
-ALLOWED_HOSTS = [h for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1],testserver").split(",") if h]
-CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+ALLOWED_HOSTS = envlist("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = envlist("DJANGO_CSRF_TRUSTED_ORIGINS", [], item_pattern=r"https?://\S+",
+                               accepts="an origin with its scheme, e.g. https://platform.example.org")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -43,7 +51,7 @@ INSTALLED_APPS = [
     "studies",
     "reports",
 ]
-if os.environ.get("FEDPLATFORM_PORTAL", "1") == "1":
+if envbool("FEDPLATFORM_PORTAL", True):
     try:
         import portal  # noqa: F401
     except ImportError:
@@ -82,22 +90,29 @@ TEMPLATES = [
 WSGI_APPLICATION = "config.wsgi.application"
 
 # Database: DATABASE_URL when set (PostgreSQL in production and tests), SQLite otherwise.
-if os.environ.get("DATABASE_URL"):
-    DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=0)}
+_database_url = envstr("DATABASE_URL", "", secret=True)
+if _database_url:
+    try:
+        DATABASES = {"default": dj_database_url.parse(_database_url, conn_max_age=0)}
+    except (ValueError, KeyError) as exc:  # unknown scheme, bad port: the URL itself may hold a password
+        raise ImproperlyConfigured(
+            f"environment variable DATABASE_URL is not valid ({exc.__class__.__name__}): expected e.g. "
+            "postgres://USER:PASSWORD@HOST:5432/NAME; unset it to use SQLite in FEDPLATFORM_VAR_DIR") from None
     # The web process (config.wsgi turns this on) keeps its PostgreSQL connections in a pool:
-    # every node request used to open and close one (a new PostgreSQL backend each, ~4 ms idle and
-    # more under load, on the path of every long-poll wake-up). Node views use at most
+    # every node request used to open and close one (a new PostgreSQL backend each, on the path of
+    # every long-poll wake-up; docs/benchmarks.md has the numbers). Node views use at most
     # FEDPLATFORM_WEB_DB_SLOTS (16) at once; the rest is for the portal. Celery workers (forked
     # processes) and management commands keep plain connections.
     # application_name lets pg_stat_activity tell the web pool's connections from the rest.
-    if os.environ.get("FEDPLATFORM_DB_POOL", "0") == "1":
+    # FEDPLATFORM_DB_POOL is set by config/wsgi.py for the web process only (see there).
+    if envbool("FEDPLATFORM_DB_POOL", False):
         DATABASES["default"].setdefault("OPTIONS", {}).update(application_name="fedplatform-web", pool={
-            "min_size": 2, "max_size": int(os.environ.get("FEDPLATFORM_DB_POOL_MAX", "24")), "timeout": 30})
+            "min_size": 2, "max_size": envint("FEDPLATFORM_DB_POOL_MAX", 24, lo=2, hi=1000), "timeout": 30})
 else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": os.environ.get("FEDPLATFORM_SQLITE", str(VAR_DIR / "platform.sqlite3")),
+            "NAME": str(REPO_DIR / envstr("FEDPLATFORM_SQLITE", str(VAR_DIR / "platform.sqlite3"))),
             "OPTIONS": {
                 # Several processes (web, Celery worker) share the file: WAL + immediate
                 # transactions avoid "database is locked" on lock upgrades.
@@ -125,7 +140,7 @@ SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 SESSION_COOKIE_AGE = 8 * 3600
 CSRF_COOKIE_SAMESITE = "Lax"
-_secure = os.environ.get("DJANGO_SECURE_COOKIES", "0") == "1"
+_secure = envbool("DJANGO_SECURE_COOKIES", False)
 SESSION_COOKIE_SECURE = _secure
 CSRF_COOKIE_SECURE = _secure
 X_FRAME_OPTIONS = "DENY"
@@ -140,17 +155,20 @@ USE_TZ = True
 STATIC_URL = "/static/"
 STATIC_ROOT = VAR_DIR / "static"
 STATIC_ROOT.mkdir(exist_ok=True)  # whitenoise serves app static files through finders; keep it quiet
-MEDIA_ROOT = Path(os.environ.get("FEDPLATFORM_MEDIA_ROOT", VAR_DIR / "media"))
+MEDIA_ROOT = REPO_DIR / envstr("FEDPLATFORM_MEDIA_ROOT", str(VAR_DIR / "media"))
 WHITENOISE_USE_FINDERS = True
 
 # Uploads: stream large bodies to disk, cap sizes.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
-MAX_UPDATE_BYTES = int(os.environ.get("FEDPLATFORM_MAX_UPDATE_BYTES", str(2 * 1024 ** 3)))
+MAX_UPDATE_BYTES = envint("FEDPLATFORM_MAX_UPDATE_BYTES", 2 * 1024 ** 3, lo=1)
+MAX_MODEL_BYTES = envint("FEDPLATFORM_MAX_MODEL_BYTES", 512 * 1024 ** 2, lo=1)
 # Ciphertext parts per aggregation chunk: a round whose uploads have more parts is aggregated by
 # several Celery tasks (one per chunk), so several workers share a large model.
-AGGREGATE_CHUNK_PARTS = int(os.environ.get("FEDPLATFORM_AGGREGATE_CHUNK_PARTS", "64"))
-MAX_MODEL_BYTES = int(os.environ.get("FEDPLATFORM_MAX_MODEL_BYTES", str(512 * 1024 ** 2)))
+AGGREGATE_CHUNK_PARTS = envint("FEDPLATFORM_AGGREGATE_CHUNK_PARTS", 64, lo=1)
+# Aggregations of at most this many ciphertext part loads (uploads x parts) run in the task that
+# closed the round (one broker hop less per round); bigger ones get their own task(s).
+INLINE_AGGREGATE_MAX_PART_LOADS = envint("FEDPLATFORM_INLINE_AGGREGATE_MAX", 64, lo=0)
 
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -169,7 +187,8 @@ SPECTACULAR_SETTINGS = {
 
 # Celery: REDIS_URL when set; an embedded broker (SQLite through kombu's SQLAlchemy transport,
 # no server needed) otherwise.
-REDIS_URL = os.environ.get("REDIS_URL")
+REDIS_URL = envstr("REDIS_URL", "", pattern=r"(redis|rediss|unix)://\S+", secret=True,
+                   accepts="a Redis URL such as redis://HOST:6379/0 (or rediss://, unix://)") or None
 CELERY_BROKER_URL = REDIS_URL or f"sqlite:///{VAR_DIR / 'celery-broker.sqlite3'}"
 if not REDIS_URL:
     CELERY_BROKER_TRANSPORT = "config.broker:Transport"
@@ -177,34 +196,55 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
-CELERY_TASK_ALWAYS_EAGER = os.environ.get("CELERY_TASK_ALWAYS_EAGER", "0") == "1"
+CELERY_TASK_ALWAYS_EAGER = envbool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE = {
     "reconcile-studies": {
         "task": "studies.reconcile",
-        "schedule": float(os.environ.get("FEDPLATFORM_RECONCILE_S", "5")),
+        "schedule": envfloat("FEDPLATFORM_RECONCILE_S", 5.0, lo=0.1, hi=3600),
     },
 }
 
-# How long a node long-poll may hold a request open, and how often it looks for work.
+# The node API. The longest a long-poll may hold a request open is part of the protocol
+# (docs/PROTOCOL.md: wait at most 30 s), not a knob.
 NODE_LONGPOLL_MAX_S = 30
+# A waiting long-poll recomputes its node's work items when the work signal changes, and at least
+# this often as a safety net (studies/worksignal.py).
+NODE_LONGPOLL_RECHECK_S = envfloat("FEDPLATFORM_LONGPOLL_RECHECK_S", 15.0, lo=0.1, hi=300)
+# How often each web process's watcher thread reads the work signal.
+WORKSIGNAL_POLL_S = envfloat("FEDPLATFORM_WORKSIGNAL_POLL_S", 0.01, lo=0.001, hi=5)
 # A train item carries the previous round's aggregate when it is at most this size (saves the node a
 # request per round on small models; larger ones are fetched from the aggregate endpoint). 0 = never.
-NODE_INLINE_AGGREGATE_MAX_BYTES = int(os.environ.get("FEDPLATFORM_INLINE_AGGREGATE_MAX_BYTES", str(256 * 1024)))
-NODE_LONGPOLL_TICK_S = float(os.environ.get("FEDPLATFORM_LONGPOLL_TICK_S", "0.1"))
+NODE_INLINE_AGGREGATE_MAX_BYTES = envint("FEDPLATFORM_INLINE_AGGREGATE_MAX_BYTES", 256 * 1024, lo=0, hi=64 * 1024 ** 2)
+# Node requests that may use the database at once in one web process (studies/api/node.py).
+WEB_DB_SLOTS = envint("FEDPLATFORM_WEB_DB_SLOTS", 16, lo=1, hi=1000)
+# Enrolment attempts per client address (DRF throttle rate: N per second/minute/hour/day).
+ENROL_RATE = envstr("FEDPLATFORM_ENROL_RATE", "30/min", pattern=r"[1-9][0-9]*/(s|sec|second|m|min|minute|h|hour|d|day)",
+                    accepts="a rate like 30/min (N per s, min, hour or day)")
+# A node counts as online in the portal when its last heartbeat is at most this old (nodes beat
+# every 60 s by default).
 NODE_ONLINE_WINDOW_S = 90
+
+# Portal sign-in throttling (portal/auth.py): a (username, address) pair is locked for
+# LOCK_MINUTES after MAX_FAILURES failures within WINDOW_MINUTES; a username from any address
+# after MAX_FAILURES_PER_USER.
+PORTAL_LOGIN_MAX_FAILURES = envint("FEDPLATFORM_LOGIN_MAX_FAILURES", 5, lo=1, hi=1000)
+PORTAL_LOGIN_MAX_FAILURES_PER_USER = envint("FEDPLATFORM_LOGIN_MAX_FAILURES_PER_USER", 20, lo=1, hi=100_000)
+PORTAL_LOGIN_WINDOW_MINUTES = envint("FEDPLATFORM_LOGIN_WINDOW_MINUTES", 15, lo=1, hi=7 * 24 * 60)
+PORTAL_LOGIN_LOCK_MINUTES = envint("FEDPLATFORM_LOGIN_LOCK_MINUTES", 15, lo=1, hi=7 * 24 * 60)
+
+# Written by a Celery worker once it consumes tasks (config/celery.py): the local stack and
+# container health checks wait for it. Empty: not written.
+WORKER_READY_FILE = envstr("FEDPLATFORM_WORKER_READY_FILE", "")
 
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": os.environ.get("FEDPLATFORM_LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"],
+             "level": envstr("FEDPLATFORM_LOG_LEVEL", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))},
     "loggers": {"django.server": {"level": "WARNING"}, "weasyprint": {"level": "WARNING"},
                 "fontTools": {"level": "WARNING"}},
 }
-
-# Aggregations of at most this many ciphertext part loads (uploads x parts) run in the task that
-# closed the round (one broker hop less per round); bigger ones get their own task(s).
-INLINE_AGGREGATE_MAX_PART_LOADS = int(os.environ.get("FEDPLATFORM_INLINE_AGGREGATE_MAX", "64"))

@@ -87,9 +87,11 @@ def _node_enrol(*, enrolment_token: str, public_key: str, node_version: str) -> 
         et = (EnrolmentToken.objects.select_for_update().select_related("hospital")
               .filter(token_hash=token_hash(enrolment_token)).first())
         if et is None:
-            raise EnrolmentError("unknown enrolment token: ask your consortium admin for a new one in the portal (Hospitals page)")
+            raise EnrolmentError("unknown enrolment token: ask your consortium admin for a new one in the portal "
+                                 "(Hospitals page)")
         if et.used_at is not None:
-            raise EnrolmentError("this enrolment token was already used; each token enrols one node once — create a new one in the portal")
+            raise EnrolmentError("this enrolment token was already used; each token enrols one node once — "
+                                 "create a new one in the portal")
         if et.expires_at < now:
             raise EnrolmentError("this enrolment token has expired; create a new one in the portal")
         updated = EnrolmentToken.objects.filter(pk=et.pk, used_at__isnull=True).update(used_at=now)

@@ -19,10 +19,10 @@ from audit.services import actor_label, audit_record
 
 from .models import LoginThrottle
 
-MAX_FAILURES = getattr(settings, "PORTAL_LOGIN_MAX_FAILURES", 5)
-MAX_FAILURES_PER_USER = getattr(settings, "PORTAL_LOGIN_MAX_FAILURES_PER_USER", 20)
-WINDOW_MINUTES = getattr(settings, "PORTAL_LOGIN_WINDOW_MINUTES", 15)
-LOCK_MINUTES = getattr(settings, "PORTAL_LOGIN_LOCK_MINUTES", 15)
+MAX_FAILURES = settings.PORTAL_LOGIN_MAX_FAILURES
+MAX_FAILURES_PER_USER = settings.PORTAL_LOGIN_MAX_FAILURES_PER_USER
+WINDOW_MINUTES = settings.PORTAL_LOGIN_WINDOW_MINUTES
+LOCK_MINUTES = settings.PORTAL_LOGIN_LOCK_MINUTES
 
 
 def client_ip(request) -> str:

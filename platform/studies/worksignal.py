@@ -28,7 +28,7 @@ from django.db import transaction
 
 log = logging.getLogger(__name__)
 
-WATCH_INTERVAL_S = float(os.environ.get("FEDPLATFORM_WORKSIGNAL_POLL_S", "0.01"))
+WATCH_INTERVAL_S = settings.WORKSIGNAL_POLL_S  # FEDPLATFORM_WORKSIGNAL_POLL_S
 
 
 def _prefix() -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 import threading
 import time
 from pathlib import Path
@@ -46,7 +45,7 @@ def _b64(value, field: str) -> bytes:
 # long-poll each and wake together when a round opens; without a bound they would open hundreds of
 # PostgreSQL connections (max_connections is typically 100). A long-poll gives its slot back (and
 # closes its connection) while it waits.
-DB_SLOTS = threading.BoundedSemaphore(int(os.environ.get("FEDPLATFORM_WEB_DB_SLOTS", "16")))
+DB_SLOTS = threading.BoundedSemaphore(settings.WEB_DB_SLOTS)
 
 
 class DbSlotMixin:
@@ -83,7 +82,7 @@ class EnrolSerializer(serializers.Serializer):
 
 class EnrolThrottle(AnonRateThrottle):
     # Per client address; a benchmark enrolling hundreds of nodes from one host raises it.
-    rate = os.environ.get("FEDPLATFORM_ENROL_RATE", "30/min")
+    rate = settings.ENROL_RATE
 
 
 class EnrolView(DbSlotMixin, APIView):
@@ -157,12 +156,10 @@ class WorkView(NodeView):
             left = deadline - time.monotonic()
             if left <= 0:
                 return seen
-            nxt = worksignal.wait_change(sig_key, seen, min(left, RECHECK_S - (time.monotonic() - last_full)))
-            if nxt != seen or time.monotonic() - last_full >= RECHECK_S:
+            recheck_s = settings.NODE_LONGPOLL_RECHECK_S
+            nxt = worksignal.wait_change(sig_key, seen, min(left, recheck_s - (time.monotonic() - last_full)))
+            if nxt != seen or time.monotonic() - last_full >= recheck_s:
                 return nxt
-
-
-RECHECK_S = float(getattr(settings, "NODE_LONGPOLL_RECHECK_S", 15.0))
 
 
 class DecisionView(NodeView):
