@@ -143,7 +143,7 @@ def baseline(rounds: int, epochs: int | None) -> dict:
     os.environ.pop("DATABASE_URL", None)
     django.setup()  # only to import the demo's constants (hospitals, hyper-parameters)
     from hospital_node.data import load_study_data
-    from hospital_node.models import flatten, initial_model
+    from hospital_node.networks import flatten, initial_model
     from hospital_node.trainer import apply_update, plan_noise, train_job
     from studies.demo_data import breast_cancer_split
     from studies.management.commands.demo import DEMO_HYPER, HOSPITALS

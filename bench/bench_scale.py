@@ -139,7 +139,7 @@ class LightNode:
         """Decrypt the aggregate once per client process (threads share it); the model's sha256."""
         import numpy as np
         from fedproto.wire import unpack_parts
-        from hospital_node.models import flatten, initial_model, model_bytes, model_from_flat
+        from hospital_node.networks import flatten, initial_model, model_bytes, model_from_flat
 
         key = (study["id"], round_no)
         with self.lock:
@@ -173,7 +173,7 @@ def client_main(url: str, tokens: list[str], timeout: float) -> int:
     import fedproto.wire  # noqa: F401
     import hospital_node.client  # noqa: F401
     import hospital_node.credentials  # noqa: F401
-    import hospital_node.models  # noqa: F401
+    import hospital_node.networks  # noqa: F401
     from fedproto.codec import get_codec
 
     get_codec("bfv-packed-v1")

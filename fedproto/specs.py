@@ -1,6 +1,6 @@
 """Model registry: declarative specs (a type name plus hyper-parameters), never code.
 
-The node builds the torch module from a spec (hospital_node/models.py); the platform only
+The node builds the torch module from a spec (hospital_node/networks.py); the platform only
 needs the parameter shapes, to check that an upload has the right number of parts.
 """
 

@@ -40,7 +40,7 @@ from .credentials import Credentials, open_sealed, seal_for, write_atomic
 from .data import Dataset, load_study_data
 from .errors import ApiError, BudgetExceeded, DataError, FatalAuthError, TransientError
 from .ledger import RESUMABLE_STATES, Ledger, config_sha256
-from .models import flatten, initial_model, model_bytes, model_from_flat, model_sha256
+from .networks import flatten, initial_model, model_bytes, model_from_flat, model_sha256
 
 log = logging.getLogger("hospital_node")
 
@@ -189,7 +189,7 @@ class Node:
         throw-away model and random rows (no hospital data, no privacy spend, no ledger write)."""
         t0 = time.monotonic()
         _set_torch_threads()
-        from .models import build_model
+        from .networks import build_model
 
         _codec(DEFAULT_CODEC)
         rng = np.random.default_rng()

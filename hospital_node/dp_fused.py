@@ -29,7 +29,7 @@ import torch
 from opacus.optimizers.optimizer import _generate_noise
 from torch import nn
 
-from .models import LinearModel, MLPModel
+from .networks import LinearModel, MLPModel
 
 # float32 rounding between the two computations of the same step; a different mechanism (another
 # clip, another noise draw, a missed sample) moves weights by orders of magnitude more
@@ -101,7 +101,7 @@ def matches_opacus(grad_sample_mode_reference: str = "ew", seed: int = 7) -> flo
     fused step from the same seed (same Poisson batches, same noise); return the largest absolute
     difference of the trained weights (~1e-7: float rounding)."""
     from . import trainer
-    from .models import build_model, flatten
+    from .networks import build_model, flatten
 
     rng = np.random.default_rng(seed)
     X = (rng.normal(size=(96, 6)) * 2).astype(np.float32)

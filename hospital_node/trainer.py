@@ -38,7 +38,7 @@ from fedproto.privacy import steps_per_epoch
 
 from .dp_fused import FusedDPSGD
 from .errors import BudgetExceeded
-from .models import build_model, flatten, initial_model, unflatten_into
+from .networks import build_model, flatten, initial_model, unflatten_into
 
 from .config import GRAD_SAMPLE_MODES  # noqa: E402
 

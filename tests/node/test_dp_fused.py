@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from hospital_node import dp_fused, trainer
-from hospital_node.models import build_model, flatten
+from hospital_node.networks import build_model, flatten
 
 
 def _data(n=96, n_features=5, task="binary_classification", seed=0):

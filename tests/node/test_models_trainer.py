@@ -8,7 +8,7 @@ import pytest
 from fedproto.specs import param_shapes
 from hospital_node import trainer
 from hospital_node.data import load_study_data
-from hospital_node.models import (flatten, initial_model, load_model_bytes, model_bytes, model_sha256,
+from hospital_node.networks import (flatten, initial_model, load_model_bytes, model_bytes, model_sha256,
                                   unflatten_into)
 
 

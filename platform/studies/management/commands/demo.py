@@ -185,7 +185,7 @@ class Command(BaseCommand):
 
     def _summary(self, study: Study, data, hospitals, wall_study: float, wall_total: float) -> dict:
         from hospital_node.data import load_study_data
-        from hospital_node.models import load_model_bytes
+        from hospital_node.networks import load_model_bytes
         from hospital_node.trainer import evaluate, train_local_only
 
         from audit.privacy import recompute_study
