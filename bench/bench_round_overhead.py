@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "platform"))
 
 from benchargs import int_in  # noqa: E402
-from fedproto.specs import MAX_LOCAL_EPOCHS, MAX_ROUNDS  # noqa: E402
+from fedproto.study import MAX_LOCAL_EPOCHS, MAX_ROUNDS  # noqa: E402
 
 TARGET_RATIO = 2.0
 TARGET_OVERHEAD_MS = 200.0

@@ -13,10 +13,6 @@ from .errors import SpecError
 
 TASKS = ("binary_classification", "regression")
 
-# Upper bounds of a study definition (the platform's API, portal and demo command, and the benchmarks).
-MAX_ROUNDS = 1000
-MAX_LOCAL_EPOCHS = 100
-
 MODEL_TYPES: dict[str, dict[str, Any]] = {
     "logistic_regression": {"task": "binary_classification", "mlp": False,
                             "description": "Logistic regression (one linear layer, sigmoid output)"},

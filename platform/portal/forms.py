@@ -12,7 +12,8 @@ from consortia.models import Consortium, Hospital
 from fedproto.codec import CODECS, get_codec
 from fedproto.errors import SpecError
 from fedproto.schema import validate_schema
-from fedproto.specs import MAX_LOCAL_EPOCHS, MAX_ROUNDS, MODEL_TYPES, TASKS, validate_model_spec
+from fedproto.specs import MODEL_TYPES, TASKS, validate_model_spec
+from fedproto.study import MAX_LOCAL_EPOCHS, MAX_ROUNDS
 
 # Encryption presets offered in the form; each is validated by its codec before it is offered.
 ENCRYPTION_PRESETS: list[tuple[str, str, dict]] = [

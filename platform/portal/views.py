@@ -26,7 +26,7 @@ from consortia.models import Hospital, Membership
 from consortia.selectors import MANAGE_STUDY_ROLES
 from fedproto.codec import get_codec
 from fedproto.errors import SpecError
-from fedproto.specs import MAX_LOCAL_EPOCHS, MAX_ROUNDS
+from fedproto.study import MAX_LOCAL_EPOCHS, MAX_ROUNDS
 from studies import selectors, services
 from studies.models import Participation, PrivacySpend, Round, RoundReport, Study, TrainingJob
 

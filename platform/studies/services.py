@@ -29,8 +29,9 @@ from fedproto.codec import DEFAULT_CODEC, get_codec
 from fedproto.errors import CodecError, SpecError
 from fedproto.privacy import validate_privacy
 from fedproto.schema import validate_schema
-from fedproto.specs import MAX_LOCAL_EPOCHS, MAX_ROUNDS, validate_model_spec
+from fedproto.specs import validate_model_spec
 from fedproto.specs import n_params as spec_n_params
+from fedproto.study import MAX_LOCAL_EPOCHS, MAX_ROUNDS
 
 from . import worksignal
 from .models import (Aggregate, AggregateChunk, EncryptedUpdate, FinalModel, HEContext, Participation, PrivacySpend,

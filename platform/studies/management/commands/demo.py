@@ -25,7 +25,7 @@ from consortia.services import consortium_create, enrolment_token_create, hospit
 from fedproto.codec import DEFAULT_CODEC, get_codec
 from fedproto.errors import SpecError
 from fedproto.privacy import validate_privacy
-from fedproto.specs import MAX_LOCAL_EPOCHS, MAX_ROUNDS
+from fedproto.study import MAX_LOCAL_EPOCHS, MAX_ROUNDS
 
 from ... import services
 from ...demo_data import breast_cancer_split
