@@ -10,9 +10,23 @@ import pytest
 
 from fedproto import PROTOCOL_VERSION
 from fedproto.errors import SpecError
-from fedproto.study import (MAX_BATCH_SIZE, MAX_LEARNING_RATE, MAX_LOCAL_EPOCHS, MAX_NAME_LENGTH, MAX_ROUND_DEADLINE_S,
-                            MAX_ROUNDS, MAX_SEED, MIN_ROUND_DEADLINE_S, MIN_SEED, SEED_DRAW_BOUND, WIRE_FIELDS, Privacy,
-                            StudyConfig, WorkKind, validate_study)
+from fedproto.study import (
+    MAX_BATCH_SIZE,
+    MAX_LEARNING_RATE,
+    MAX_LOCAL_EPOCHS,
+    MAX_NAME_LENGTH,
+    MAX_ROUND_DEADLINE_S,
+    MAX_ROUNDS,
+    MAX_SEED,
+    MIN_ROUND_DEADLINE_S,
+    MIN_SEED,
+    SEED_DRAW_BOUND,
+    WIRE_FIELDS,
+    Privacy,
+    StudyConfig,
+    WorkKind,
+    validate_study,
+)
 
 
 def wire(**over) -> dict:
