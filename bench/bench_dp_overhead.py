@@ -37,9 +37,16 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from benchargs import int_in  # noqa: E402
-from hospital_node.dp_fused import SELF_CHECK_TOLERANCE, FusedDPSGD, matches_opacus  # noqa: E402
+from hospital_node.dp_fused import SELF_CHECK_TOLERANCE, FusedDPSGD  # noqa: E402
 from hospital_node.networks import build_model  # noqa: E402
-from hospital_node.trainer import GRAD_SAMPLE_MODES, dp_train, epsilon_of, sample_rate_for, steps_per_epoch  # noqa: E402
+from hospital_node.trainer import (  # noqa: E402
+    GRAD_SAMPLE_MODES,
+    dp_train,
+    epsilon_of,
+    matches_opacus,
+    sample_rate_for,
+    steps_per_epoch,
+)
 
 TARGET_RATIO = 2.0
 SPEC = {"type": "mlp_classifier", "hidden": [16]}

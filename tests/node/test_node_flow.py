@@ -9,8 +9,9 @@ import pytest
 from nacl.public import PrivateKey
 
 from fedproto.codec import get_codec
+from fedproto.study import StudyConfig
 from fedproto.wire import unpack_parts
-from hospital_node import trainer
+from hospital_node import rounds, trainer
 from hospital_node.config import load_config
 from hospital_node.credentials import Credentials
 from hospital_node.daemon import Node
@@ -50,7 +51,7 @@ max_epsilon = 1.0
                         platform_url=cfg.platform_url)
     n = Node(cfg, creds, client=RecordingClient())
     codec = get_codec("bfv-packed-v1")
-    n.ledger.remember_study(study)
+    n.ledger.remember_study(StudyConfig.from_wire(study))
     secret = codec.generate_secret(study["encryption"])
     n.ledger.set_secret(study["id"], secret, codec.public_params_sha256(codec.public_params(secret)))
     yield n
@@ -96,7 +97,8 @@ def test_round_2_uses_the_aggregate_sent_with_the_job_and_downloads_a_tampered_o
     mean = get_codec("bfv-packed-v1").decrypt_aggregate(node.ledger.secret(study["id"]), study["encryption"],
                                                         unpack_parts(frame), 5).mean_update
     flat, _ = node.ledger.global_model(study["id"], 1)
-    assert np.allclose(flat, trainer.flatten(trainer.apply_update(trainer.initial_model(study), mean)))
+    initial = trainer.initial_model(StudyConfig.from_wire(study))
+    assert np.allclose(flat, trainer.flatten(trainer.apply_update(initial, mean)))
     # Round 3: the inline aggregate of round 2 does not match its hash -> downloaded instead.
     downloads = []
 
@@ -125,7 +127,7 @@ def test_crash_after_spend_recorded_resumes_from_stored_frame(node, study, monke
     def boom(*a, **k):
         raise ConnectionError("simulated crash before upload")
 
-    monkeypatch.setattr(node, "deliver", boom)
+    monkeypatch.setattr(rounds, "deliver", boom)
     with pytest.raises(ConnectionError):
         node.handle(_train_item(study, 12, 1))
     assert node.ledger.job(12)["state"] == "spend_recorded"
@@ -189,12 +191,10 @@ def test_warm_up_keeps_the_fused_engine_only_while_it_reproduces_opacus(node, mo
 
 
 def test_warm_up_trains_with_opacus_when_the_fused_check_cannot_run(node, monkeypatch, caplog):
-    from hospital_node import dp_fused
-
     def changed_api(*a, **k):  # stands in for an Opacus release without the function the check calls
         raise AttributeError("module 'opacus' has no attribute 'PrivacyEngine'")
 
-    monkeypatch.setattr(dp_fused, "matches_opacus", changed_api)
+    monkeypatch.setattr(trainer, "matches_opacus", changed_api)
     node.warm_up()
     assert node.cfg.grad_sample_mode == "ew"
     assert "check of the fused step against Opacus failed (AttributeError" in caplog.text

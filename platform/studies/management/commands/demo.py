@@ -25,7 +25,7 @@ from consortia.services import consortium_create, enrolment_token_create, hospit
 from fedproto.codec import DEFAULT_CODEC, get_codec
 from fedproto.errors import SpecError
 from fedproto.privacy import validate_privacy
-from fedproto.study import MAX_LOCAL_EPOCHS, MAX_ROUNDS
+from fedproto.study import MAX_LOCAL_EPOCHS, MAX_ROUNDS, StudyConfig
 
 from ... import services
 from ...demo_data import breast_cancer_split
@@ -190,7 +190,7 @@ class Command(BaseCommand):
 
         from audit.privacy import recompute_study
 
-        cfg = study_config(study)
+        cfg = StudyConfig.from_wire(study_config(study))
         recomputed = {h.hospital_id: h for h in recompute_study(study).hospitals}
         center = np.array([f["center"] for f in data.schema["features"]])
         scale = np.array([f["scale"] for f in data.schema["features"]])
