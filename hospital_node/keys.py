@@ -50,7 +50,9 @@ def on_seal_keys(ctx: NodeContext, item: dict[str, Any]) -> None:
     for i in range(0, len(keys), SEAL_BATCH):
         ctx.client.post_sealed_keys(sid, keys[i:i + SEAL_BATCH])
     log.info("study %s: sealed the study key for %d hospital(s)", sid, len(keys))
-    plan_ahead(ctx, sid)
+    study = ctx.ledger.study_config(sid)  # the item names the study only; the custodian stored it
+    if study is not None:
+        plan_ahead(ctx, study)
 
 
 def on_fetch_key(ctx: NodeContext, item: dict[str, Any], study: StudyConfig) -> None:
@@ -60,7 +62,7 @@ def on_fetch_key(ctx: NodeContext, item: dict[str, Any], study: StudyConfig) -> 
         # invitation: the item carries the study config (training still checks local limits).
         ctx.ledger.remember_study(study, invitation_state="approved")
     fetch_key(ctx, study)
-    plan_ahead(ctx, sid)
+    plan_ahead(ctx, study)
 
 
 def fetch_key(ctx: NodeContext, study: StudyConfig) -> bytes:

@@ -76,17 +76,16 @@ def plan_job(ctx: NodeContext, study: StudyConfig) -> tuple[trainer.NoisePlan, f
     return plan, after, before
 
 
-def plan_ahead(ctx: NodeContext, sid: int) -> None:
+def plan_ahead(ctx: NodeContext, study: StudyConfig) -> None:
     """Compute the study's noise plan (memoised in trainer) while this node waits for others in
     recruitment, not inside the first job: a non-custodian right after approving (it waits
     for the custodian's key), the custodian once it has sealed the keys (it waits for the
     acknowledgements), and after fetching a key if not done yet. Pure arithmetic: no ledger
     write, no spend."""
     try:
-        study = ctx.known_study(sid)
         trainer.plan_noise(study, ctx.dataset(study).n_train, ctx.cfg.limits.max_epsilon)
     except Exception as e:  # noqa: BLE001 - the first job plans again and reports any problem
-        log.debug("study %s: planning ahead failed (%s); the first job will plan", sid, e)
+        log.debug("study %s: planning ahead failed (%s); the first job will plan", study.id, e)
 
 
 def plan_dict(plan: trainer.NoisePlan) -> dict[str, float | int]:

@@ -35,7 +35,7 @@ def on_invitation(ctx: NodeContext, item: dict[str, Any], study: StudyConfig) ->
         resp = ctx.client.decision(sid, "approve", "fits this hospital's limits (auto_approve)")
         ctx.ledger.remember_study(study, invitation_state="approved")
         if isinstance(resp, dict) and resp.get("key_custodian") is False:
-            plan_ahead(ctx, sid)  # idle until the custodian has generated and sealed the key
+            plan_ahead(ctx, study)  # idle until the custodian has generated and sealed the key
     else:
         if sid not in ctx.logged_pending:
             log.info("study %s (%s): fits local limits; waiting for the hospital admin to approve it in the "
