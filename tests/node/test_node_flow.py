@@ -9,6 +9,7 @@ import pytest
 from nacl.public import PrivateKey
 
 from fedproto.codec import get_codec
+from fedproto.errors import SpecError
 from fedproto.study import StudyConfig
 from fedproto.wire import unpack_parts
 from hospital_node import rounds, trainer
@@ -198,3 +199,30 @@ def test_warm_up_trains_with_opacus_when_the_fused_check_cannot_run(node, monkey
     node.warm_up()
     assert node.cfg.grad_sample_mode == "ew"
     assert "check of the fused step against Opacus failed (AttributeError" in caplog.text
+
+
+def test_a_study_the_node_cannot_read_declines_the_invitation_and_refuses_the_job(node, study):
+    node.handle({"kind": "invitation", "study": {**study, "id": 8, "protocol_version": 2}})
+    node.handle({"kind": "invitation", "study": {**study, "id": 9, "batch_size": 0}})
+    (v2, bad) = node.client.named("decision")
+    assert v2[1:3] == (8, "decline") and "protocol version 2 is not supported by this node" in v2[3]
+    assert bad[1:3] == (9, "decline") and "invalid study configuration: batch_size must be an integer" in bad[3]
+    assert node.ledger.study(8) is None and node.ledger.study(9) is None  # nothing readable to store
+    node.client.calls.clear()
+    before = node.cfg.ledger.read_bytes()
+    node.handle(_train_item({**study, "learning_rate": -1.0}, 40, 1))
+    (call,) = node.client.calls
+    assert call[:3] == ("refuse", 40, "local_limit") and "learning_rate must be a number" in call[3]
+    assert node.cfg.ledger.read_bytes() == before and node.ledger.job(40) is None
+
+
+def test_items_without_a_study_use_the_stored_one_and_a_mismatch_is_refused(node, study):
+    node.handle(_train_item(study, 11, 1))
+    node.client.calls.clear()
+    node.handle({"kind": "evaluate", "study_id": study["id"], "round": 0})  # the stored study (the ledger's)
+    (report,) = node.client.named("report")
+    assert report[1:3] == (study["id"], 0) and set(report[3]["metrics"]) == {"auc", "accuracy"}
+    with pytest.raises(SpecError, match="names study 8 but carries study 7"):
+        node.handle({"kind": "evaluate", "study_id": 8, "study": study, "round": 0})
+    with pytest.raises(RuntimeError, match="study 99 is unknown to this node"):
+        node.handle({"kind": "evaluate", "study_id": 99, "round": 0})
