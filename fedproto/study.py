@@ -210,7 +210,8 @@ def _validate(raw: Any, *, n_hospitals: int | None, wire: bool) -> StudyConfig:
 
     n_features = len(schema["features"])
     expected_params = spec_n_params(model, n_features)
-    if raw.get("n_params", expected_params) != expected_params:
+    given = raw.get("n_params", expected_params)
+    if isinstance(given, bool) or not isinstance(given, int) or given != expected_params:
         raise SpecError(f"study n_params {raw.get('n_params')!r} does not match its model: model {model['type']} on "
                         f"{n_features} features has {expected_params} parameters")
     seed = raw.get("seed")

@@ -81,6 +81,7 @@ def test_from_wire_to_wire_round_trip_is_exact():
     (wire(seed=None), "seed must be an integer"),
     (wire(protocol_version=2), "protocol_version 2 is not supported.*upgrade"),
     (wire(n_params=10), "n_params 10 does not match its model.*73 parameters"),
+    (wire(n_params=73.0), "n_params 73.0 does not match its model.*73 parameters"),
     (wire(schema={"task": "ranking"}), "schema task 'ranking' is not supported"),
     (wire(model={"type": "linear_regression"}), "is for regression"),
     (wire(privacy={"epsilon": 1.0}), "privacy delta"),
