@@ -4,7 +4,7 @@ Usage:
     python bench/bench_dp_overhead.py [--quick] [--epochs E] [--repeats R]
 
 Same data, same batch size, same model (the registry's ``mlp_classifier``, built by the node's
-own hospital_node.models.build_model), same optimiser (SGD). Non-private: a plain torch loop over
+own hospital_node.networks.build_model), same optimiser (SGD). Non-private: a plain torch loop over
 shuffled batches read straight from the tensors. Private: hospital_node.trainer.dp_train (Opacus make_private with Poisson
 sampling, per-sample clipping, Gaussian noise, the RDP accountant) in each grad-sample mode, its
 Poisson batches read from the tensors the same way.
@@ -34,9 +34,9 @@ import torch
 from benchargs import int_in
 from torch import nn
 
-from hospital_node.dp_fused import SELF_CHECK_TOLERANCE, FusedDPSGD, matches_opacus
-from hospital_node.models import build_model
-from hospital_node.trainer import GRAD_SAMPLE_MODES, dp_train, epsilon_of, sample_rate_for, steps_per_epoch
+from hospital_node.dp_fused import SELF_CHECK_TOLERANCE, FusedDPSGD
+from hospital_node.networks import build_model
+from hospital_node.trainer import GRAD_SAMPLE_MODES, dp_train, epsilon_of, matches_opacus, sample_rate_for, steps_per_epoch
 
 TARGET_RATIO = 2.0
 SPEC = {"type": "mlp_classifier", "hidden": [16]}

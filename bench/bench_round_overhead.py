@@ -40,7 +40,7 @@ from pathlib import Path
 
 from benchargs import int_in
 
-from fedproto.specs import MAX_LOCAL_EPOCHS, MAX_ROUNDS
+from fedproto.study import MAX_LOCAL_EPOCHS, MAX_ROUNDS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -137,16 +137,19 @@ def baseline(rounds: int, epochs: int | None) -> dict:
 
     from devstack.demo import DEMO_DELTA, DEMO_HYPER, DEMO_SEED, HOSPITALS
     from devstack.demo_data import breast_cancer_split
+    from fedproto.study import validate_study
     from hospital_node.data import load_study_data
-    from hospital_node.models import flatten, initial_model
+    from hospital_node.networks import flatten, initial_model
     from hospital_node.trainer import apply_update, plan_noise, train_job
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-round-baseline-"))
     data = breast_cancer_split(tmp, HOSPITALS)
-    study = {"id": 1, "schema": data.schema, "model": {"type": "logistic_regression"}, "rounds": rounds,
-             "local_epochs": epochs or DEMO_HYPER["local_epochs"], "batch_size": DEMO_HYPER["batch_size"],
-             "learning_rate": DEMO_HYPER["learning_rate"], "seed": DEMO_SEED,
-             "privacy": {"epsilon": 1.0, "delta": DEMO_DELTA, "clip_norm": DEMO_HYPER["clip_norm"], "accountant": "rdp"}}
+    study = validate_study({
+        "id": 1, "name": "baseline", "schema": data.schema, "model": {"type": "logistic_regression"}, "rounds": rounds,
+        "local_epochs": epochs or DEMO_HYPER["local_epochs"], "batch_size": DEMO_HYPER["batch_size"],
+        "learning_rate": DEMO_HYPER["learning_rate"], "seed": DEMO_SEED, "encryption": {}, "quorum": 1,
+        "round_deadline_s": 600,
+        "privacy": {"epsilon": 1.0, "delta": DEMO_DELTA, "clip_norm": DEMO_HYPER["clip_norm"], "accountant": "rdp"}})
     sets = [load_study_data(study, data.hospital_csvs[h]) for h in HOSPITALS]
     plans = [plan_noise(study, ds.n_train, 1.0) for ds in sets]
 
@@ -162,11 +165,11 @@ def baseline(rounds: int, epochs: int | None) -> dict:
                 else:
                     m = initial_model(study)
                     m.load_state_dict(model.state_dict())
-                    opt = torch.optim.SGD(m.parameters(), lr=study["learning_rate"])
+                    opt = torch.optim.SGD(m.parameters(), lr=study.learning_rate)
                     Xt = torch.as_tensor(ds.X_train, dtype=torch.float32)
                     yt = torch.as_tensor(ds.y_train, dtype=torch.float32)
-                    bs = study["batch_size"]
-                    for _ in range(study["local_epochs"]):
+                    bs = study.batch_size
+                    for _ in range(study.local_epochs):
                         perm = torch.randperm(len(yt))  # shuffled batches read straight from the tensors
                         for i in range(0, len(yt), bs):
                             xb, yb = Xt[perm[i:i + bs]], yt[perm[i:i + bs]]

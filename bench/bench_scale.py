@@ -138,8 +138,9 @@ class LightNode:
         """Decrypt the aggregate once per client process (threads share it); the model's sha256."""
         import numpy as np
 
+        from fedproto.study import StudyConfig
         from fedproto.wire import unpack_parts
-        from hospital_node.models import flatten, initial_model, model_bytes, model_from_flat
+        from hospital_node.networks import flatten, initial_model, model_bytes, model_from_flat
 
         key = (study["id"], round_no)
         with self.lock:
@@ -147,7 +148,8 @@ class LightNode:
                 frame, _ = self.retry(self.client.get_aggregate, study["id"], round_no)
                 res = self.codec().decrypt_aggregate(self.secret, study["encryption"], unpack_parts(frame),
                                                      study["n_params"])
-                model = model_from_flat(study, flatten(initial_model(study)) + np.asarray(res.mean_update))
+                config = StudyConfig.from_wire(study)
+                model = model_from_flat(config, flatten(initial_model(config)) + np.asarray(res.mean_update))
                 data = model_bytes(model)
                 import hashlib
 
@@ -173,7 +175,7 @@ def client_main(url: str, tokens: list[str], timeout: float) -> int:
     import fedproto.wire  # noqa: F401
     import hospital_node.client  # noqa: F401
     import hospital_node.credentials  # noqa: F401
-    import hospital_node.models  # noqa: F401
+    import hospital_node.networks  # noqa: F401
     from fedproto.codec import get_codec
 
     get_codec("bfv-packed-v1")

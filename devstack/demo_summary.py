@@ -12,6 +12,7 @@ from django.conf import settings
 from audit.selectors import verify_all, verify_study_chain
 from consortia.models import Hospital
 from fedproto.codec import get_codec
+from fedproto.study import StudyConfig
 from studies.models import EncryptedUpdate, PrivacySpend, Round, Study
 from studies.selectors import study_config
 
@@ -22,12 +23,12 @@ def build_summary(study: Study, data: DemoData, hospitals: list[Hospital], wall_
                   say: Callable[[str], object]) -> dict:
     # torch and Opacus take seconds to import: loaded once the study is done, not before the
     # demo's processes start.
-    from reports.epsilon_check import recompute_study
     from hospital_node.data import load_study_data
-    from hospital_node.models import load_model_bytes
+    from hospital_node.networks import load_model_bytes
     from hospital_node.trainer import evaluate, train_local_only
+    from reports.epsilon_check import recompute_study
 
-    cfg = study_config(study)
+    cfg = StudyConfig.from_wire(study_config(study))
     recomputed = {h.hospital_id: h for h in recompute_study(study).hospitals}
     center = np.array([f["center"] for f in data.schema["features"]])
     scale = np.array([f["scale"] for f in data.schema["features"]])

@@ -9,6 +9,10 @@ from .errors import SpecError
 
 ACCOUNTANTS = ("rdp", "prv")
 DEFAULT_ACCOUNTANT = "rdp"
+# Upper bounds of a study's privacy parameters (each must be > 0).
+MAX_EPSILON = 100.0
+MAX_DELTA = 0.1
+MAX_CLIP_NORM = 1000.0
 
 
 def validate_privacy(p: Any) -> dict:
@@ -21,8 +25,8 @@ def validate_privacy(p: Any) -> dict:
             raise SpecError(f"privacy {key} must be a number in ({lo}, {hi}], got {v!r}")
         return float(v)
 
-    out = {"epsilon": num("epsilon", 0.0, 100.0), "delta": num("delta", 0.0, 0.1),
-           "clip_norm": num("clip_norm", 0.0, 1000.0)}
+    out = {"epsilon": num("epsilon", 0.0, MAX_EPSILON), "delta": num("delta", 0.0, MAX_DELTA),
+           "clip_norm": num("clip_norm", 0.0, MAX_CLIP_NORM)}
     acc = p.get("accountant", DEFAULT_ACCOUNTANT)
     if acc not in ACCOUNTANTS:
         raise SpecError(f"privacy accountant {acc!r} is not supported; use one of {', '.join(ACCOUNTANTS)}")

@@ -40,7 +40,8 @@ def validate_schema(schema: Any) -> dict:
             raise SpecError(f"schema feature #{i} must be an object with 'name' and 'type'")
         name = f.get("name")
         if not isinstance(name, str) or not _NAME.match(name):
-            raise SpecError(f"schema feature #{i} has an invalid name {name!r}: use letters, digits, _ . - and spaces, starting with a letter or _")
+            raise SpecError(f"schema feature #{i} has an invalid name {name!r}: use letters, digits, _ . - and spaces, "
+                            "starting with a letter or _")
         if name in seen:
             raise SpecError(f"schema feature {name!r} appears twice")
         seen.add(name)

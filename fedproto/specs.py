@@ -1,6 +1,6 @@
 """Model registry: declarative specs (a type name plus hyper-parameters), never code.
 
-The node builds the torch module from a spec (hospital_node/models.py); the platform only
+The node builds the torch module from a spec (hospital_node/networks.py); the platform only
 needs the parameter shapes, to check that an upload has the right number of parts.
 """
 
@@ -12,10 +12,6 @@ from typing import Any
 from .errors import SpecError
 
 TASKS = ("binary_classification", "regression")
-
-# Upper bounds of a study definition (the platform's API, portal and demo command, and the benchmarks).
-MAX_ROUNDS = 1000
-MAX_LOCAL_EPOCHS = 100
 
 MODEL_TYPES: dict[str, dict[str, Any]] = {
     "logistic_regression": {"task": "binary_classification", "mlp": False,

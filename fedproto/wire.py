@@ -58,10 +58,12 @@ def unpack_parts(data: bytes, *, max_parts: int = 1_000_000, max_part_bytes: int
     """Split a frame into its parts; raise CodecError on any inconsistency."""
     view = memoryview(data)
     if len(view) < _HEAD.size:
-        raise CodecError(f"frame too short ({len(view)} bytes): expected a {MAGIC!r} header; send the output of fedproto.wire.pack_parts")
+        raise CodecError(f"frame too short ({len(view)} bytes): expected a {MAGIC!r} header; send the output of "
+                         "fedproto.wire.pack_parts")
     magic, n = _HEAD.unpack_from(view, 0)
     if magic != MAGIC:
-        raise CodecError(f"not an encrypted-update frame: header {bytes(magic)!r}, expected {MAGIC!r} (plaintext or other data is refused)")
+        raise CodecError(f"not an encrypted-update frame: header {bytes(magic)!r}, expected {MAGIC!r} (plaintext or "
+                         "other data is refused)")
     if n > max_parts:
         raise CodecError(f"frame has {n} parts, more than the {max_parts} allowed here")
     return _split(view, _HEAD.size, n, max_part_bytes, "frame")

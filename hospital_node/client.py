@@ -77,7 +77,7 @@ class PlatformClient:
 
     def work(self, wait: int, skip: Iterable[str] = ()) -> list[dict]:
         """Long-poll for work; `skip` names item keys this node cannot act on yet."""
-        params = {"wait": int(wait)}
+        params: dict[str, int | str] = {"wait": int(wait)}
         skip = sorted(skip)
         if skip:
             params["skip"] = ",".join(skip)

@@ -10,10 +10,12 @@ import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from fedproto.schema import feature_names, validate_schema
+from fedproto.schema import feature_names
+from fedproto.study import StudyConfig
 
 from .errors import DataError
 
@@ -64,12 +66,12 @@ def _parse(value: str, ftype: str, column: str, row: int) -> float:
     return x
 
 
-def load_csv(path: str | Path, schema: dict) -> tuple[np.ndarray, np.ndarray]:
+def load_csv(path: str | Path, schema: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """Read ``path`` and return (X float64 [n, F] in schema order, y float64 [n]).
 
-    Extra columns are ignored; missing columns, bad values and bad labels raise DataError.
+    ``schema`` is a validated schema (``StudyConfig.schema``). Extra columns are ignored; missing
+    columns, bad values and bad labels raise DataError.
     """
-    schema = validate_schema(schema)
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file {path} does not exist: set [data] csv in the node config to the study's CSV")
@@ -130,7 +132,7 @@ def split(X: np.ndarray, y: np.ndarray, *, seed: int, task: str, test_size: floa
     return train_test_split(X, y, test_size=test_size, random_state=int(seed) % (2**32), stratify=stratify)
 
 
-def standardisation(schema: dict, X_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def standardisation(schema: dict[str, Any], X_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature (center, scale): the schema's reference constants, else local train statistics."""
     center = X_train.mean(axis=0)
     scale = X_train.std(axis=0)
@@ -141,17 +143,16 @@ def standardisation(schema: dict, X_train: np.ndarray) -> tuple[np.ndarray, np.n
     return center, scale
 
 
-def prepare(study: dict, X: np.ndarray, y: np.ndarray) -> Dataset:
+def prepare(study: StudyConfig, X: np.ndarray, y: np.ndarray) -> Dataset:
     """Split + standardise already-loaded arrays for ``study``."""
-    schema = validate_schema(study["schema"])
-    X_tr, X_te, y_tr, y_te = split(X, y, seed=study["seed"], task=schema["task"])
-    center, scale = standardisation(schema, X_tr)
+    X_tr, X_te, y_tr, y_te = split(X, y, seed=study.seed, task=study.task)
+    center, scale = standardisation(study.schema, X_tr)
     f32 = np.float32
     return Dataset(((X_tr - center) / scale).astype(f32), y_tr.astype(f32),
                    ((X_te - center) / scale).astype(f32), y_te.astype(f32), center, scale)
 
 
-def load_study_data(study: dict, csv_path: str | Path) -> Dataset:
+def load_study_data(study: StudyConfig, csv_path: str | Path) -> Dataset:
     """Read, validate, split and standardise the local data for ``study``."""
-    X, y = load_csv(csv_path, study["schema"])
+    X, y = load_csv(csv_path, study.schema)
     return prepare(study, X, y)

@@ -22,6 +22,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from fedproto.study import StudyConfig
+
 JOB_STATES = ("claimed", "trained", "spend_recorded", "spend_reported", "uploaded", "failed")
 RESUMABLE_STATES = ("spend_recorded", "spend_reported")
 
@@ -63,11 +65,13 @@ CREATE TABLE IF NOT EXISTS global_models (
 """
 
 
-def config_sha256(study: dict) -> str:
-    """Hash of the parts of a study config that the privacy plan depends on."""
+def config_sha256(study: StudyConfig) -> str:
+    """Hash of the parts of a study config that the privacy plan depends on (of its wire form, so
+    ledgers written before StudyConfig existed keep matching)."""
     keys = ("schema", "model", "rounds", "local_epochs", "batch_size", "learning_rate", "privacy",
             "encryption", "seed")
-    return hashlib.sha256(json.dumps({k: study.get(k) for k in keys}, sort_keys=True).encode()).hexdigest()
+    wire = study.to_wire()
+    return hashlib.sha256(json.dumps({k: wire[k] for k in keys}, sort_keys=True).encode()).hexdigest()
 
 
 class Ledger:
@@ -102,21 +106,22 @@ class Ledger:
     def study(self, study_id: int) -> sqlite3.Row | None:
         return self._db.execute("SELECT * FROM studies WHERE study_id=?", (int(study_id),)).fetchone()
 
-    def study_config(self, study_id: int) -> dict | None:
+    def study_config(self, study_id: int) -> StudyConfig | None:
+        """The study as last stored (its wire JSON, parsed again)."""
         row = self.study(study_id)
-        return json.loads(row["config_json"]) if row else None
+        return StudyConfig.from_wire(json.loads(row["config_json"])) if row else None
 
     def studies(self) -> list[sqlite3.Row]:
         return self._db.execute("SELECT * FROM studies ORDER BY study_id").fetchall()
 
-    def remember_study(self, study: dict, *, invitation_state: str | None = None) -> None:
+    def remember_study(self, study: StudyConfig, *, invitation_state: str | None = None) -> None:
         """Insert or refresh the config of a study (does not touch its privacy state)."""
         now = time.time()
         with self.tx() as db:
             _upsert_study(db, study, now)
             if invitation_state is not None:
                 db.execute("UPDATE studies SET invitation_state=? WHERE study_id=?",
-                           (invitation_state, int(study["id"])))
+                           (invitation_state, study.study_id))
 
     def history(self, study_id: int) -> list[tuple[float, float, int]]:
         row = self.study(study_id)
@@ -141,7 +146,8 @@ class Ledger:
         return self._db.execute("SELECT * FROM jobs WHERE job_id=?", (int(job_id),)).fetchone()
 
     def jobs(self, study_id: int | None = None, states: tuple[str, ...] | None = None) -> list[sqlite3.Row]:
-        q, args = "SELECT * FROM jobs WHERE 1=1", []
+        q = "SELECT * FROM jobs WHERE 1=1"
+        args: list[int | str] = []
         if study_id is not None:
             q += " AND study_id=?"
             args.append(int(study_id))
@@ -150,7 +156,7 @@ class Ledger:
             args.extend(states)
         return self._db.execute(q + " ORDER BY job_id", args).fetchall()
 
-    def claim_job(self, study: dict, job_id: int, round_no: int, plan: dict | None) -> None:
+    def claim_job(self, study: StudyConfig, job_id: int, round_no: int, plan: dict | None) -> None:
         """Record a job as claimed; store the study's noise plan if this is its first job."""
         now = time.time()
         with self.tx() as db:
@@ -159,11 +165,11 @@ class Ledger:
                 db.execute("UPDATE studies SET noise_multiplier=?, sample_rate=?, steps_per_job=?, n_train=?, "
                            "target_epsilon=?, config_sha256=? WHERE study_id=? AND noise_multiplier IS NULL",
                            (plan["noise_multiplier"], plan["sample_rate"], plan["steps_per_job"], plan["n_train"],
-                            plan["target_epsilon"], config_sha256(study), int(study["id"])))
+                            plan["target_epsilon"], config_sha256(study), study.study_id))
             db.execute("INSERT INTO jobs(job_id, study_id, round, state, updated_at) VALUES (?,?,?,?,?) "
                        "ON CONFLICT(job_id) DO UPDATE SET state='claimed', error=NULL, updated_at=excluded.updated_at "
                        "WHERE jobs.state IN ('claimed','trained','failed')",
-                       (int(job_id), int(study["id"]), int(round_no), "claimed", now))
+                       (int(job_id), study.study_id, int(round_no), "claimed", now))
 
     def set_job_state(self, job_id: int, state: str, *, error: str | None = None,
                       expect: tuple[str, ...] | None = None) -> bool:
@@ -230,8 +236,8 @@ class Ledger:
         return out
 
 
-def _upsert_study(db: sqlite3.Connection, study: dict, now: float) -> None:
+def _upsert_study(db: sqlite3.Connection, study: StudyConfig, now: float) -> None:
     db.execute("INSERT INTO studies(study_id, config_json, config_sha256, updated_at) VALUES (?,?,?,?) "
                "ON CONFLICT(study_id) DO UPDATE SET config_json=excluded.config_json, updated_at=excluded.updated_at "
                "WHERE studies.config_json != excluded.config_json",
-               (int(study["id"]), json.dumps(study, sort_keys=True), config_sha256(study), now))
+               (study.study_id, json.dumps(study.to_wire(), sort_keys=True), config_sha256(study), now))

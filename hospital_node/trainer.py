@@ -18,6 +18,7 @@ the accountant says for what was run.
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import warnings
@@ -35,12 +36,12 @@ from torch import nn
 
 from fedproto import privacy as fedproto_privacy
 from fedproto.privacy import steps_per_epoch
+from fedproto.study import StudyConfig
 
+from .config import GRAD_SAMPLE_MODES
 from .dp_fused import FusedDPSGD
 from .errors import BudgetExceeded
-from .models import build_model, flatten, initial_model, unflatten_into
-
-from .config import GRAD_SAMPLE_MODES  # noqa: E402
+from .networks import build_model, flatten, initial_model, unflatten_into
 
 # Known, understood warnings that would otherwise repeat on every job: secure_mode needs
 # torchcsprng (not available for this torch; noise comes from torch's generator seeded from
@@ -50,8 +51,8 @@ warnings.filterwarnings("ignore", message="Secure RNG turned off")
 warnings.filterwarnings("ignore", message="Full backward hook is firing")
 warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
 # "fused" (hospital_node.dp_fused): Opacus' DPOptimizer step in a few matrix products, the same
-# weights as Opacus' "ew" from the same seed; 1.06-1.81x non-private epoch time against 4.4-6.0x for
-# "ew", the fastest Opacus engine (bench/bench_dp_overhead.py, 2026-12-01).
+# weights as Opacus' "ew" from the same seed, and several times faster than "ew", the fastest Opacus
+# engine (bench/bench_dp_overhead.py; numbers in docs/benchmarks.md).
 DEFAULT_GRAD_SAMPLE_MODE = "fused"
 EPS_TOLERANCE = 1e-9
 ACCOUNTANT_VERSION = opacus.__version__
@@ -116,37 +117,35 @@ class NoisePlan:
     n_train: int
 
 
-def effective_epsilon_cap(study: dict, hospital_max_epsilon: float | None) -> float:
-    eps = float(study["privacy"]["epsilon"])
+def effective_epsilon_cap(study: StudyConfig, hospital_max_epsilon: float | None) -> float:
+    eps = study.privacy.epsilon
     return eps if hospital_max_epsilon is None else min(eps, float(hospital_max_epsilon))
 
 
-def plan_noise(study: dict, n_train: int, hospital_max_epsilon: float | None = None) -> NoisePlan:
+def plan_noise(study: StudyConfig, n_train: int, hospital_max_epsilon: float | None = None) -> NoisePlan:
     """sigma such that ``rounds`` jobs of ``local_epochs`` epochs end at <= the effective cap."""
-    bs, epochs, rounds = int(study["batch_size"]), int(study["local_epochs"]), int(study["rounds"])
-    q = sample_rate_for(n_train, bs)
-    per_job = job_steps(n_train, bs, epochs)
+    q = sample_rate_for(n_train, study.batch_size)
+    per_job = job_steps(n_train, study.batch_size, study.local_epochs)
     target = effective_epsilon_cap(study, hospital_max_epsilon)
-    sigma = _noise_multiplier(target, float(study["privacy"]["delta"]), q, rounds * per_job,
-                              study["privacy"].get("accountant", "rdp"))
+    sigma = _noise_multiplier(target, study.privacy.delta, q, study.rounds * per_job, study.privacy.accountant)
     return NoisePlan(sigma, q, per_job, target, int(n_train))
 
 
 @functools.lru_cache(maxsize=256)
 def _noise_multiplier(target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str) -> float:
-    """Opacus' search for sigma (~57 ms: dozens of accountant evaluations), memoised: the node plans
-    while it waits during recruitment, so the first job finds it done."""
+    """Opacus' search for sigma (dozens of accountant evaluations), memoised: the node plans while it
+    waits during recruitment, so the first job finds it done."""
     return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
                                       steps=steps, accountant=accountant))
 
 
-def check_budget(study: dict, history: History, plan: NoisePlan, hospital_max_epsilon: float | None) -> tuple[float, float]:
+def check_budget(study: StudyConfig, history: History, plan: NoisePlan,
+                 hospital_max_epsilon: float | None) -> tuple[float, float]:
     """Return (epsilon after this job, epsilon before); raise BudgetExceeded naming both limits."""
-    delta = float(study["privacy"]["delta"])
-    acc = study["privacy"].get("accountant", "rdp")
+    delta, acc = study.privacy.delta, study.privacy.accountant
     before = epsilon_of(history, delta, acc)
     after = epsilon_of([*history, (plan.noise_multiplier, plan.sample_rate, plan.steps_per_job)], delta, acc)
-    budget = float(study["privacy"]["epsilon"])
+    budget = study.privacy.epsilon
     if after > budget + EPS_TOLERANCE:
         raise BudgetExceeded(f"training this job would bring epsilon to {after:.4f} (now {before:.4f}), "
                              f"over the study budget of {budget:g} (delta={delta:g})")
@@ -192,7 +191,7 @@ def dp_train(model: nn.Module, X: np.ndarray, y: np.ndarray, *, task: str, epoch
         dp_loader = DPDataLoader.from_data_loader(loader)
         fused = FusedDPSGD(work, task=task, clip_norm=clip_norm, noise_multiplier=noise_multiplier,
                            learning_rate=learning_rate,
-                           expected_batch_size=int(len(loader.dataset) * (1 / len(loader))))
+                           expected_batch_size=int(len(Xt) * (1 / len(loader))))
         step = fused.step
     else:
         dp_model, step = _opacus_step(work, loader, task, learning_rate, noise_multiplier, clip_norm,
@@ -201,8 +200,8 @@ def dp_train(model: nn.Module, X: np.ndarray, y: np.ndarray, *, task: str, epoch
     steps = 0
     # Opacus' Poisson batch sampler (UniformWithReplacementSampler: each row in with probability
     # q, drawn from ``gen``) picks the rows; they are read from the tensors in one indexing op
-    # rather than row by row through the DataLoader's fetch-and-collate (measured 1.1 instead of
-    # 3.2 ms per epoch on 455 rows, batch 16). Same batches, same accounting.
+    # rather than row by row through the DataLoader's fetch-and-collate (several times faster per
+    # epoch). Same batches, same accounting.
     sampler = dp_loader.batch_sampler
     for _ in range(int(epochs)):
         for idx in sampler:
@@ -253,8 +252,6 @@ def _opacus_step(work: nn.Module, loader, task: str, learning_rate: float, noise
 def build_model_like(model: nn.Module) -> nn.Module:
     """A fresh, unwrapped copy of ``model`` (same class and weights)."""
     inner = getattr(model, "_module", model)
-    import copy
-
     clone = copy.deepcopy(inner)
     for p in clone.parameters():
         p.requires_grad_(True)
@@ -268,37 +265,54 @@ class JobResult:
     steps: int
 
 
-def train_job(study: dict, global_model: nn.Module, X_train: np.ndarray, y_train: np.ndarray, plan: NoisePlan, *,
-              grad_sample_mode: str = DEFAULT_GRAD_SAMPLE_MODE, seed: int | None = None,
+def train_job(study: StudyConfig, global_model: nn.Module, X_train: np.ndarray, y_train: np.ndarray,
+              plan: NoisePlan, *, grad_sample_mode: str = DEFAULT_GRAD_SAMPLE_MODE, seed: int | None = None,
               should_stop: Callable[[], bool] | None = None) -> JobResult:
     """One round's local training; the update is (trained - global) flattened float64."""
-    trained, steps = dp_train(global_model, X_train, y_train, task=study["schema"]["task"],
-                              epochs=int(study["local_epochs"]), batch_size=int(study["batch_size"]),
-                              learning_rate=float(study["learning_rate"]),
-                              noise_multiplier=plan.noise_multiplier,
-                              clip_norm=float(study["privacy"]["clip_norm"]),
+    trained, steps = dp_train(global_model, X_train, y_train, task=study.task, epochs=study.local_epochs,
+                              batch_size=study.batch_size, learning_rate=study.learning_rate,
+                              noise_multiplier=plan.noise_multiplier, clip_norm=study.privacy.clip_norm,
                               grad_sample_mode=grad_sample_mode, seed=seed, should_stop=should_stop)
     return JobResult(flatten(trained) - flatten(global_model), trained, steps)
 
 
-def train_local_only(study: dict, X_train: np.ndarray, y_train: np.ndarray,
+def train_local_only(study: StudyConfig, X_train: np.ndarray, y_train: np.ndarray,
                      rounds_equivalent_epochs: int | None = None, *, hospital_max_epsilon: float | None = None,
                      grad_sample_mode: str = DEFAULT_GRAD_SAMPLE_MODE, seed: int | None = None) -> nn.Module:
     """Local-only baseline under the same privacy budget: the study's initial model trained with
     DP-SGD on this hospital's data alone for ``rounds_equivalent_epochs`` epochs in total
     (default rounds * local_epochs), sigma chosen so the whole run ends at <= the budget."""
-    epochs = int(rounds_equivalent_epochs or int(study["rounds"]) * int(study["local_epochs"]))
+    epochs = int(rounds_equivalent_epochs or study.rounds * study.local_epochs)
     n = len(y_train)
-    bs = int(study["batch_size"])
+    bs = study.batch_size
     q = sample_rate_for(n, bs)
     target = effective_epsilon_cap(study, hospital_max_epsilon)
-    sigma = _noise_multiplier(target, float(study["privacy"]["delta"]), q, epochs * steps_per_epoch(n, bs),
-                              study["privacy"].get("accountant", "rdp"))
-    trained, _ = dp_train(initial_model(study), X_train, y_train, task=study["schema"]["task"], epochs=epochs,
-                          batch_size=bs, learning_rate=float(study["learning_rate"]), noise_multiplier=sigma,
-                          clip_norm=float(study["privacy"]["clip_norm"]), grad_sample_mode=grad_sample_mode,
-                          seed=seed)
+    sigma = _noise_multiplier(target, study.privacy.delta, q, epochs * steps_per_epoch(n, bs),
+                              study.privacy.accountant)
+    trained, _ = dp_train(initial_model(study), X_train, y_train, task=study.task, epochs=epochs,
+                          batch_size=bs, learning_rate=study.learning_rate, noise_multiplier=sigma,
+                          clip_norm=study.privacy.clip_norm, grad_sample_mode=grad_sample_mode, seed=seed)
     return trained
+
+
+def matches_opacus(grad_sample_mode_reference: str = "ew", seed: int = 7) -> float:
+    """Train a small MLP for two epochs with Opacus (``grad_sample_mode_reference``) and with the
+    fused step (hospital_node.dp_fused) from the same seed (same Poisson batches, same noise); return
+    the largest absolute difference of the trained weights (~1e-7: float rounding; the node trains
+    with Opacus itself when it is not below dp_fused.SELF_CHECK_TOLERANCE)."""
+    rng = np.random.default_rng(seed)
+    X = (rng.normal(size=(96, 6)) * 2).astype(np.float32)
+    y = (rng.random(96) > 0.5).astype(np.float32)
+    torch.manual_seed(seed)
+    start = build_model({"type": "mlp_classifier", "hidden": [8, 4]}, X.shape[1])
+
+    def train(mode: str) -> nn.Module:
+        model, _ = dp_train(start, X, y, task="binary_classification", epochs=2, batch_size=16, learning_rate=0.5,
+                            noise_multiplier=0.8, clip_norm=0.5, seed=seed, grad_sample_mode=mode)
+        return model
+
+    ref = train(grad_sample_mode_reference)
+    return float(np.abs(flatten(ref) - flatten(train("fused"))).max())
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -330,6 +344,6 @@ def apply_update(model: nn.Module, mean_update: np.ndarray) -> nn.Module:
 
 
 __all__ = ["ACCOUNTANT_VERSION", "GRAD_SAMPLE_MODES", "JobResult", "NoisePlan", "TrainingInterrupted",
-           "apply_update", "build_model", "check_budget", "dp_train", "effective_epsilon_cap", "epsilon_of",
-           "evaluate", "job_steps", "make_accountant", "plan_noise", "predict", "sample_rate_for",
-           "steps_per_epoch", "train_job", "train_local_only"]
+           "apply_update", "build_model", "check_budget", "dp_train", "effective_epsilon_cap",
+           "epsilon_of", "evaluate", "job_steps", "make_accountant", "matches_opacus", "plan_noise", "predict",
+           "sample_rate_for", "steps_per_epoch", "train_job", "train_local_only"]

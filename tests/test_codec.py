@@ -9,8 +9,7 @@ import pytest
 import tenseal as ts
 import tenseal.sealapi as sealapi
 
-from fedproto.codec import CODECS, DEFAULT_CODEC, AggregateResult, get_codec, public_params_sha256
-from fedproto.codec import bfv_packed, seal_io
+from fedproto.codec import CODECS, DEFAULT_CODEC, AggregateResult, bfv_params, get_codec, public_params_sha256, seal_io
 from fedproto.errors import CodecError, SpecError
 
 
@@ -56,7 +55,7 @@ def test_describe_reports_parameters(bfv):
     codec, enc, *_ = bfv
     d = codec.describe(enc)
     assert d["poly_modulus_degree"] == 4096
-    assert d["plain_modulus"] == bfv_packed.PLAIN_MODULUS
+    assert d["plain_modulus"] == bfv_params.PLAIN_MODULUS
     assert d["plain_modulus"] < 2 ** 60 and d["plain_modulus"] % (2 * 4096) == 1
     assert d["coeff_mod_bit_sizes"] == [24, 24, 32] and d["security_level_bits"] == 128
     assert d["values_per_slot"] == 3 and d["digit_bits"] == 20 and d["quant_bits"] == 12
@@ -242,7 +241,7 @@ def test_public_params_hold_no_key(bfv):
     seal_io.load_into(parms, public)  # it is an EncryptionParameters serialisation ...
     assert parms.poly_modulus_degree() == 4096
     # ... and exactly the size of one: re-serialising fresh parameters gives the same length
-    assert len(public) == len(seal_io.save_bytes(bfv_packed._make_parms())) < 200
+    assert len(public) == len(seal_io.save_bytes(bfv_params.make_parms())) < 200
     node = codec._node(secret)
     sk_size = len(secret)
     assert sk_size > 40 * len(public)  # a secret key alone is tens of KiB
@@ -276,7 +275,7 @@ def test_load_params_rejects_keys_and_junk(bfv):
     other.set_coeff_modulus(sealapi.CoeffModulus.Create(4096, [24, 24, 32]))
     with pytest.raises(CodecError, match="BFV"):
         codec.load_params(seal_io.save_bytes(other))
-    p = bfv_packed._make_parms()
+    p = bfv_params.make_parms()
     p.set_plain_modulus(sealapi.PlainModulus.Batching(4096, 40))
     with pytest.raises(CodecError, match="plain modulus"):
         codec.load_params(seal_io.save_bytes(p))

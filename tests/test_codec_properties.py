@@ -8,8 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedproto.codec import get_codec
-from fedproto.codec import bfv_packed, bfv_raw
+from fedproto.codec import bfv_params, bfv_raw, get_codec
 
 CODEC = get_codec("bfv-packed-v1")
 RAW = get_codec("bfv-packed-raw-v1")
@@ -32,12 +31,12 @@ def raw_keys():
 @given(max_hospitals=st.integers(1, 1000), quant_bits=st.integers(4, 24))
 def test_layout_is_exact_and_tight(max_hospitals, quant_bits):
     enc = CODEC.validate_config({"max_hospitals": max_hospitals, "quant_bits": quant_bits})
-    B, k = bfv_packed.layout(enc)
+    B, k = bfv_params.layout(enc)
     top = max_hospitals * ((1 << quant_bits) - 1)
     assert top < (1 << B)  # a digit holds the sum of max_hospitals maximal values
     worst = sum(top << (B * d) for d in range(k))
-    assert k >= 1 and worst < bfv_packed.PLAIN_MODULUS and B * k <= 64
-    assert sum(top << (B * d) for d in range(k + 1)) >= bfv_packed.PLAIN_MODULUS or B * (k + 1) > 64
+    assert k >= 1 and worst < bfv_params.PLAIN_MODULUS and B * k <= 64
+    assert sum(top << (B * d) for d in range(k + 1)) >= bfv_params.PLAIN_MODULUS or B * (k + 1) > 64
 
 
 _SUM_ARGS = dict(quant_bits=st.integers(4, 16), max_hospitals=st.integers(1, 50), data=st.data())
@@ -85,11 +84,11 @@ def test_raw_numpy_addition_is_exact_mod_q(raw_keys, h, parts, seed, edge):
     _, ctx = raw_keys
     pid = bfv_raw._pid_bytes(ctx.parms_id)
     rng = np.random.default_rng(seed)
-    ref = [np.zeros((parts, 2, 4096), dtype=object) for _ in bfv_packed.COEFF_MODULUS]
+    ref = [np.zeros((parts, 2, 4096), dtype=object) for _ in bfv_params.COEFF_MODULUS]
     uploads = []
     for _ in range(h):
         res = []
-        for i, q in enumerate(bfv_packed.COEFF_MODULUS):
+        for i, q in enumerate(bfv_params.COEFF_MODULUS):
             r = rng.integers(0, q, (parts, 2, 4096), dtype=np.uint64)
             if edge == "max":
                 r[:] = q - 1

@@ -8,11 +8,10 @@ import struct
 import numpy as np
 import pytest
 import tenseal.sealapi as sealapi
-
-from fedproto.codec import CODECS, DEFAULT_CODEC, get_codec
-from fedproto.codec import bfv_packed, bfv_raw, seal_io
-from fedproto.errors import CodecError, SpecError
 from test_codec import _ckks_tenseal, _fedavg, _other_bfv_ciphertext
+
+from fedproto.codec import CODECS, DEFAULT_CODEC, bfv_packed, bfv_params, bfv_raw, get_codec, seal_io
+from fedproto.errors import CodecError, SpecError
 
 NAME = "bfv-packed-raw-v1"
 
@@ -71,7 +70,7 @@ def test_part_format_and_size(raw):
     assert (magic, ver, n_polys, n_primes, reserved, degree) == (b"FPBR", 1, 2, 3, 0, 4096)
     assert pid == struct.pack("<4Q", *ctx.parms_id)
     up = bfv_raw.decode_parts(parts)
-    for r, q in zip(up.res, bfv_packed.COEFF_MODULUS):
+    for r, q in zip(up.res, bfv_params.COEFF_MODULUS):
         assert r.shape == (4, 2, 4096) and int(r.max()) < q
         assert int(r.max()) > q // 2  # uniformly random residues: the full width is used
     assert bfv_raw.encode_parts(up.res, pid) == parts
@@ -206,8 +205,8 @@ def test_malformed_parts_are_rejected(raw, kind, msg):
         codec.decrypt_aggregate(secret, enc, [blob], 50)
 
 
-@pytest.mark.parametrize("poly, prime, value", [(0, 0, 0xFFFFFF), (1, 1, bfv_packed.COEFF_MODULUS[1]),
-                                                (0, 2, 0xFFFFFFFF), (1, 2, bfv_packed.COEFF_MODULUS[2])])
+@pytest.mark.parametrize("poly, prime, value", [(0, 0, 0xFFFFFF), (1, 1, bfv_params.COEFF_MODULUS[1]),
+                                                (0, 2, 0xFFFFFFFF), (1, 2, bfv_params.COEFF_MODULUS[2])])
 def test_coefficient_out_of_range_is_rejected_and_acc_untouched(raw, poly, prime, value):
     codec, enc, secret, public, ctx = raw
     good = _good(raw, 20_000)  # 2 parts
@@ -225,7 +224,7 @@ def test_coefficient_out_of_range_is_rejected_and_acc_untouched(raw, poly, prime
     with pytest.raises(CodecError, match="aggregate part #1: a coefficient"):
         codec.decrypt_aggregate(secret, enc, bad, 20_000)
     # the largest valid value q_i - 1 is accepted
-    ok = _patch(good[1], _residue_offset(poly, prime, 777), (bfv_packed.COEFF_MODULUS[prime] - 1).to_bytes(nb, "little"))
+    ok = _patch(good[1], _residue_offset(poly, prime, 777), (bfv_params.COEFF_MODULUS[prime] - 1).to_bytes(nb, "little"))
     codec.aggregate(ctx, [good, [good[0], ok]])
 
 
@@ -267,7 +266,7 @@ def test_modular_addition_matches_python_ints(raw):
     uploads, ref = [], [np.zeros((2, 2, 4096), dtype=object) for _ in range(3)]
     for h in range(5):
         res = []
-        for i, q in enumerate(bfv_packed.COEFF_MODULUS):
+        for i, q in enumerate(bfv_params.COEFF_MODULUS):
             r = rng.integers(0, q, (2, 2, 4096), dtype=np.uint64)
             r[:, :, :8] = q - 1
             r[:, :, 8:16] = 0 if h else 1
@@ -307,7 +306,7 @@ def test_aggregate_rejects_mismatched_part_counts_and_empty(raw):
 
 def test_params_only_context(raw):
     codec, enc, secret, public, ctx = raw
-    assert len(public) == len(seal_io.save_bytes(bfv_packed._make_parms())) < 200
+    assert len(public) == len(seal_io.save_bytes(bfv_params.make_parms())) < 200
     assert secret[:4] == b"FPSC" and len(secret) > 40 * len(public)
     node = codec._node(secret)
     kg = sealapi.KeyGenerator(node.context)
@@ -319,7 +318,7 @@ def test_params_only_context(raw):
                       (b"", "shorter"), ("text", "must be bytes")]:
         with pytest.raises(CodecError, match=msg):
             codec.load_params(blob)
-    p = bfv_packed._make_parms()
+    p = bfv_params.make_parms()
     p.set_plain_modulus(sealapi.PlainModulus.Batching(4096, 40))
     with pytest.raises(CodecError, match="plain modulus .* of bfv-packed-raw-v1"):
         codec.load_params(seal_io.save_bytes(p))

@@ -16,9 +16,9 @@ from .bfv_packed import BfvPackedCodec
 from .bfv_raw import BfvPackedRawCodec
 from .ckks_flare import CkksFlareCodec
 
-# Fast platform aggregation (numpy adds raw ciphertexts: ~3.5 ms per hospital per million
-# parameters) at 6.7 bytes/parameter; "bfv-packed-v1" halves uploads (3.8 B/param, seeded) at
-# ~15x the platform's aggregation cost. See docs/codec.md.
+# Fast platform aggregation (numpy adds raw ciphertexts) at 6.7 bytes/parameter; "bfv-packed-v1"
+# halves uploads (3.8 B/param, seeded) at many times the platform's aggregation cost. Measurements:
+# docs/codec.md.
 DEFAULT_CODEC = "bfv-packed-raw-v1"
 
 CODECS: dict[str, Codec] = {

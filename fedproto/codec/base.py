@@ -97,7 +97,8 @@ class Codec:
                        rng: np.random.Generator) -> list[bytes]:  # pragma: no cover
         raise NotImplementedError
 
-    def decrypt_aggregate(self, secret: bytes, enc: dict, parts: list[bytes], n_params: int) -> AggregateResult:  # pragma: no cover
+    def decrypt_aggregate(self, secret: bytes, enc: dict, parts: list[bytes],
+                          n_params: int) -> AggregateResult:  # pragma: no cover
         raise NotImplementedError
 
     def load_params(self, public: bytes) -> Any:  # pragma: no cover
@@ -109,12 +110,39 @@ class Codec:
     def inspect_part(self, ctx: Any, blob: bytes) -> None:  # pragma: no cover
         raise NotImplementedError
 
-    def aggregate(self, ctx: Any, uploads: Iterable[list[bytes]], *,
-                  max_uploads: int | None = None) -> list[bytes]:  # pragma: no cover
+    def accumulate(self, ctx: Any, acc: Any, upload: list[bytes], index: int) -> Any:  # pragma: no cover
+        """Check upload #``index`` in full and add it to ``acc`` (None before the first upload);
+        return the accumulator. A bad upload raises CodecError naming it and leaves ``acc`` as it was."""
         raise NotImplementedError
+
+    def finish(self, ctx: Any, acc: Any) -> list[bytes]:  # pragma: no cover
+        """The aggregate's parts from the accumulator."""
+        raise NotImplementedError
+
+    def aggregate(self, ctx: Any, uploads: Iterable[list[bytes]], *, max_uploads: int | None = None) -> list[bytes]:
+        """Streaming sum: memory is one deserialised upload plus the accumulator."""
+        acc = None
+        for i, upload in enumerate(uploads):
+            if max_uploads is not None and i >= max_uploads:
+                raise CodecError(f"more than {max_uploads} uploads: the encryption is sized for at most "
+                                 f"max_hospitals={max_uploads} (beyond it the sum is no longer exact)")
+            acc = self.accumulate(ctx, acc, upload, i)
+        if acc is None:
+            raise CodecError("no uploads to aggregate")
+        return self.finish(ctx, acc)
 
     def public_params_sha256(self, public: bytes) -> str:
         return public_params_sha256(public)
+
+
+def upload_parts(upload: Iterable[bytes], index: int, expected: int | None) -> list[bytes]:
+    """The parts of upload #``index``: at least one, and ``expected`` many (the first upload's count)."""
+    parts = list(upload)
+    if not parts:
+        raise CodecError(f"upload #{index} has no parts")
+    if expected is not None and len(parts) != expected:
+        raise CodecError(f"upload #{index} has {len(parts)} parts, expected {expected} like upload #0")
+    return parts
 
 
 def as_update(update: Any, what: str = "update") -> np.ndarray:

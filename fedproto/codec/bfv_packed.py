@@ -1,13 +1,7 @@
 """bfv-packed-v1: BFV (SEAL via tenseal.sealapi) with batching and digit packing.
 
-Parameters (fixed for this codec, so the platform can check them):
-  N = 4096 slots, plain modulus t = largest prime < 2^60 with t = 1 mod 2N,
-  coefficient primes of 24, 24 and 32 bits (80 bits, well under the 109-bit
-  128-bit-security bound for N=4096; SEAL checks it with sec_level tc128). With only
-  these primes, SEAL cannot drop a "special" prime (the product of the first two is
-  < t), so ciphertexts live at the key level and no key switching exists at all.
-  The 24/24/32-bit sizes are what SEAL's zstd serialisation stores most compactly
-  (measured, see docs/codec.md).
+Parameters (fixed for this codec, so the platform can check them): bfv_params.py, N = 4096
+slots, plain modulus t < 2^60, coefficient primes of 24, 24 and 32 bits.
 
 Encoding of one update (float64 flat delta, length n):
   w = min(n_samples, cap) / cap;  x = clip(update * w, -c, c)
@@ -22,27 +16,33 @@ Uploads are seeded symmetric ciphertexts (the second polynomial is a PRNG seed).
 
 from __future__ import annotations
 
-import io
-import math
-import struct
 import threading
-import zlib
 from dataclasses import dataclass
 from hashlib import sha256
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import tenseal.sealapi as sealapi
-import zstandard
 
 from ..errors import CodecError, SpecError
 from . import seal_io
-from .base import AggregateResult, Codec, as_update, check_number, pack_secret, unpack_secret, public_params_sha256
+from .base import AggregateResult, Codec, as_update, check_number, pack_secret, public_params_sha256, unpack_secret, upload_parts
+from .bfv_params import (
+    COEFF_BITS,
+    COEFF_MODULUS,
+    CT_META,
+    HEADER_SLOTS,
+    PLAIN_MODULUS,
+    POLY_DEGREE,
+    SLOTS,
+    check_parms,
+    ct_meta,
+    layout,
+    make_parms,
+    seal_context,
+)
 
 NAME = "bfv-packed-v1"
-POLY_DEGREE = 4096
-COEFF_BITS = (24, 24, 32)
-HEADER_SLOTS = 2
 MAX_HOSPITALS_LIMIT = 1000
 # Measured serialised sizes per slot (zstd, see docs/codec.md): seeded upload / full aggregate.
 UPLOAD_BYTES_PER_SLOT = 11.5
@@ -51,75 +51,9 @@ PARAMS_MAX_BYTES = 1024  # a parameters-only blob is ~70 bytes; any key is tens 
 
 DEFAULTS = {"codec": NAME, "max_hospitals": 200, "quant_bits": 12, "update_clip": 1.0, "weight_cap_samples": 1000}
 
-_CT_META = struct.Struct("<4QBQQQdQ")  # parms_id, is_ntt_form, size, poly_degree, coeff_mod_count, scale, correction
-
-
-def _is_prime(n: int) -> bool:
-    if n < 2:
-        return False
-    small = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)
-    for p in small:
-        if n % p == 0:
-            return n == p
-    d, r = n - 1, 0
-    while d % 2 == 0:
-        d //= 2
-        r += 1
-    for a in small:  # deterministic for n < 3.3e24
-        x = pow(a, d, n)
-        if x in (1, n - 1):
-            continue
-        for _ in range(r - 1):
-            x = x * x % n
-            if x == n - 1:
-                break
-        else:
-            return False
-    return True
-
-
-def batching_prime_below(bound: int, n: int) -> int:
-    """Largest prime t < bound with t = 1 mod 2n (needed for batching)."""
-    m = 2 * n
-    t = (bound - 2) // m * m + 1
-    while t > m:
-        if _is_prime(t):
-            return t
-        t -= m
-    raise ValueError("no batching prime found")
-
-
-PLAIN_MODULUS = batching_prime_below(1 << 60, POLY_DEGREE)  # 1152921504606830593
-
-
-def _make_parms() -> sealapi.EncryptionParameters:
-    parms = sealapi.EncryptionParameters(sealapi.SCHEME_TYPE.BFV)
-    parms.set_poly_modulus_degree(POLY_DEGREE)
-    parms.set_coeff_modulus(sealapi.CoeffModulus.Create(POLY_DEGREE, list(COEFF_BITS)))
-    parms.set_plain_modulus(PLAIN_MODULUS)
-    return parms
-
-
-_REF_PARMS = _make_parms()
-COEFF_MODULUS = tuple(m.value() for m in _REF_PARMS.coeff_modulus())
-SLOTS = POLY_DEGREE
-
-
-def layout(enc: dict) -> tuple[int, int]:
-    """(B digit bits, k values per slot) for a validated config."""
-    top = enc["max_hospitals"] * ((1 << enc["quant_bits"]) - 1)
-    B = top.bit_length()
-    k = 0
-    while True:
-        worst = sum(top << (B * d) for d in range(k + 1))  # every hospital sends the max everywhere
-        if worst >= PLAIN_MODULUS or B * (k + 1) > 64:
-            break
-        k += 1
-    return B, k
-
 
 @dataclass
-class _NodeCtx:
+class BfvNodeContext:
     context: Any
     encryptor: Any
     decryptor: Any
@@ -137,41 +71,6 @@ class BfvPlatformContext:
     public_sha256: str
 
 
-def _seal_ctx(parms) -> Any:
-    ctx = sealapi.SEALContext(parms, True, sealapi.SEC_LEVEL_TYPE.TC128)
-    if not ctx.parameters_set():
-        raise CodecError(f"SEAL refuses the parameters: {ctx.parameters_error_message()}")
-    return ctx
-
-
-def _check_parms(parms, name: str = NAME) -> None:
-    if parms.scheme() != sealapi.SCHEME_TYPE.BFV:
-        raise CodecError(f"parameters are for scheme {parms.scheme().name}, {name} needs BFV")
-    if parms.poly_modulus_degree() != POLY_DEGREE:
-        raise CodecError(f"poly_modulus_degree {parms.poly_modulus_degree()} != {POLY_DEGREE} of {name}")
-    if parms.plain_modulus().value() != PLAIN_MODULUS:
-        raise CodecError(f"plain modulus {parms.plain_modulus().value()} != {PLAIN_MODULUS} of {name}")
-    cm = tuple(m.value() for m in parms.coeff_modulus())
-    if cm != COEFF_MODULUS:
-        raise CodecError(f"coefficient modulus {cm} != {COEFF_MODULUS} of {name}")
-
-
-def _ct_meta(blob: bytes, compr: int) -> tuple:
-    body = memoryview(blob)[seal_io.SEAL_HEADER_SIZE:]
-    need = _CT_META.size
-    try:
-        if compr == 2:
-            head = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body)).read(need)
-        elif compr == 1:
-            head = zlib.decompressobj().decompress(bytes(body), need)
-        else:
-            head = bytes(body[:need])
-    except (zstandard.ZstdError, zlib.error) as exc:
-        raise CodecError(f"ciphertext body does not decompress ({exc}): corrupted upload, re-send it") from exc
-    if len(head) < need:
-        raise CodecError("ciphertext body is too short to hold ciphertext metadata (truncated upload)")
-    return _CT_META.unpack(head)
-
 
 class BfvPackedCodec(Codec):
     name = NAME
@@ -180,7 +79,7 @@ class BfvPackedCodec(Codec):
     aggregate_bytes_per_slot = AGGREGATE_BYTES_PER_SLOT
 
     def __init__(self) -> None:
-        self._node_cache: dict[bytes, _NodeCtx] = {}
+        self._node_cache: dict[bytes, BfvNodeContext] = {}
         self._platform_cache: dict[bytes, BfvPlatformContext] = {}
         self._lock = threading.Lock()
 
@@ -207,7 +106,8 @@ class BfvPackedCodec(Codec):
             raise SpecError("max_hospitals * weight_cap_samples overflows the plain modulus; lower weight_cap_samples")
         B, k = layout(out)
         if k < 1:  # cannot happen for the ranges above; kept as a guard
-            raise SpecError(f"quant_bits={out['quant_bits']} with max_hospitals={out['max_hospitals']} does not fit one slot; lower either")
+            raise SpecError(f"quant_bits={out['quant_bits']} with max_hospitals={out['max_hospitals']} does not fit one "
+                            "slot; lower either")
         return out
 
     def describe(self, enc: dict) -> dict:
@@ -247,12 +147,12 @@ class BfvPackedCodec(Codec):
     # ---------------------------------------------------------------- node side
     def generate_secret(self, enc: dict) -> bytes:
         self.validate_config(enc)
-        parms = _make_parms()
-        ctx = _seal_ctx(parms)
+        parms = make_parms()
+        ctx = seal_context(parms)
         sk = sealapi.KeyGenerator(ctx).secret_key()
         return pack_secret(self.name, [seal_io.save_bytes(parms), seal_io.save_bytes(sk)])
 
-    def _node(self, secret: bytes) -> _NodeCtx:
+    def _node(self, secret: bytes) -> BfvNodeContext:
         key = sha256(secret).digest()
         with self._lock:
             hit = self._node_cache.get(key)
@@ -264,14 +164,14 @@ class BfvPackedCodec(Codec):
             seal_io.load_into(parms, params_blob)
         except Exception as exc:
             raise CodecError(f"secret material holds unreadable parameters ({exc})") from exc
-        _check_parms(parms, self.name)
-        ctx = _seal_ctx(parms)
+        check_parms(parms, self.name)
+        ctx = seal_context(parms)
         sk = sealapi.SecretKey()
         try:
             seal_io.load_into(sk, sk_blob, ctx)
         except Exception as exc:
             raise CodecError(f"secret key does not load for these parameters ({exc})") from exc
-        node = _NodeCtx(ctx, sealapi.Encryptor(ctx, sk), sealapi.Decryptor(ctx, sk), sealapi.BatchEncoder(ctx), params_blob)
+        node = BfvNodeContext(ctx, sealapi.Encryptor(ctx, sk), sealapi.Decryptor(ctx, sk), sealapi.BatchEncoder(ctx), params_blob)
         with self._lock:
             if len(self._node_cache) > 16:
                 self._node_cache.clear()
@@ -329,7 +229,7 @@ class BfvPackedCodec(Codec):
         slots = self.encode_slots(enc, update, n_samples, rng)
         return self._encrypt_slots(node, slots)
 
-    def _encrypt_slots(self, node: _NodeCtx, slots: np.ndarray) -> list[bytes]:
+    def _encrypt_slots(self, node: BfvNodeContext, slots: np.ndarray) -> list[bytes]:
         """One seeded symmetric ciphertext (SEAL serialisation, zstd) per SLOTS slots."""
         out = []
         pt = sealapi.Plaintext()
@@ -356,7 +256,8 @@ class BfvPackedCodec(Codec):
                 raise CodecError(f"aggregate part #{p} belongs to other encryption parameters")
             budget = node.decryptor.invariant_noise_budget(ct)
             if budget <= 0:
-                raise CodecError(f"aggregate part #{p} has no noise budget left: too many ciphertexts were added (limit max_hospitals={enc['max_hospitals']})")
+                raise CodecError(f"aggregate part #{p} has no noise budget left: too many ciphertexts were added "
+                                 f"(limit max_hospitals={enc['max_hospitals']})")
             min_budget = budget if min_budget is None else min(min_budget, budget)
             node.decryptor.decrypt(ct, pt)
             slots[p * SLOTS:(p + 1) * SLOTS] = np.fromiter(node.encoder.decode_uint64(pt), dtype=np.uint64, count=SLOTS)
@@ -380,7 +281,7 @@ class BfvPackedCodec(Codec):
             return res, min_budget  # type: ignore[return-value]
         return res
 
-    def _load_aggregate_part(self, node: _NodeCtx, blob: bytes, p: int) -> Any:
+    def _load_aggregate_part(self, node: BfvNodeContext, blob: bytes, p: int) -> Any:
         ct = sealapi.Ciphertext()
         try:
             seal_io.parse_header(blob)
@@ -397,7 +298,7 @@ class BfvPackedCodec(Codec):
         key = sha256(public).digest()
         with self._lock:
             hit = self._platform_cache.get(key)
-        if hit is not None:  # the same bytes passed every check below before (a SEAL context costs ~15 ms)
+        if hit is not None:  # the same bytes passed every check below before (building a SEAL context is costly)
             return hit
         ctx = self._load_params_uncached(public)
         with self._lock:
@@ -413,46 +314,47 @@ class BfvPackedCodec(Codec):
             raise CodecError(f"not a {self.name} parameters blob: {exc}; publish codec.public_params(secret)") from exc
         if len(public) > PARAMS_MAX_BYTES:
             raise CodecError(f"refused: a parameters-only blob is under {PARAMS_MAX_BYTES} bytes, this one has {len(public)} "
-                             "bytes, so it holds key material or other data; publish codec.public_params(secret), never the secret")
+                             "bytes, so it holds key material or other data; publish codec.public_params(secret), never "
+                             "the secret")
         parms = sealapi.EncryptionParameters(sealapi.SCHEME_TYPE.BFV)
         try:
             seal_io.load_into(parms, public)
         except Exception as exc:
-            raise CodecError(f"blob does not load as SEAL encryption parameters ({exc}); publish codec.public_params(secret)") from exc
-        _check_parms(parms, self.name)
-        ctx = _seal_ctx(parms)
+            raise CodecError(f"blob does not load as SEAL encryption parameters ({exc}); publish "
+                             "codec.public_params(secret)") from exc
+        check_parms(parms, self.name)
+        ctx = seal_context(parms)
         return BfvPlatformContext(ctx, sealapi.Evaluator(ctx), list(ctx.first_parms_id()), public_params_sha256(public))
 
     def _max_part_bytes(self) -> int:
-        return seal_io.SEAL_HEADER_SIZE + _CT_META.size + 64 + 2 * POLY_DEGREE * len(COEFF_MODULUS) * 8 + 4096
+        return seal_io.SEAL_HEADER_SIZE + CT_META.size + 64 + 2 * POLY_DEGREE * len(COEFF_MODULUS) * 8 + 4096
 
     def inspect_part(self, ctx: BfvPlatformContext, blob: bytes) -> None:
         if not isinstance(blob, (bytes, bytearray, memoryview)):
             raise CodecError(f"a ciphertext part must be bytes, got {type(blob).__name__}")
         if len(blob) > self._max_part_bytes():
-            raise CodecError(f"ciphertext part of {len(blob)} bytes exceeds the {self._max_part_bytes()} a {NAME} ciphertext can take")
+            raise CodecError(f"ciphertext part of {len(blob)} bytes exceeds the {self._max_part_bytes()} a {NAME} "
+                             "ciphertext can take")
         try:
             _, _, compr, _ = seal_io.parse_header(blob)
         except ValueError as exc:
             raise CodecError(f"not a SEAL ciphertext: {exc}; send the parts returned by encrypt_update") from exc
-        pid0, pid1, pid2, pid3, is_ntt, size, degree, n_mod, _scale, _corr = _ct_meta(blob, compr)
+        pid0, pid1, pid2, pid3, is_ntt, size, degree, n_mod, _scale, _corr = ct_meta(blob, compr)
         pid = [pid0, pid1, pid2, pid3]
         if pid == [0, 0, 0, 0]:
             raise CodecError("this part is a plaintext, not a ciphertext: the platform only accepts encrypted updates")
         if pid != ctx.parms_id:
             raise CodecError(f"ciphertext belongs to other encryption parameters (parms_id {pid[0]:016x}..., expected "
-                             f"{ctx.parms_id[0]:016x}...): re-encrypt with this study's context (params sha256 {ctx.public_sha256[:16]}...)")
+                             f"{ctx.parms_id[0]:016x}...): re-encrypt with this study's context (params sha256 "
+                             f"{ctx.public_sha256[:16]}...)")
         if is_ntt or size != 2 or degree != POLY_DEGREE or n_mod != len(COEFF_MODULUS):
             raise CodecError(f"malformed ciphertext metadata (ntt={is_ntt}, size={size}, degree={degree}, moduli={n_mod}); "
                              f"expected a fresh {NAME} ciphertext of size 2")
 
-    def accumulate(self, ctx: BfvPlatformContext, acc: list | None, upload: list[bytes], index: int) -> list:
-        """Deserialise one upload fully (all parts, so a bad part leaves acc untouched) and add it to acc."""
-        parts = list(upload)
-        if not parts:
-            raise CodecError(f"upload #{index} has no parts")
-        if acc is not None and len(parts) != len(acc):
-            raise CodecError(f"upload #{index} has {len(parts)} parts, expected {len(acc)} like upload #0")
+    def accumulate(self, ctx: BfvPlatformContext, acc: Any, upload: list[bytes], index: int) -> Any:
+        """Deserialise one upload fully (all parts, so a bad part leaves acc untouched) and add it to acc
+        (a list of SEAL ciphertexts)."""
+        parts = upload_parts(upload, index, None if acc is None else len(acc))
         cts = []
         for j, blob in enumerate(parts):
             try:
@@ -469,7 +371,8 @@ class BfvPackedCodec(Codec):
                 if list(ct.parms_id()) != ctx.parms_id:
                     raise CodecError("ciphertext belongs to other encryption parameters; re-encrypt with this study's context")
                 if ct.size() != 2 or ct.is_ntt_form():
-                    raise CodecError(f"ciphertext has size {ct.size()} / ntt={ct.is_ntt_form()}, expected a fresh size-2 BFV ciphertext")
+                    raise CodecError(f"ciphertext has size {ct.size()} / ntt={ct.is_ntt_form()}, expected a fresh "
+                                     "size-2 BFV ciphertext")
             except CodecError as exc:
                 raise CodecError(f"upload #{index} part #{j}: {exc}") from exc
             except Exception as exc:  # SEAL's own validation (coefficients out of range, bad sizes...)
@@ -481,18 +384,8 @@ class BfvPackedCodec(Codec):
             ctx.evaluator.add_inplace(a, ct)
         return acc
 
-    def finish(self, ctx: BfvPlatformContext, acc: list | None) -> list[bytes]:
+    def finish(self, ctx: BfvPlatformContext, acc: Any) -> list[bytes]:
         """Serialise the accumulator: full (unseeded) ciphertexts, zstd-compressed by SEAL."""
         if acc is None:
             raise CodecError("no uploads to aggregate")
         return [seal_io.save_bytes(a) for a in acc]
-
-    def aggregate(self, ctx: BfvPlatformContext, uploads: Iterable[list[bytes]], *,
-                  max_uploads: int | None = None) -> list[bytes]:
-        """Streaming sum: memory is one deserialised upload plus the accumulator."""
-        acc = None
-        for i, upload in enumerate(uploads):
-            if max_uploads is not None and i >= max_uploads:
-                raise CodecError(f"more than {max_uploads} uploads (max_hospitals): the sum would no longer be exact")
-            acc = self.accumulate(ctx, acc, upload, i)
-        return self.finish(ctx, acc)

@@ -26,7 +26,7 @@ Part format (little-endian), PART_BYTES = 44 + 2 * 10 * 4096 = 81964 bytes for 4
                 (little-endian), i.e. SEAL's own order (poly, prime, coefficient)
 
 Upload and aggregate are ~20 B per slot (6.67 B/param with 3 values per slot), against 11.5 / 23.5
-for bfv-packed-v1, but aggregation costs a few ms per hospital per million parameters instead of ~58.
+for bfv-packed-v1, but aggregation is an order of magnitude cheaper (measurements: docs/codec.md).
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ import zstandard
 
 from ..errors import CodecError
 from . import seal_io
-from .bfv_packed import (COEFF_MODULUS, POLY_DEGREE, SLOTS, BfvPackedCodec, BfvPlatformContext, _CT_META,
-                         _ct_meta, _NodeCtx)
+from .base import upload_parts
+from .bfv_packed import BfvNodeContext, BfvPackedCodec, BfvPlatformContext
+from .bfv_params import COEFF_MODULUS, CT_META, POLY_DEGREE, SLOTS, ct_meta
 
 NAME = "bfv-packed-raw-v1"
 FORMAT_VERSION = 1
@@ -89,7 +90,7 @@ def parse_part(blob: Any, parms_id: bytes, what: str = "part") -> None:
         kind = "a SEAL object"
         try:
             _, _, compr, _ = seal_io.parse_header(bytes(blob))
-            pid = _ct_meta(bytes(blob), compr)[:4]
+            pid = ct_meta(bytes(blob), compr)[:4]
             kind = "a SEAL plaintext" if not any(pid) else "a SEAL-serialised ciphertext (bfv-packed-v1 format?)"
         except (ValueError, CodecError):
             pass
@@ -167,16 +168,16 @@ def encode_parts(res: list[np.ndarray], parms_id: bytes) -> list[bytes]:
 def _seal_ct_arrays(blob: bytes, parms_id: bytes) -> np.ndarray:
     """(2, 3, N) uint64 coefficients of a SEAL ciphertext serialisation (any compression), layout checked."""
     _, _, compr, _ = seal_io.parse_header(blob)
-    body = memoryview(blob)[seal_io.SEAL_HEADER_SIZE:]
+    body: bytes | memoryview = memoryview(blob)[seal_io.SEAL_HEADER_SIZE:]
     if compr == 2:
         body = zstandard.ZstdDecompressor().decompressobj().decompress(bytes(body))
     elif compr != 0:
         raise CodecError(f"unexpected SEAL compression mode {compr}")
-    meta = _CT_META.unpack_from(body, 0)
+    meta = CT_META.unpack_from(body, 0)
     if struct.pack("<4Q", *meta[:4]) != parms_id or meta[4] or meta[5] != CT_SIZE or meta[6] != POLY_DEGREE \
             or meta[7] != N_PRIMES:
         raise CodecError(f"SEAL ciphertext layout differs from what {NAME} expects ({meta[4:8]})")
-    off = _CT_META.size
+    off = CT_META.size
     _, _, _, _, dcompr, _, dsize = seal_io.SEAL_HEADER.unpack_from(body, off)
     (count,) = struct.unpack_from("<Q", body, off + seal_io.SEAL_HEADER_SIZE)
     if dcompr != 0 or count != _SEAL_CT_COUNT or dsize != seal_io.SEAL_HEADER_SIZE + 8 + 8 * count \
@@ -189,10 +190,10 @@ def _seal_ct_arrays(blob: bytes, parms_id: bytes) -> np.ndarray:
 def _seal_ct_blob(coeffs: np.ndarray, parms_id: bytes, seal_minor: int) -> bytes:
     """SEAL's uncompressed Ciphertext serialisation of (2, 3, N) coefficients (inverse of _seal_ct_arrays)."""
     data_size = seal_io.SEAL_HEADER_SIZE + 8 + 8 * _SEAL_CT_COUNT
-    total = seal_io.SEAL_HEADER_SIZE + _CT_META.size + data_size
+    total = seal_io.SEAL_HEADER_SIZE + CT_META.size + data_size
     return b"".join([
         seal_io.SEAL_HEADER.pack(seal_io.SEAL_MAGIC, seal_io.SEAL_HEADER_SIZE, 4, seal_minor, 0, 0, total),
-        _CT_META.pack(*struct.unpack("<4Q", parms_id), 0, CT_SIZE, POLY_DEGREE, N_PRIMES, 1.0, 1),
+        CT_META.pack(*struct.unpack("<4Q", parms_id), 0, CT_SIZE, POLY_DEGREE, N_PRIMES, 1.0, 1),
         seal_io.SEAL_HEADER.pack(seal_io.SEAL_MAGIC, seal_io.SEAL_HEADER_SIZE, 4, seal_minor, 0, 0, data_size),
         struct.pack("<Q", _SEAL_CT_COUNT),
         np.ascontiguousarray(coeffs, dtype="<u8").tobytes(),
@@ -220,7 +221,7 @@ class BfvPackedRawCodec(BfvPackedCodec):
     aggregate_bytes_per_slot = PART_BYTES / SLOTS
 
     # ---------------------------------------------------------------- node side
-    def _encrypt_slots(self, node: _NodeCtx, slots: np.ndarray) -> list[bytes]:
+    def _encrypt_slots(self, node: BfvNodeContext, slots: np.ndarray) -> list[bytes]:
         pid = _pid_bytes(node.context.first_parms_id())
         n_parts = slots.shape[0] // SLOTS
         coeffs = np.empty((N_PRIMES, n_parts, CT_SIZE, POLY_DEGREE), dtype=np.uint64)
@@ -232,7 +233,7 @@ class BfvPackedRawCodec(BfvPackedCodec):
             coeffs[:, p] = _seal_ct_arrays(seal_io.save_bytes(ct), pid).transpose(1, 0, 2)
         return encode_parts(list(coeffs), pid)
 
-    def _load_aggregate_part(self, node: _NodeCtx, blob: bytes, p: int) -> Any:
+    def _load_aggregate_part(self, node: BfvNodeContext, blob: bytes, p: int) -> Any:
         pid = _pid_bytes(node.context.first_parms_id())
         label = f"aggregate part #{p}"
         try:
@@ -253,14 +254,11 @@ class BfvPackedRawCodec(BfvPackedCodec):
     def inspect_part(self, ctx: BfvPlatformContext, blob: bytes) -> None:
         parse_part(blob, _pid_bytes(ctx.parms_id))
 
-    def accumulate(self, ctx: BfvPlatformContext, acc: RawUpload | None, upload: list[bytes], index: int) -> RawUpload:
-        """Add one upload to acc after checking it all (headers, sizes, every coefficient < q_i, no zero
-        second polynomial); a bad upload raises CodecError naming the part and leaves acc as it was."""
-        parts = list(upload)
-        if not parts:
-            raise CodecError(f"upload #{index} has no parts")
-        if acc is not None and len(parts) != acc.n_parts:
-            raise CodecError(f"upload #{index} has {len(parts)} parts, expected {acc.n_parts} like upload #0")
+    def accumulate(self, ctx: BfvPlatformContext, acc: Any, upload: list[bytes], index: int) -> Any:
+        """Add one upload to acc (a RawUpload) after checking it all (headers, sizes, every coefficient
+        < q_i, no zero second polynomial); a bad upload raises CodecError naming the part and leaves acc
+        as it was."""
+        parts = upload_parts(upload, index, None if acc is None else acc.n_parts)
         pid = _pid_bytes(ctx.parms_id)
         for j, blob in enumerate(parts):
             try:
@@ -291,7 +289,7 @@ class BfvPackedRawCodec(BfvPackedCodec):
             _add_mod(acc.res, up.res, c0)
         return acc
 
-    def finish(self, ctx: BfvPlatformContext, acc: RawUpload | None) -> list[bytes]:
+    def finish(self, ctx: BfvPlatformContext, acc: Any) -> list[bytes]:
         if acc is None:
             raise CodecError("no uploads to aggregate")
         return encode_parts(acc.res, _pid_bytes(ctx.parms_id))

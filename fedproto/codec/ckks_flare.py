@@ -8,13 +8,13 @@ float on the node. The last part holds [weight numerator, 1] for total weight an
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import tenseal as ts
 
 from ..errors import CodecError, SpecError
-from .base import AggregateResult, Codec, as_update, check_number, pack_secret, unpack_secret
+from .base import AggregateResult, Codec, as_update, check_number, pack_secret, unpack_secret, upload_parts
 
 NAME = "ckks-flare"
 POLY_DEGREE = 8192
@@ -123,14 +123,13 @@ class CkksFlareCodec(Codec):
             raise CodecError(f"not a CKKS vector of this context ({exc})") from exc
 
     def accumulate(self, ctx, acc, upload, index: int):
+        parts = upload_parts(upload, index, None if acc is None else len(acc))
         try:
-            vecs = [ts.ckks_vector_from(ctx, bytes(b)) for b in upload]
+            vecs = [ts.ckks_vector_from(ctx, bytes(b)) for b in parts]
         except Exception as exc:
             raise CodecError(f"upload #{index}: not a CKKS vector of this context ({exc})") from exc
         if acc is None:
             return vecs
-        if len(vecs) != len(acc):
-            raise CodecError(f"upload #{index} has {len(vecs)} parts, expected {len(acc)}")
         for a, v in zip(acc, vecs):
             a += v
         return acc
@@ -139,11 +138,3 @@ class CkksFlareCodec(Codec):
         if acc is None:
             raise CodecError("no uploads to aggregate")
         return [a.serialize() for a in acc]
-
-    def aggregate(self, ctx, uploads: Iterable[list[bytes]], *, max_uploads: int | None = None) -> list[bytes]:
-        acc = None
-        for i, upload in enumerate(uploads):
-            if max_uploads is not None and i >= max_uploads:
-                raise CodecError(f"more than {max_uploads} uploads")
-            acc = self.accumulate(ctx, acc, upload, i)
-        return self.finish(ctx, acc)

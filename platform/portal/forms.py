@@ -11,8 +11,17 @@ from django import forms
 from consortia.models import Consortium, Hospital
 from fedproto.codec import CODECS, get_codec
 from fedproto.errors import SpecError
+from fedproto.privacy import MAX_CLIP_NORM, MAX_DELTA, MAX_EPSILON
 from fedproto.schema import validate_schema
-from fedproto.specs import MAX_LOCAL_EPOCHS, MAX_ROUNDS, MODEL_TYPES, TASKS, validate_model_spec
+from fedproto.specs import MODEL_TYPES, TASKS, validate_model_spec
+from fedproto.study import (
+    MAX_BATCH_SIZE,
+    MAX_LEARNING_RATE,
+    MAX_LOCAL_EPOCHS,
+    MAX_ROUND_DEADLINE_S,
+    MAX_ROUNDS,
+    MIN_ROUND_DEADLINE_S,
+)
 
 # Encryption presets offered in the form; each is validated by its codec before it is offered.
 ENCRYPTION_PRESETS: list[tuple[str, str, dict]] = [
@@ -94,16 +103,16 @@ class StudyForm(forms.Form):
                              help_text="MLP only: hidden layer widths, e.g. 32,16")
     rounds = forms.IntegerField(min_value=1, max_value=MAX_ROUNDS, initial=3)
     local_epochs = forms.IntegerField(min_value=1, max_value=MAX_LOCAL_EPOCHS, initial=1)
-    batch_size = forms.IntegerField(min_value=1, max_value=100_000, initial=32)
-    learning_rate = forms.FloatField(min_value=1e-9, max_value=10.0, initial=0.5)
-    epsilon = forms.FloatField(label="ε (epsilon)", min_value=1e-6, max_value=100, initial=3.0,
+    batch_size = forms.IntegerField(min_value=1, max_value=MAX_BATCH_SIZE, initial=32)
+    learning_rate = forms.FloatField(min_value=1e-9, max_value=MAX_LEARNING_RATE, initial=0.5)
+    epsilon = forms.FloatField(label="ε (epsilon)", min_value=1e-6, max_value=MAX_EPSILON, initial=3.0,
                                help_text="Total privacy budget per hospital over the whole study.")
-    delta = forms.FloatField(label="δ (delta)", min_value=1e-12, max_value=0.1, initial=1e-5)
-    clip_norm = forms.FloatField(label="Clip norm", min_value=1e-6, max_value=1000, initial=1.0,
+    delta = forms.FloatField(label="δ (delta)", min_value=1e-12, max_value=MAX_DELTA, initial=1e-5)
+    clip_norm = forms.FloatField(label="Clip norm", min_value=1e-6, max_value=MAX_CLIP_NORM, initial=1.0,
                                  help_text="Per-sample gradient L2 clipping bound.")
     encryption_preset = forms.ChoiceField(choices=[], initial="bfv-standard")
     quorum = forms.IntegerField(min_value=1, initial=2, help_text="Minimum updates for a round to aggregate.")
-    round_deadline_s = forms.IntegerField(label="Round deadline (s)", min_value=5, max_value=7 * 24 * 3600, initial=600)
+    round_deadline_s = forms.IntegerField(label="Round deadline (s)", min_value=MIN_ROUND_DEADLINE_S, max_value=MAX_ROUND_DEADLINE_S, initial=600)
     hospitals = forms.ModelMultipleChoiceField(queryset=Hospital.objects.none(), widget=forms.CheckboxSelectMultiple,
                                                label="Invited hospitals")
     dataset_sizes = forms.CharField(required=False, initial="200, 1000, 5000", max_length=100,
@@ -160,7 +169,7 @@ class StudyForm(forms.Form):
 class HospitalForm(forms.Form):
     consortium = forms.ModelChoiceField(queryset=Consortium.objects.none(), empty_label=None)
     name = forms.CharField(max_length=200)
-    max_epsilon = forms.FloatField(required=False, min_value=1e-6, max_value=100, label="Max ε (hospital's own cap)")
+    max_epsilon = forms.FloatField(required=False, min_value=1e-6, max_value=MAX_EPSILON, label="Max ε (hospital's own cap)")
     allowed_models = forms.MultipleChoiceField(required=False, choices=[(k, k) for k in MODEL_TYPES],
                                                widget=forms.CheckboxSelectMultiple,
                                                help_text="None ticked: any model type from the registry.")

@@ -11,23 +11,28 @@ from django.utils import timezone
 
 from consortia.models import Hospital
 from fedproto import PROTOCOL_VERSION
+from fedproto.study import Privacy, StudyConfig, WorkKind
 
 from .models import Aggregate, FinalModel, HEContext, Participation, Round, RoundReport, SealedKey, Study, TrainingJob
 
 log = logging.getLogger(__name__)
 
 
+def study_definition(study: Study) -> StudyConfig:
+    """The stored study as the shared StudyConfig (validated when it was created: not re-checked)."""
+    return StudyConfig(
+        id=study.pk, name=study.name, consortium=study.consortium.name, protocol_version=PROTOCOL_VERSION,
+        schema=study.schema, model=study.model_spec, rounds=study.rounds, local_epochs=study.local_epochs,
+        batch_size=study.batch_size, learning_rate=study.learning_rate,
+        privacy=Privacy(epsilon=study.epsilon, delta=study.delta, clip_norm=study.clip_norm,
+                        accountant=study.accountant),
+        encryption=study.encryption, quorum=study.quorum, round_deadline_s=study.round_deadline_s,
+        seed=study.seed, custodian_hospital_id=study.custodian_id, n_params=study.n_params)
+
+
 def study_config(study: Study) -> dict:
-    return {
-        "id": study.pk, "name": study.name, "consortium": study.consortium.name,
-        "protocol_version": PROTOCOL_VERSION, "schema": study.schema, "model": study.model_spec,
-        "rounds": study.rounds, "local_epochs": study.local_epochs, "batch_size": study.batch_size,
-        "learning_rate": study.learning_rate,
-        "privacy": {"epsilon": study.epsilon, "delta": study.delta, "clip_norm": study.clip_norm,
-                    "accountant": study.accountant},
-        "encryption": study.encryption, "quorum": study.quorum, "round_deadline_s": study.round_deadline_s,
-        "seed": study.seed, "custodian_hospital_id": study.custodian_id, "n_params": study.n_params,
-    }
+    """The study dict sent to nodes in work items (StudyConfig.to_wire, docs/PROTOCOL.md)."""
+    return study_definition(study).to_wire()
 
 
 ACTIVE = [Study.Status.RECRUITING, Study.Status.RUNNING, Study.Status.PAUSED, Study.Status.COMPLETED]
@@ -47,24 +52,24 @@ def _work_items(hospital: Hospital) -> list[dict]:
     for p in parts:
         study = p.study
         if p.state == Participation.State.INVITED and study.status == Study.Status.RECRUITING:
-            items.append({"kind": "invitation", "key": f"invitation:{study.pk}", "study": study_config(study)})
+            items.append({"kind": WorkKind.INVITATION, "key": f"invitation:{study.pk}", "study": study_config(study)})
             continue
         if p.state != Participation.State.APPROVED:
             continue
         custodian = study.custodian_id == hospital.pk
         has_ctx = HEContext.objects.filter(study=study).exists()
         if custodian and not has_ctx and study.status in (Study.Status.RECRUITING, Study.Status.RUNNING):
-            items.append({"kind": "publish_context", "key": f"publish_context:{study.pk}", "study": study_config(study)})
+            items.append({"kind": WorkKind.PUBLISH_CONTEXT, "key": f"publish_context:{study.pk}", "study": study_config(study)})
         if custodian and has_ctx:
             need = (Participation.objects.filter(study=study, state=Participation.State.APPROVED)
                     .exclude(hospital=hospital).exclude(hospital__sealed_keys__study=study)
                     .select_related("hospital"))
             recipients = [{"hospital_id": q.hospital_id, "public_key": q.hospital.public_key} for q in need]
             if recipients:
-                items.append({"kind": "seal_keys", "key": f"seal_keys:{study.pk}", "study_id": study.pk,
+                items.append({"kind": WorkKind.SEAL_KEYS, "key": f"seal_keys:{study.pk}", "study_id": study.pk,
                               "recipients": recipients})
         if not custodian and p.key_acked_at is None and SealedKey.objects.filter(study=study, recipient=hospital).exists():
-            items.append({"kind": "fetch_key", "key": f"fetch_key:{study.pk}", "study_id": study.pk,
+            items.append({"kind": WorkKind.FETCH_KEY, "key": f"fetch_key:{study.pk}", "study_id": study.pk,
                           "study": study_config(study)})
         if p.key_acked_at is None:
             continue
@@ -76,7 +81,7 @@ def _work_items(hospital: Hospital) -> list[dict]:
         done = list(Round.objects.filter(study=study, status=Round.Status.DONE).order_by("number"))
         for job in (TrainingJob.objects.filter(hospital=hospital, round__study=study, status=TrainingJob.Status.DISPATCHED,
                                                round__status=Round.Status.COLLECTING).select_related("round")):
-            item = {"kind": "train", "key": f"train:{job.pk}", "job_id": job.pk, "study": study_config(study),
+            item = {"kind": WorkKind.TRAIN, "key": f"train:{job.pk}", "job_id": job.pk, "study": study_config(study),
                     "round": job.round.number, "attempt": job.round.attempt,
                     "deadline": job.round.deadline.isoformat()}
             prev = _inline_aggregate(study, job.round.number - 1)
@@ -85,11 +90,11 @@ def _work_items(hospital: Hospital) -> list[dict]:
             items.append(item)
         for rnd in done:
             if rnd.pk not in reported:
-                items.append({"kind": "evaluate", "key": f"evaluate:{study.pk}:{rnd.number}", "study_id": study.pk,
+                items.append({"kind": WorkKind.EVALUATE, "key": f"evaluate:{study.pk}:{rnd.number}", "study_id": study.pk,
                               "study": study_config(study), "round": rnd.number})
         if (custodian and study.status == Study.Status.COMPLETED and done and done[-1].pk in reported
                 and not FinalModel.objects.filter(study=study).exists()):
-            items.append({"kind": "upload_final_model", "key": f"upload_final_model:{study.pk}", "study_id": study.pk,
+            items.append({"kind": WorkKind.UPLOAD_FINAL_MODEL, "key": f"upload_final_model:{study.pk}", "study_id": study.pk,
                           "study": study_config(study),
                           "round": done[-1].number})
     return items

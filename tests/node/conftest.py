@@ -8,8 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedproto.specs import n_params
+from fedproto.study import StudyConfig
+
 
 def make_study(n_features: int = 4, **over) -> dict:
+    """A study dict as the platform sends it in a work item."""
     study = {
         "id": 7, "name": "unit", "consortium": "c", "protocol_version": 1,
         "schema": {"task": "binary_classification",
@@ -23,6 +27,7 @@ def make_study(n_features: int = 4, **over) -> dict:
         "quorum": 2, "round_deadline_s": 600, "seed": 1234, "custodian_hospital_id": None,
     }
     study.update(over)
+    study.setdefault("n_params", n_params(study["model"], len(study["schema"]["features"])))
     return study
 
 
@@ -41,6 +46,12 @@ def write_csv(path: Path, n_rows: int = 100, n_features: int = 4, seed: int = 0)
 @pytest.fixture
 def study() -> dict:
     return make_study()
+
+
+@pytest.fixture
+def config(study) -> StudyConfig:
+    """``study`` parsed, as the node's handlers, trainer and ledger take it."""
+    return StudyConfig.from_wire(study)
 
 
 @pytest.fixture

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
+from fedproto.study import StudyConfig
 from hospital_node.data import load_csv, load_study_data, prepare
 from hospital_node.errors import DataError
 
@@ -58,21 +61,21 @@ def test_missing_file_says_what_to_set(tmp_path, study):
         load_csv(tmp_path / "nope.csv", study["schema"])
 
 
-def test_split_is_seeded_stratified_80_20(study, data_csv):
-    a = load_study_data(study, data_csv)
-    b = load_study_data(study, data_csv)
+def test_split_is_seeded_stratified_80_20(study, config, data_csv):
+    a = load_study_data(config, data_csv)
+    b = load_study_data(config, data_csv)
     assert a.n_train == 80 and a.n_test == 20
     np.testing.assert_array_equal(a.X_train, b.X_train)
     X, y = load_csv(data_csv, study["schema"])
     assert abs(a.y_test.mean() - y.mean()) <= 0.05  # stratified
-    c = load_study_data({**study, "seed": 99}, data_csv)
+    c = load_study_data(dataclasses.replace(config, seed=99), data_csv)
     assert not np.array_equal(a.X_train, c.X_train)
 
 
 def test_standardisation_reference_else_local(study, data_csv):
     study["schema"]["features"][0].update(center=10.0, scale=2.0)
     X, y = load_csv(data_csv, study["schema"])
-    ds = prepare(study, X, y)
+    ds = prepare(StudyConfig.from_wire(study), X, y)
     assert ds.center[0] == 10.0 and ds.scale[0] == 2.0
     # local statistics for the others: train split has mean 0, std 1
     np.testing.assert_allclose(ds.X_train[:, 1:].mean(axis=0), 0, atol=1e-5)

@@ -9,8 +9,10 @@ import pytest
 from nacl.public import PrivateKey
 
 from fedproto.codec import get_codec
+from fedproto.errors import SpecError
+from fedproto.study import StudyConfig
 from fedproto.wire import unpack_parts
-from hospital_node import trainer
+from hospital_node import rounds, trainer
 from hospital_node.config import load_config
 from hospital_node.credentials import Credentials
 from hospital_node.daemon import Node
@@ -50,7 +52,7 @@ max_epsilon = 1.0
                         platform_url=cfg.platform_url)
     n = Node(cfg, creds, client=RecordingClient())
     codec = get_codec("bfv-packed-v1")
-    n.ledger.remember_study(study)
+    n.ledger.remember_study(StudyConfig.from_wire(study))
     secret = codec.generate_secret(study["encryption"])
     n.ledger.set_secret(study["id"], secret, codec.public_params_sha256(codec.public_params(secret)))
     yield n
@@ -96,7 +98,8 @@ def test_round_2_uses_the_aggregate_sent_with_the_job_and_downloads_a_tampered_o
     mean = get_codec("bfv-packed-v1").decrypt_aggregate(node.ledger.secret(study["id"]), study["encryption"],
                                                         unpack_parts(frame), 5).mean_update
     flat, _ = node.ledger.global_model(study["id"], 1)
-    assert np.allclose(flat, trainer.flatten(trainer.apply_update(trainer.initial_model(study), mean)))
+    initial = trainer.initial_model(StudyConfig.from_wire(study))
+    assert np.allclose(flat, trainer.flatten(trainer.apply_update(initial, mean)))
     # Round 3: the inline aggregate of round 2 does not match its hash -> downloaded instead.
     downloads = []
 
@@ -125,7 +128,7 @@ def test_crash_after_spend_recorded_resumes_from_stored_frame(node, study, monke
     def boom(*a, **k):
         raise ConnectionError("simulated crash before upload")
 
-    monkeypatch.setattr(node, "deliver", boom)
+    monkeypatch.setattr(rounds, "deliver", boom)
     with pytest.raises(ConnectionError):
         node.handle(_train_item(study, 12, 1))
     assert node.ledger.job(12)["state"] == "spend_recorded"
@@ -189,12 +192,37 @@ def test_warm_up_keeps_the_fused_engine_only_while_it_reproduces_opacus(node, mo
 
 
 def test_warm_up_trains_with_opacus_when_the_fused_check_cannot_run(node, monkeypatch, caplog):
-    from hospital_node import dp_fused
-
     def changed_api(*a, **k):  # stands in for an Opacus release without the function the check calls
         raise AttributeError("module 'opacus' has no attribute 'PrivacyEngine'")
 
-    monkeypatch.setattr(dp_fused, "matches_opacus", changed_api)
+    monkeypatch.setattr(trainer, "matches_opacus", changed_api)
     node.warm_up()
     assert node.cfg.grad_sample_mode == "ew"
     assert "check of the fused step against Opacus failed (AttributeError" in caplog.text
+
+
+def test_a_study_the_node_cannot_read_declines_the_invitation_and_refuses_the_job(node, study):
+    node.handle({"kind": "invitation", "study": {**study, "id": 8, "protocol_version": 2}})
+    node.handle({"kind": "invitation", "study": {**study, "id": 9, "batch_size": 0}})
+    (v2, bad) = node.client.named("decision")
+    assert v2[1:3] == (8, "decline") and "protocol version 2 is not supported by this node" in v2[3]
+    assert bad[1:3] == (9, "decline") and "invalid study configuration: batch_size must be an integer" in bad[3]
+    assert node.ledger.study(8) is None and node.ledger.study(9) is None  # nothing readable to store
+    node.client.calls.clear()
+    before = node.cfg.ledger.read_bytes()
+    node.handle(_train_item({**study, "learning_rate": -1.0}, 40, 1))
+    (call,) = node.client.calls
+    assert call[:3] == ("refuse", 40, "local_limit") and "learning_rate must be a number" in call[3]
+    assert node.cfg.ledger.read_bytes() == before and node.ledger.job(40) is None
+
+
+def test_items_without_a_study_use_the_stored_one_and_a_mismatch_is_refused(node, study):
+    node.handle(_train_item(study, 11, 1))
+    node.client.calls.clear()
+    node.handle({"kind": "evaluate", "study_id": study["id"], "round": 0})  # the stored study (the ledger's)
+    (report,) = node.client.named("report")
+    assert report[1:3] == (study["id"], 0) and set(report[3]["metrics"]) == {"auc", "accuracy"}
+    with pytest.raises(SpecError, match="names study 8 but carries study 7"):
+        node.handle({"kind": "evaluate", "study_id": 8, "study": study, "round": 0})
+    with pytest.raises(RuntimeError, match="study 99 is unknown to this node"):
+        node.handle({"kind": "evaluate", "study_id": 99, "round": 0})

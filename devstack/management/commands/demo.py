@@ -23,7 +23,7 @@ from consortia.models import Hospital
 from consortia.services import consortium_create, enrolment_token_create, hospital_create
 from fedproto.errors import SpecError
 from fedproto.privacy import validate_privacy
-from fedproto.specs import MAX_LOCAL_EPOCHS, MAX_ROUNDS
+from fedproto.study import MAX_LOCAL_EPOCHS, MAX_ROUNDS
 from studies import services
 from studies.models import FinalModel, Round, RoundReport, Study
 

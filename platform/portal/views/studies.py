@@ -19,7 +19,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from audit.services import actor_label
 from fedproto.codec import get_codec
 from fedproto.errors import SpecError
-from fedproto.specs import MAX_LOCAL_EPOCHS, MAX_ROUNDS
+from fedproto.study import MAX_BATCH_SIZE, MAX_LOCAL_EPOCHS, MAX_ROUNDS, Privacy
 from studies import access, selectors, services
 from studies.models import Participation, PrivacySpend, Round, RoundReport, Study, TrainingJob
 
@@ -72,14 +72,15 @@ def privacy_preview(request):
     if not access.consortia_with_role(request.user, access.MANAGE_STUDY_ROLES).exists():
         raise PermissionDenied
     try:
-        eps = float(request.GET["epsilon"])
-        delta = float(request.GET["delta"])
+        # The study's own rules (fedproto.study); a SpecError is a ValueError.
+        privacy = Privacy.parse({"epsilon": float(request.GET["epsilon"]), "delta": float(request.GET["delta"]),
+                                 "clip_norm": 1.0})
         batch = int(request.GET["batch_size"])
         rounds = int(request.GET["rounds"])
         epochs = int(request.GET["local_epochs"])
-        if not (0 < eps <= 100 and 0 < delta <= 0.1 and 1 <= batch <= 100_000 and 1 <= rounds <= MAX_ROUNDS
-                and 1 <= epochs <= MAX_LOCAL_EPOCHS):
+        if not (1 <= batch <= MAX_BATCH_SIZE and 1 <= rounds <= MAX_ROUNDS and 1 <= epochs <= MAX_LOCAL_EPOCHS):
             raise ValueError
+        eps, delta = privacy.epsilon, privacy.delta
     except (KeyError, ValueError):
         return HttpResponse('<p class="muted">Fill in ε, δ, batch size, rounds and local epochs to see the noise they imply.</p>')
     table = noise_preview.budget_table(epsilon=eps, delta=delta, batch_size=batch, rounds=rounds, epochs=epochs,

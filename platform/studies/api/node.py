@@ -25,6 +25,7 @@ from audit.services import actor_label
 from consortia.models import Hospital
 from consortia.services import EnrolmentError, node_enrol, node_heartbeat
 from fedproto import PROTOCOL_VERSION
+from fedproto.study import WorkKind
 
 from .. import selectors, services, worksignal
 from ..models import Aggregate, HEContext, Participation, Round, Study, TrainingJob
@@ -136,7 +137,7 @@ class WorkView(NodeView):
         while True:
             items = selectors.work_items_for(self.hospital, skip)
             if items:
-                selectors.jobs_mark_claimed([i["job_id"] for i in items if i["kind"] == "train"])
+                selectors.jobs_mark_claimed([i["job_id"] for i in items if i["kind"] == WorkKind.TRAIN])
                 return Response({"items": items})
             now = time.monotonic()
             if now >= deadline:

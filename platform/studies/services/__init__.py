@@ -22,7 +22,6 @@ from .lifecycle import (
                         study_open_recruitment,
                         study_pause,
                         study_resume,
-                        validate_study_config,
 )
 from .recruitment import he_context_publish, key_ack, participation_decide, sealed_key_fetch, sealed_keys_store
 from .release import final_model_downloaded, final_model_store, round_report_record
@@ -34,5 +33,4 @@ __all__ = [
     "participation_decide", "privacy_spend_record", "round_aggregate", "round_aggregate_chunk", "round_open",
     "round_report_record", "round_try_close", "sealed_key_fetch", "sealed_keys_store", "study_advance", "study_cancel",
     "study_create", "study_fail", "study_open_recruitment", "study_pause", "study_resume", "update_accept",
-    "validate_study_config",
 ]

@@ -7,19 +7,14 @@ tasks (studies/tasks.py) and API views call the services and never change state 
 from __future__ import annotations
 
 import logging
-import secrets
 from typing import Iterable
 
 from django.db import transaction
 from django.utils import timezone
 
 from consortia.models import Consortium, Hospital
-from fedproto.codec import DEFAULT_CODEC, get_codec
 from fedproto.errors import SpecError
-from fedproto.privacy import validate_privacy
-from fedproto.schema import validate_schema
-from fedproto.specs import MAX_LOCAL_EPOCHS, MAX_ROUNDS, validate_model_spec
-from fedproto.specs import n_params as spec_n_params
+from fedproto.study import validate_study
 
 from ..models import HEContext, Participation, Round, Study, TrainingJob
 from ..selectors import study_config
@@ -34,76 +29,32 @@ TERMINAL = {Study.Status.COMPLETED, Study.Status.FAILED, Study.Status.CANCELLED}
 
 # ---------------------------------------------------------------- study definition
 
-def _int_in(name: str, value, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise SpecError(f"{name} must be an integer between {lo} and {hi}, got {value!r}")
-    return value
-
-
-def _float_in(name: str, value, lo: float, hi: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo < float(value) <= hi:
-        raise SpecError(f"{name} must be a number in ({lo}, {hi}], got {value!r}")
-    return float(value)
-
-
-def validate_study_config(*, schema, model_spec, rounds, local_epochs, batch_size, learning_rate, privacy,
-                          encryption, quorum, round_deadline_s, n_hospitals: int) -> dict:
-    """Validate a study definition with the shared rules; raise SpecError saying what to fix."""
-    schema = validate_schema(schema)
-    model_spec = validate_model_spec(model_spec, schema["task"])
-    privacy = validate_privacy(privacy)
-    enc = encryption if isinstance(encryption, dict) else {}
-    if not isinstance(encryption, dict):
-        raise SpecError(f'encryption must be an object such as {{"codec": "{DEFAULT_CODEC}"}}')
-    try:
-        codec = get_codec(enc.get("codec", DEFAULT_CODEC))
-    except (KeyError, ValueError) as exc:
-        raise SpecError(f"unknown encryption codec {enc.get('codec')!r}: {exc}") from None
-    enc = codec.validate_config({**enc, "codec": codec.name})
-    if n_hospitals < 1:
-        raise SpecError("invite at least one hospital")
-    if n_hospitals > enc.get("max_hospitals", n_hospitals):
-        raise SpecError(f"{n_hospitals} hospitals invited but the encryption is sized for at most "
-                        f"{enc['max_hospitals']}; raise encryption.max_hospitals")
-    return {
-        "schema": schema, "model_spec": model_spec, "privacy": privacy, "encryption": enc,
-        "rounds": _int_in("rounds", rounds, 1, MAX_ROUNDS),
-        "local_epochs": _int_in("local_epochs", local_epochs, 1, MAX_LOCAL_EPOCHS),
-        "batch_size": _int_in("batch_size", batch_size, 1, 100_000),
-        "learning_rate": _float_in("learning_rate", learning_rate, 0.0, 10.0),
-        "quorum": _int_in("quorum", quorum, 1, n_hospitals),
-        "round_deadline_s": _int_in("round_deadline_s", round_deadline_s, 5, 7 * 24 * 3600),
-    }
-
-
 def study_create(*, consortium: Consortium, name: str, hospitals: Iterable[Hospital], schema: dict,
                  model_spec: dict, rounds: int, local_epochs: int, batch_size: int, learning_rate: float,
                  privacy: dict, encryption: dict, quorum: int, round_deadline_s: int, owner=None,
                  purpose: str = "", seed: int | None = None, actor: str = "system") -> Study:
+    """Define a study (a draft). Its definition is checked by fedproto.study.validate_study, the one
+    owner of a study's bounds (the node parses what it receives with the same rules)."""
     hospitals = list(hospitals)
-    if not name or len(name) > 200:
-        raise SpecError("study name must be 1 to 200 characters")
     foreign = [h.name for h in hospitals if h.consortium_id != consortium.pk]
     if foreign:
         raise SpecError(f"hospital(s) {foreign} are not members of consortium {consortium.name}")
     if len({h.pk for h in hospitals}) != len(hospitals):
         raise SpecError("a hospital is invited twice")
-    cfg = validate_study_config(schema=schema, model_spec=model_spec, rounds=rounds, local_epochs=local_epochs,
-                                batch_size=batch_size, learning_rate=learning_rate, privacy=privacy,
-                                encryption=encryption, quorum=quorum, round_deadline_s=round_deadline_s,
-                                n_hospitals=len(hospitals))
+    cfg = validate_study({"name": name, "consortium": consortium.name, "schema": schema, "model": model_spec,
+                          "rounds": rounds, "local_epochs": local_epochs, "batch_size": batch_size,
+                          "learning_rate": learning_rate, "privacy": privacy, "encryption": encryption,
+                          "quorum": quorum, "round_deadline_s": round_deadline_s, "seed": seed},
+                         n_hospitals=len(hospitals))
     with transaction.atomic():
         if Study.objects.filter(consortium=consortium, name=name).exists():
             raise SpecError(f"a study named {name!r} already exists in this consortium; choose another name")
         study = Study.objects.create(
-            consortium=consortium, name=name, purpose=purpose, owner=owner, schema=cfg["schema"],
-            model_spec=cfg["model_spec"], rounds=cfg["rounds"], local_epochs=cfg["local_epochs"],
-            batch_size=cfg["batch_size"], learning_rate=cfg["learning_rate"],
-            epsilon=cfg["privacy"]["epsilon"], delta=cfg["privacy"]["delta"],
-            clip_norm=cfg["privacy"]["clip_norm"], accountant=cfg["privacy"]["accountant"],
-            encryption=cfg["encryption"], quorum=cfg["quorum"], round_deadline_s=cfg["round_deadline_s"],
-            seed=seed if seed is not None else secrets.randbelow(2 ** 31),
-            n_params=spec_n_params(cfg["model_spec"], len(cfg["schema"]["features"])),
+            consortium=consortium, name=cfg.name, purpose=purpose, owner=owner, schema=cfg.schema,
+            model_spec=cfg.model, rounds=cfg.rounds, local_epochs=cfg.local_epochs, batch_size=cfg.batch_size,
+            learning_rate=cfg.learning_rate, epsilon=cfg.privacy.epsilon, delta=cfg.privacy.delta,
+            clip_norm=cfg.privacy.clip_norm, accountant=cfg.privacy.accountant, encryption=cfg.encryption,
+            quorum=cfg.quorum, round_deadline_s=cfg.round_deadline_s, seed=cfg.seed, n_params=cfg.n_params,
         )
         for h in hospitals:
             Participation.objects.create(study=study, hospital=h)

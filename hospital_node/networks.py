@@ -7,12 +7,15 @@ update vector means the same thing on every node and on the platform.
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load, save
 from torch import nn
 
 from fedproto.specs import MODEL_TYPES, param_shapes, validate_model_spec
+from fedproto.study import StudyConfig
 
 
 class LinearModel(nn.Module):
@@ -43,7 +46,7 @@ class MLPModel(nn.Module):
         return self.layers(x).squeeze(-1)
 
 
-def build_model(spec: dict, n_features: int) -> nn.Module:
+def build_model(spec: dict[str, Any], n_features: int) -> nn.Module:
     """Build an (uninitialised-seed) module for ``spec``; float32."""
     spec = validate_model_spec(spec)
     if MODEL_TYPES[spec["type"]]["mlp"]:
@@ -54,22 +57,17 @@ def build_model(spec: dict, n_features: int) -> nn.Module:
     return model.float()
 
 
-def initial_model(study: dict) -> nn.Module:
+def initial_model(study: StudyConfig) -> nn.Module:
     """The round-0 global model: identical on every node (seeded by the study seed)."""
-    n_features = len(study["schema"]["features"])
-    torch.manual_seed(int(study["seed"]))
-    return build_model(study["model"], n_features)
+    torch.manual_seed(study.seed)
+    return build_model(study.model, study.n_features)
 
 
-def _check_names(model: nn.Module, spec: dict, n_features: int) -> None:
+def _check_names(model: nn.Module, spec: dict[str, Any], n_features: int) -> None:
     got = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
     want = param_shapes(spec, n_features)
     if got != want:  # a programming error, never a user error
         raise AssertionError(f"model parameters {got} do not match the registry {want}")
-
-
-def ordered_names(model: nn.Module) -> list[str]:
-    return list(model.state_dict().keys())
 
 
 def flatten(model: nn.Module) -> np.ndarray:
@@ -94,15 +92,13 @@ def unflatten_into(model: nn.Module, flat: np.ndarray) -> nn.Module:
     return model
 
 
-def model_from_flat(study: dict, flat: np.ndarray) -> nn.Module:
-    model = build_model(study["model"], len(study["schema"]["features"]))
+def model_from_flat(study: StudyConfig, flat: np.ndarray) -> nn.Module:
+    model = build_model(study.model, study.n_features)
     return unflatten_into(model, flat)
 
 
 def model_bytes(model: nn.Module) -> bytes:
     """safetensors bytes of the state dict, float32 contiguous (what is attested and uploaded)."""
-    from safetensors.torch import save
-
     sd = {k: v.detach().to(torch.float32).contiguous().clone() for k, v in _plain_state_dict(model).items()}
     return save(sd)
 
@@ -111,11 +107,9 @@ def model_sha256(model: nn.Module) -> str:
     return hashlib.sha256(model_bytes(model)).hexdigest()
 
 
-def load_model_bytes(study: dict, data: bytes) -> nn.Module:
+def load_model_bytes(study: StudyConfig, data: bytes) -> nn.Module:
     """Build the study's model from safetensors bytes (never pickle)."""
-    from safetensors.torch import load
-
-    model = build_model(study["model"], len(study["schema"]["features"]))
+    model = build_model(study.model, study.n_features)
     model.load_state_dict(load(data))
     return model
 

@@ -1,0 +1,60 @@
+"""What every work-item handler works with: the node's configuration and credentials, the platform
+client, the ledger, the stop flag, the local data (read once per study and file version) and the
+items to skip in the long-poll. The daemon (daemon.Node) is one; the handlers take it as ``ctx``."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from fedproto.study import StudyConfig
+
+from .client import PlatformClient
+from .config import NodeConfig
+from .credentials import Credentials
+from .data import Dataset, load_study_data
+from .errors import DataError
+from .ledger import Ledger, config_sha256
+
+
+class NodeContext:
+    def __init__(self, cfg: NodeConfig, creds: Credentials, client: PlatformClient | None = None,
+                 ledger: Ledger | None = None):
+        self.cfg = cfg
+        self.creds = creds
+        self.client = client or PlatformClient(cfg.platform_url, creds.node_token, cfg.request_timeout_s)
+        self.ledger = ledger or Ledger(cfg.ledger)
+        self.stop = threading.Event()
+        self._data_cache: dict[int, tuple[tuple, Dataset]] = {}
+        self.logged_pending: set[int] = set()  # studies whose "waiting for the admin" was logged
+        self.deferred: dict[str, float] = {}  # item key -> monotonic time until which it is skipped
+        (cfg.work_dir / "frames").mkdir(parents=True, exist_ok=True)
+
+    def dataset(self, study: StudyConfig) -> Dataset:
+        """The local data of ``study``, read again only when the file or the study changed."""
+        path = self.cfg.data_csv
+        try:
+            st = path.stat()
+            key = (str(path), st.st_mtime_ns, st.st_size, config_sha256(study))
+        except FileNotFoundError:
+            raise DataError(f"data file {path} does not exist: set [data] csv in {self.cfg.path}") from None
+        hit = self._data_cache.get(study.study_id)
+        if hit and hit[0] == key:
+            return hit[1]
+        ds = load_study_data(study, path)
+        self._data_cache[study.study_id] = (key, ds)
+        return ds
+
+    def known_study(self, sid: int) -> StudyConfig:
+        """The study as this node last stored it (from an invitation or a job)."""
+        study = self.ledger.study_config(sid)
+        if study is None:
+            raise RuntimeError(f"study {sid} is unknown to this node (no invitation or job seen yet)")
+        return study
+
+    def defer(self, item: dict[str, Any], seconds: float) -> None:
+        """Ask the platform not to return this item for a while (it cannot be acted on now)."""
+        key = item.get("key") if isinstance(item, dict) else None
+        if isinstance(key, str):
+            self.deferred[key] = time.monotonic() + seconds

@@ -1,0 +1,237 @@
+"""A study's rounds on this node: train a job (plan, train, encrypt, record the spend, upload),
+rebuild the global models from the aggregates, evaluate them, upload the final model.
+
+A job's privacy spend is recorded in the ledger (with its encrypted frame on disk) before anything
+is uploaded; ``deliver`` then uploads and is safe to repeat after a crash.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from fedproto.codec import get_codec
+from fedproto.study import StudyConfig
+from fedproto.wire import pack_parts, unpack_parts
+
+from . import trainer
+from .context import NodeContext
+from .credentials import write_atomic
+from .errors import ApiError
+from .keys import secret_for
+from .ledger import RESUMABLE_STATES
+from .networks import flatten, initial_model, model_bytes, model_from_flat, model_sha256
+from .planning import Refuse, plan_dict, plan_job
+
+log = logging.getLogger("hospital_node")
+
+
+# ----------------------------------------------------------------------------- training
+
+def on_train(ctx: NodeContext, item: dict[str, Any], study: StudyConfig) -> None:
+    job_id, round_no = int(item["job_id"]), int(item["round"])
+    sid = study.study_id
+    job = ctx.ledger.job(job_id)
+    if job is not None and job["state"] in (*RESUMABLE_STATES, "uploaded"):
+        log.info("study %s round %s: job %s already trained (state %s); not training again",
+                 sid, round_no, job_id, job["state"])
+        deliver(ctx, job_id)
+        return
+    deadline = _parse_time(item.get("deadline"))
+    if deadline is not None and deadline < datetime.now(timezone.utc):
+        log.warning("study %s round %s: job %s deadline %s has passed; skipping it", sid, round_no, job_id,
+                    item.get("deadline"))
+        return
+    marks = [("start", time.monotonic())]
+    try:
+        plan, after, before = plan_job(ctx, study)
+    except Refuse as r:
+        log.warning("study %s round %s: refusing job %s (%s): %s", sid, round_no, job_id, r.code, r.reason)
+        ctx.client.refuse(job_id, r.code, r.reason)
+        return
+    ds = ctx.dataset(study)
+    marks.append(("plan", time.monotonic()))
+    model = global_model(ctx, study, round_no - 1, item.get("previous_aggregate"))
+    secret = secret_for(ctx, study)
+    marks.append(("global model", time.monotonic()))
+    ctx.ledger.claim_job(study, job_id, round_no, plan_dict(plan))
+    privacy = study.privacy
+    log.info("study %s round %s: training job %s on %d rows (%d steps, sigma %.3f, q %.4f); "
+             "epsilon %.3f -> %.3f of %g", sid, round_no, job_id, ds.n_train, plan.steps_per_job,
+             plan.noise_multiplier, plan.sample_rate, before, after, privacy.epsilon)
+    t0 = time.monotonic()
+    try:
+        res = trainer.train_job(study, model, ds.X_train, ds.y_train, plan,
+                                grad_sample_mode=ctx.cfg.grad_sample_mode, should_stop=ctx.stop.is_set)
+    except trainer.TrainingInterrupted:
+        log.info("study %s round %s: job %s abandoned before the end of training (nothing spent, "
+                 "nothing uploaded)", sid, round_no, job_id)
+        return
+    marks.append(("train", time.monotonic()))
+    ctx.ledger.set_job_state(job_id, "trained")
+    codec = get_codec(study.codec)
+    parts = codec.encrypt_update(secret, study.encryption, res.update, ds.n_train, np.random.default_rng())
+    frame_path = ctx.cfg.work_dir / "frames" / f"job-{job_id}.flw"
+    write_atomic(frame_path, pack_parts(parts), 0o600)
+    marks.append(("encrypt", time.monotonic()))
+    entry = (plan.noise_multiplier, plan.sample_rate, res.steps)
+    history = ctx.ledger.history(sid)
+    eps_total = trainer.epsilon_of([*history, entry], privacy.delta, privacy.accountant)
+    eps_round = trainer.epsilon_of([entry], privacy.delta, privacy.accountant)
+    spend = {"epsilon": eps_total, "delta": privacy.delta,
+             "noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate, "steps": res.steps,
+             "clip_norm": privacy.clip_norm, "accountant": privacy.accountant,
+             "accountant_version": trainer.ACCOUNTANT_VERSION, "epsilon_round": eps_round,
+             "dp_engine": ctx.cfg.grad_sample_mode}
+    ctx.ledger.record_spend(job_id, sid, entry, spend, str(frame_path))
+    marks.append(("account", time.monotonic()))
+    log.debug("study %s round %s: job %s steps: %s", sid, round_no, job_id,
+              ", ".join(f"{name} {(t - marks[i][1]) * 1000:.1f} ms" for i, (name, t) in enumerate(marks[1:])))
+    log.info("study %s round %s: job %s trained in %.1f s; epsilon spent %.4f of %g (this round %.4f); "
+             "recorded, uploading", sid, round_no, job_id, time.monotonic() - t0, eps_total,
+             privacy.epsilon, eps_round)
+    deliver(ctx, job_id)
+
+
+def refuse_invalid(ctx: NodeContext, item: dict[str, Any], reason: str) -> None:
+    """A train item whose study this node cannot read: refused as outside the local limits, unless
+    the job was already trained (then only its delivery is left, which needs no study)."""
+    job_id = int(item["job_id"])
+    job = ctx.ledger.job(job_id)
+    if job is not None and job["state"] in (*RESUMABLE_STATES, "uploaded"):
+        deliver(ctx, job_id)
+        return
+    log.warning("job %s: refusing it (local_limit): %s", job_id, reason)
+    ctx.client.refuse(job_id, "local_limit", reason)
+
+
+def deliver(ctx: NodeContext, job_id: int) -> None:
+    """Report the recorded spend, then upload the stored frame (idempotent; resumes after a crash)."""
+    job = ctx.ledger.job(job_id)
+    if job is None or job["state"] not in RESUMABLE_STATES:
+        return
+    tag = f"study {job['study_id']} round {job['round']}: job {job_id}"
+    try:
+        frame = Path(job["frame_path"]).read_bytes()
+        if job["state"] == "spend_recorded":
+            # The spend rides with the upload (one request); the platform records it first.
+            spend = json.loads(job["spend_json"])
+            resp = ctx.client.upload_update(job_id, frame, spend=spend)
+            if not (isinstance(resp, dict) and resp.get("privacy_spend_recorded")):
+                # A duplicate upload (409) or a platform that ignores the header: report it alone.
+                ctx.client.privacy_spend(job_id, spend)
+            log.info("%s: privacy spend reported", tag)
+        else:
+            ctx.client.upload_update(job_id, frame)
+    except ApiError as e:
+        if e.status in (404, 422):
+            log.error("%s: the platform rejected it (%s); the spend stays counted", tag, e)
+            ctx.ledger.set_job_state(job_id, "failed", error=str(e)[:1000])
+            return
+        raise
+    ctx.ledger.set_job_state(job_id, "uploaded", expect=RESUMABLE_STATES)
+    try:
+        Path(job["frame_path"]).unlink()
+    except FileNotFoundError:
+        pass
+    log.info("%s: encrypted update uploaded (%d bytes)", tag, len(frame))
+
+
+def resume_pending(ctx: NodeContext) -> None:
+    """Deliver every job whose spend is recorded but whose upload did not go through."""
+    for job in ctx.ledger.jobs(states=RESUMABLE_STATES):
+        if ctx.stop.is_set():
+            return
+        deliver(ctx, job["job_id"])
+
+
+# ----------------------------------------------------------------------------- global models
+
+def global_model(ctx: NodeContext, study: StudyConfig, round_no: int, inline: dict | None = None) -> nn.Module:
+    """Global model after ``round_no`` rounds (0 = the initial model); downloads missing aggregates
+    (``inline``: an aggregate the platform sent with the work item, used if its hash checks out)."""
+    sid = study.study_id
+    if round_no <= 0:
+        return initial_model(study)
+    k = ctx.ledger.latest_global_round(sid, round_no)
+    stored = ctx.ledger.global_model(sid, k) if k >= 1 else None
+    if stored is not None:
+        model = model_from_flat(study, stored[0])
+    else:
+        k, model = 0, initial_model(study)
+    if k == round_no:
+        return model
+    secret = secret_for(ctx, study)
+    codec = get_codec(study.codec)
+    for r in range(k + 1, round_no + 1):
+        frame, contributors = _inline_frame(inline, sid, r) or ctx.client.get_aggregate(sid, r)
+        res = codec.decrypt_aggregate(secret, study.encryption, unpack_parts(frame), study.n_params)
+        model = trainer.apply_update(model, np.asarray(res.mean_update, dtype=np.float64))
+        sha = model_sha256(model)
+        ctx.ledger.put_global_model(sid, r, flatten(model), sha)
+        log.info("study %s round %s: global model from %s contributor(s), sha256 %s", sid, r,
+                 getattr(res, "n_contributors", contributors), sha[:16])
+    return model
+
+
+def _inline_frame(inline: dict | None, sid: int, round_no: int) -> tuple[bytes, int | None] | None:
+    """(frame, contributors) of the aggregate a train item carried for ``round_no``, or None
+    (absent, another round, or not matching its SHA-256: then the node downloads it)."""
+    if not isinstance(inline, dict) or inline.get("round") != round_no:
+        return None
+    try:
+        frame = base64.b64decode(str(inline["frame_b64"]), validate=True)
+    except (KeyError, ValueError) as e:
+        log.warning("study %s round %s: the aggregate sent with the job is unreadable (%s); downloading it",
+                    sid, round_no, e)
+        return None
+    if hashlib.sha256(frame).hexdigest() != inline.get("sha256"):
+        log.warning("study %s round %s: the aggregate sent with the job does not match its SHA-256; "
+                    "downloading it", sid, round_no)
+        return None
+    contributors = inline.get("contributors")
+    return frame, (int(contributors) if isinstance(contributors, int) else None)
+
+
+# ----------------------------------------------------------------------------- evaluation, final model
+
+def on_evaluate(ctx: NodeContext, item: dict[str, Any], study: StudyConfig) -> None:
+    sid, round_no = study.study_id, int(item["round"])
+    model = global_model(ctx, study, round_no)
+    ds = ctx.dataset(study)
+    metrics = trainer.evaluate(model, ds.X_test, ds.y_test, study.task)
+    row = ctx.ledger.study(sid)
+    body = {"metrics": metrics, "n_test": ds.n_test, "model_sha256": model_sha256(model),
+            "epsilon_spent": float(row["epsilon_spent"]) if row else 0.0}
+    ctx.client.report(sid, round_no, body)
+    log.info("study %s round %s: evaluated the global model on %d local test rows: %s (epsilon spent %.4f)",
+             sid, round_no, ds.n_test, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if v is not None),
+             body["epsilon_spent"])
+
+
+def on_upload_final_model(ctx: NodeContext, item: dict[str, Any], study: StudyConfig) -> None:
+    sid, round_no = study.study_id, int(item["round"])
+    model = global_model(ctx, study, round_no)
+    data = model_bytes(model)
+    ctx.client.upload_final_model(sid, data)
+    log.info("study %s: uploaded the final model of round %s (sha256 %s)", sid, round_no,
+             hashlib.sha256(data).hexdigest()[:16])
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
