@@ -112,7 +112,8 @@ class StudyForm(forms.Form):
                                  help_text="Per-sample gradient L2 clipping bound.")
     encryption_preset = forms.ChoiceField(choices=[], initial="bfv-standard")
     quorum = forms.IntegerField(min_value=1, initial=2, help_text="Minimum updates for a round to aggregate.")
-    round_deadline_s = forms.IntegerField(label="Round deadline (s)", min_value=MIN_ROUND_DEADLINE_S, max_value=MAX_ROUND_DEADLINE_S, initial=600)
+    round_deadline_s = forms.IntegerField(label="Round deadline (s)", min_value=MIN_ROUND_DEADLINE_S,
+                                          max_value=MAX_ROUND_DEADLINE_S, initial=600)
     hospitals = forms.ModelMultipleChoiceField(queryset=Hospital.objects.none(), widget=forms.CheckboxSelectMultiple,
                                                label="Invited hospitals")
     dataset_sizes = forms.CharField(required=False, initial="200, 1000, 5000", max_length=100,
