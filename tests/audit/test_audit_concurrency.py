@@ -18,7 +18,7 @@ from audit.services import audit_record
 
 STUDIES = (9001, 9002)
 STREAMS = ("study:9001", "study:9002", "platform")
-VERIFY_ROUNDS = 150
+VERIFY_ROUNDS = 60
 APPENDERS = 3
 APPENDS_PER_ROUND = 6  # released to the appenders as each round of verification starts
 
@@ -38,7 +38,7 @@ def test_verification_during_concurrent_appends_never_raises_a_false_alarm(postg
                     continue
                 study_id = (*STUDIES, None)[(i + k) % 3]
                 with transaction.atomic():
-                    audit_record(action="test.append", study_id=study_id, data={"thread": i, "k": k, "auc": 1e16})
+                    audit_record(action="test.append", study_id=study_id, data={"thread": i, "k": k})
                 k += 1
                 appended[i] = k
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
