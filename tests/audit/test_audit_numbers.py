@@ -30,7 +30,8 @@ from audit.services import audit_record, stream_for
 AWKWARD_FLOATS = [1e16, -1e16, 1.5e16, 1e20, 1e308, -1e308, 1.7976931348623157e308, -0.0, 0.0, 5e-324, 1e-7,
                   2.0 ** 53, 0.30000000000000004, 123456789.123456789]
 floats = st.floats(allow_nan=False, allow_infinity=False) | st.sampled_from(AWKWARD_FLOATS)
-ints = st.integers() | st.integers(min_value=-(10 ** 400), max_value=10 ** 400) | st.sampled_from([2 ** 63, -(2 ** 63) - 1, 10 ** 16])
+ints = (st.integers() | st.integers(min_value=-(10 ** 400), max_value=10 ** 400)
+        | st.sampled_from([2 ** 63, -(2 ** 63) - 1, 10 ** 16]))
 # Any character but surrogates (the API's UTF-8 JSON cannot carry a lone one): controls, U+0000,
 # combining marks, private use, non-characters, astral planes.
 text = st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=12)
