@@ -12,7 +12,7 @@ import threading
 import pytest
 from django.db import connection, transaction
 
-from audit.models import AuditEvent
+from audit.models import AuditEvent, AuditHead
 from audit.selectors import verify_all, verify_stream
 from audit.services import audit_record
 
@@ -72,3 +72,19 @@ def test_verification_during_concurrent_appends_never_raises_a_false_alarm(postg
     assert sum(appended) >= VERIFY_ROUNDS, f"only {sum(appended)} events were appended while verifying"
     assert all(verify_stream(s).ok for s in STREAMS)
     assert AuditEvent.objects.count() == sum(appended)
+
+
+def test_a_head_behind_or_off_the_chain_is_named(light_world):
+    """With head and events from one snapshot, a head that disagrees with the chain is tampering."""
+    stream = f"study:{light_world['study'].pk}"
+    head = AuditHead.objects.get(stream=stream)
+    before = AuditEvent.objects.get(stream=stream, seq=head.seq - 1)
+    AuditHead.objects.filter(stream=stream).update(seq=head.seq - 1, hash=before.hash)
+    res = verify_stream(stream)
+    assert not res.ok and res.broken_seq == head.seq
+    assert f"the chain goes on past the recorded head #{head.seq - 1} to event #{head.seq}" in res.problem
+    AuditHead.objects.filter(stream=stream).update(seq=head.seq, hash=before.hash)
+    res = verify_stream(stream)
+    assert not res.ok and f"the recorded head of event #{head.seq} has another hash" in res.problem
+    AuditHead.objects.filter(stream=stream).update(seq=head.seq, hash=head.hash)
+    assert verify_stream(stream).ok
