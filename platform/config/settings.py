@@ -175,6 +175,9 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "EXCEPTION_HANDLER": "studies.api.errors.exception_handler",
+    # JSON bodies with NaN/Infinity or a number beyond float range are a 422 (the audit trail cannot record them).
+    "DEFAULT_PARSER_CLASSES": ["studies.api.parsers.StrictJSONParser", "rest_framework.parsers.FormParser",
+                               "rest_framework.parsers.MultiPartParser"],
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 SPECTACULAR_SETTINGS = {
@@ -204,6 +207,8 @@ CELERY_BEAT_SCHEDULE = {
         "task": "studies.reconcile",
         "schedule": envfloat("FEDPLATFORM_RECONCILE_S", 5.0, lo=0.1, hi=3600),
     },
+    # Summary events of repeated failed logins / refused enrolments whose window has closed.
+    "audit-summaries": {"task": "audit.flush_summaries", "schedule": 60.0},
 }
 
 # The node API. The longest a long-poll may hold a request open is part of the protocol

@@ -8,11 +8,16 @@ from datetime import timedelta
 from django.db import transaction
 from django.utils import timezone
 
+from audit.repeated import record_repeated
 from audit.services import actor_label, audit_record
 
 from .models import Consortium, EnrolmentToken, Hospital, Membership
 from .tokens import new_token, token_hash
 
+# Refused enrolments with the same token (or with unknown tokens) and reason within this many seconds
+# are one audit event plus one summary with their count: a node retrying, or anyone guessing
+# tokens, cannot flood the append-only trail.
+ENROL_REFUSAL_WINDOW_S = 15 * 60
 
 class EnrolmentError(Exception):
     """An enrolment attempt that cannot proceed; the message says why and what to do."""
@@ -60,17 +65,19 @@ def enrolment_token_create(*, hospital: Hospital, user=None, ttl_hours: int = 72
 def node_enrol(*, enrolment_token: str, public_key: str, node_version: str) -> tuple[Hospital, str]:
     """Bind a node to its hospital: consume the one-time token, store the node's public key and
     the hash of a fresh node API token. Returns the clear node token (shown once).
-    A refused attempt is itself an audit event (node.enrol_refused; the token is never recorded)."""
+    A refused attempt is itself an audit event (node.enrol_refused; the token is never recorded),
+    summarised per token and reason (audit.repeated): one event per window, with a count."""
     try:
         return _node_enrol(enrolment_token=enrolment_token, public_key=public_key, node_version=node_version)
     except EnrolmentError as exc:
         with transaction.atomic():
             et = EnrolmentToken.objects.select_related("hospital").filter(token_hash=token_hash(enrolment_token)).first()
             h = et.hospital if et is not None else None
-            audit_record(action="node.enrol_refused", actor="anonymous", obj=h,
-                         consortium_id=h.consortium_id if h else None, hospital_id=h.pk if h else None,
-                         data={"reason": str(exc), "enrolment_token_id": et.pk if et else None,
-                               "node_version": str(node_version)[:64]})
+            record_repeated(key=f"node.enrol_refused|{et.pk if et else '-'}|{str(exc)[:200]}",
+                            window_s=ENROL_REFUSAL_WINDOW_S, action="node.enrol_refused", actor="anonymous", obj=h,
+                            consortium_id=h.consortium_id if h else None, hospital_id=h.pk if h else None,
+                            data={"reason": str(exc), "enrolment_token_id": et.pk if et else None,
+                                  "node_version": str(node_version)[:64]})
         raise
 
 

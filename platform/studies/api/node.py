@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import threading
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from .. import selectors, services, worksignal
 from ..models import Aggregate, HEContext, Participation, Round, Study, TrainingJob
 from .auth import IsNode, NodeTokenAuthentication
 from .errors import error
+from .parsers import loads_strict
 
 
 def _b64(value, field: str) -> bytes:
@@ -264,7 +264,7 @@ class UpdateView(JobMixin, NodeView):
             # The job's privacy spend may ride with its upload (one request instead of two); it is
             # recorded first, exactly as POST jobs/{id}/privacy-spend records it.
             try:
-                spend = json.loads(spend_header)
+                spend = loads_strict(spend_header)  # NaN/Infinity: 422 naming the value
             except ValueError:
                 spend = None
             if not isinstance(spend, dict):

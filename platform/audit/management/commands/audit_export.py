@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from audit.chain import HASHED_FIELDS
-from audit.selectors import stream_events, verify_stream
+from audit.chain import canonical_body, verify_events
+from audit.selectors import stream_events, stream_snapshot
 from audit.services import stream_for
 
 
+def export_line(ev: dict) -> str:
+    """One event as one JSON object: the hashed fields, `data` spelled exactly as it was hashed
+    (its stored canonical text), then "hash". ASCII only."""
+    return canonical_body(ev, ev["data_canonical"])[:-1] + f',"hash":"{ev["hash"]}"}}'
+
+
 def export_lines(stream: str):
-    """One JSON object per event: exactly the hashed fields plus "hash", in stored order."""
+    """The stream's events, one line each, in stored order."""
     for ev in stream_events(stream):
-        yield json.dumps({**{k: ev[k] for k in HASHED_FIELDS}, "hash": ev["hash"]}, sort_keys=True,
-                         ensure_ascii=True)
+        yield export_line(ev)
 
 
 class Command(BaseCommand):
@@ -34,18 +38,20 @@ class Command(BaseCommand):
         if not opts["study"] and not opts["platform"]:
             raise CommandError("give --study ID (or --platform)")
         stream = stream_for(opts["study"]) if opts["study"] else "platform"
+        # The lines written and the head hash printed come from one snapshot of the stream: events
+        # appended meanwhile are in neither.
+        events, head = stream_snapshot(stream)
+        if not events:
+            raise CommandError(f"no audit events in stream {stream!r} (no such study?)")
         out = open(opts["output"], "w", encoding="ascii") if opts["output"] else sys.stdout
-        n = 0
         try:
-            for line in export_lines(stream):
-                out.write(line + "\n")
-                n += 1
+            for ev in events:
+                out.write(export_line(ev) + "\n")
         finally:
             if opts["output"]:
                 out.close()
-        if n == 0:
-            raise CommandError(f"no audit events in stream {stream!r} (no such study?)")
-        res = verify_stream(stream)
+        n = len(events)
+        res = verify_events(stream, events, expected_head=head)
         # The head hash goes to stderr so stdout stays a clean JSONL stream.
         self.stderr.write(f"exported {n} events of {stream}; head hash {res.head_hash}; "
                           f"chain {'verified' if res.ok else 'BROKEN: ' + res.problem}"
