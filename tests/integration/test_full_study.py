@@ -10,8 +10,7 @@ from helpers import create_study, setup_consortium, study_status, wait_for
 
 from audit.selectors import verify_study_chain
 from fedproto.codec import get_codec
-from studies.models import (EncryptedUpdate, FinalModel, HEContext, PrivacySpend, Round, RoundReport, SealedKey, Study,
-                            TrainingJob)
+from studies.models import EncryptedUpdate, FinalModel, HEContext, PrivacySpend, Round, RoundReport, SealedKey, Study, TrainingJob
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 from django.test import Client
+from portal_support import PASSWORD
 
 from audit.models import AuditEvent
 from portal import auth
 from studies.models import Study
-
-from portal_support import PASSWORD
 
 pytestmark = pytest.mark.django_db
 

@@ -16,7 +16,7 @@ from nacl.public import PrivateKey, SealedBox
 
 from consortia.services import consortium_create, enrolment_token_create, hospital_create, node_enrol
 from studies import services
-from studies.models import Participation, PrivacySpend, Round, TrainingJob
+from studies.models import Participation, Round, TrainingJob
 
 SCHEMA = {"task": "binary_classification",
           "features": [{"name": f"f{i}", "type": "float"} for i in range(6)],
