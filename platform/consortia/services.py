@@ -111,7 +111,7 @@ def _node_enrol(*, enrolment_token: str, public_key: str, node_version: str) -> 
         h.revoked_at = None
         h.node_version = node_version[:64]
         h.save(update_fields=["public_key", "token_hash", "enrolled_at", "revoked_at", "node_version"])
-        audit_record(action="node.enrolled", actor=f"node:{h.pk}:{h.name}", obj=h, consortium_id=h.consortium_id,
+        audit_record(action="node.enrolled", actor=actor_label(hospital=h), obj=h, consortium_id=h.consortium_id,
                      hospital_id=h.pk, data={"node_version": node_version[:64], "public_key": public_key,
                                              "enrolment_token_id": et.pk})
     return h, node_token
