@@ -68,34 +68,29 @@ def envbool(name: str, default: bool) -> bool:
     raise _bad(name, value, "expected 1 or 0 (also true/false, yes/no, on/off)", "1" if default else "0")
 
 
-def envint(name: str, default: int, *, lo: int | None = None, hi: int | None = None) -> int:
-    """A whole number (underscores allowed: 2_000_000) within [lo, hi]."""
+def _number(name: str, default, parse, what: str, lo, hi):
+    """``parse`` the variable (int or float) and check it is finite and within [lo, hi]."""
     value = _raw(name)
     if value is None:
         return default
-    accepts = f"expected a whole number{_range(lo, hi)}"
+    accepts = f"expected {what}{_range(lo, hi)}"
     try:
-        number = int(value)
-    except ValueError:
-        raise _bad(name, value, accepts, default) from None
-    if (lo is not None and number < lo) or (hi is not None and number > hi):
-        raise _bad(name, value, accepts, default)
-    return number
-
-
-def envfloat(name: str, default: float, *, lo: float | None = None, hi: float | None = None) -> float:
-    """A finite number within [lo, hi]."""
-    value = _raw(name)
-    if value is None:
-        return default
-    accepts = f"expected a number{_range(lo, hi)}"
-    try:
-        number = float(value)
+        number = parse(value)
     except ValueError:
         raise _bad(name, value, accepts, default) from None
     if not math.isfinite(number) or (lo is not None and number < lo) or (hi is not None and number > hi):
         raise _bad(name, value, accepts, default)
     return number
+
+
+def envint(name: str, default: int, *, lo: int | None = None, hi: int | None = None) -> int:
+    """A whole number (underscores allowed: 2_000_000) within [lo, hi]."""
+    return _number(name, default, int, "a whole number", lo, hi)
+
+
+def envfloat(name: str, default: float, *, lo: float | None = None, hi: float | None = None) -> float:
+    """A finite number within [lo, hi]."""
+    return _number(name, default, float, "a number", lo, hi)
 
 
 def envlist(name: str, default: list[str], *, item_pattern: str | None = None, accepts: str = "") -> list[str]:
