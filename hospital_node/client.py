@@ -127,6 +127,21 @@ class PlatformClient:
         contrib = resp.headers.get("X-Contributors")
         return resp.content, (int(contrib) if contrib and contrib.isdigit() else None)
 
+    def round_uploads(self, study_id: int, round_no: int) -> list[dict]:
+        body = self.request("GET", f"studies/{study_id}/rounds/{round_no}/uploads")
+        uploads = body.get("uploads") if isinstance(body, dict) else None
+        if not isinstance(uploads, list):
+            raise TransientError("GET round uploads returned a body without an 'uploads' list")
+        return uploads
+
+    def get_round_upload(self, study_id: int, round_no: int, job_id: int) -> bytes:
+        return self.request("GET", f"studies/{study_id}/rounds/{round_no}/uploads/{job_id}", raw=True,
+                            timeout=max(self.timeout, 120.0)).content
+
+    def poison_report(self, study_id: int, round_no: int, body: dict) -> dict:
+        out = self.request("POST", f"studies/{study_id}/rounds/{round_no}/poison-report", json=body)
+        return out if isinstance(out, dict) else {}
+
     def report(self, study_id: int, round_no: int, body: dict) -> Any:
         return self.request("POST", f"studies/{study_id}/rounds/{round_no}/report", json=body, ok_409=True)
 

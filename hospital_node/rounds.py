@@ -21,9 +21,9 @@ from torch import nn
 
 from fedproto.codec import get_codec
 from fedproto.study import StudyConfig
-from fedproto.wire import pack_parts, unpack_parts
+from fedproto.wire import pack_parts
 
-from . import trainer
+from . import poisoning, trainer
 from .context import NodeContext
 from .credentials import write_atomic
 from .errors import ApiError
@@ -171,10 +171,10 @@ def global_model(ctx: NodeContext, study: StudyConfig, round_no: int, inline: di
     if k == round_no:
         return model
     secret = secret_for(ctx, study)
-    codec = get_codec(study.codec)
     for r in range(k + 1, round_no + 1):
-        frame, contributors = _inline_frame(inline, sid, r) or ctx.client.get_aggregate(sid, r)
-        res = codec.decrypt_aggregate(secret, study.encryption, unpack_parts(frame), study.n_params)
+        got = _inline_frame(inline, sid, r)
+        frame, contributors = got or ctx.client.get_aggregate(sid, r)
+        res = poisoning.decrypt(ctx, study, secret, r, frame, downloaded=got is None)
         model = trainer.apply_update(model, np.asarray(res.mean_update, dtype=np.float64))
         sha = model_sha256(model)
         ctx.ledger.put_global_model(sid, r, flatten(model), sha)

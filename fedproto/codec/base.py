@@ -101,6 +101,11 @@ class Codec:
                           n_params: int) -> AggregateResult:  # pragma: no cover
         raise NotImplementedError
 
+    def noise_budget(self, secret: bytes, enc: dict, parts: list[bytes]) -> int:  # pragma: no cover
+        """Smallest noise budget (bits) of one upload's parts under the study key, decoding no value;
+        0 for a ciphertext under another key."""
+        raise CodecError(f"codec {self.name} cannot check an upload's noise budget")
+
     def load_params(self, public: bytes) -> Any:  # pragma: no cover
         raise NotImplementedError
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import tenseal.sealapi as sealapi
 
-from ..errors import CodecError, SpecError
+from ..errors import CodecError, PoisonedAggregateError, SpecError
 from . import seal_io
 from .base import AggregateResult, Codec, as_update, check_number, pack_secret, public_params_sha256, unpack_secret, upload_parts
 from .bfv_params import (
@@ -256,15 +256,19 @@ class BfvPackedCodec(Codec):
                 raise CodecError(f"aggregate part #{p} belongs to other encryption parameters")
             budget = node.decryptor.invariant_noise_budget(ct)
             if budget <= 0:
-                raise CodecError(f"aggregate part #{p} has no noise budget left: too many ciphertexts were added "
-                                 f"(limit max_hospitals={enc['max_hospitals']})")
+                # The platform adds at most max_hospitals uploads, which the parameters leave budget
+                # for: a ciphertext under another key (or forged) is the only way to get here.
+                raise PoisonedAggregateError(
+                    f"aggregate part #{p} does not decrypt under the study key (no noise budget left): at least one "
+                    f"upload in it was encrypted under another key or forged (at most max_hospitals="
+                    f"{enc['max_hospitals']} uploads are ever added, so this is not an overflow)")
             min_budget = budget if min_budget is None else min(min_budget, budget)
             node.decryptor.decrypt(ct, pt)
             slots[p * SLOTS:(p + 1) * SLOTS] = np.fromiter(node.encoder.decode_uint64(pt), dtype=np.uint64, count=SLOTS)
         cap = enc["weight_cap_samples"]
         W, n_contrib = int(slots[0]), int(slots[1])
         if not (1 <= n_contrib <= enc["max_hospitals"]) or not (n_contrib <= W <= n_contrib * cap):
-            raise CodecError(f"aggregate header is inconsistent (count {n_contrib}, weight {W}): more than "
+            raise PoisonedAggregateError(f"aggregate header is inconsistent (count {n_contrib}, weight {W}): more than "
                              f"max_hospitals={enc['max_hospitals']} uploads were added, or parts of different uploads were mixed")
         n_slots_data = -(-n_params // k)
         data = slots[HEADER_SLOTS:HEADER_SLOTS + n_slots_data]
@@ -280,6 +284,23 @@ class BfvPackedCodec(Codec):
         if return_noise_budget:
             return res, min_budget  # type: ignore[return-value]
         return res
+
+    def noise_budget(self, secret: bytes, enc: dict, parts: list[bytes]) -> int:
+        """Smallest invariant noise budget (bits) over the parts of one upload, under the study key.
+        Decodes no value: an honest fresh upload has tens of bits left, a ciphertext under another key
+        has none (0). Key holders run it on each upload of a poisoned round to name the culprit."""
+        self.validate_config(enc)
+        node = self._node(secret)
+        parms_id = list(node.context.first_parms_id())
+        budgets = []
+        for p, blob in enumerate(parts):
+            ct = self._load_aggregate_part(node, blob, p)
+            if list(ct.parms_id()) != parms_id or ct.size() != 2:
+                raise CodecError(f"part #{p} belongs to other encryption parameters")
+            budgets.append(int(node.decryptor.invariant_noise_budget(ct)))
+        if not budgets:
+            raise CodecError("an upload has no parts")
+        return min(budgets)
 
     def _load_aggregate_part(self, node: BfvNodeContext, blob: bytes, p: int) -> Any:
         ct = sealapi.Ciphertext()

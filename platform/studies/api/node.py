@@ -290,6 +290,39 @@ class AggregateView(NodeView):
         return resp
 
 
+class RoundUploadsView(NodeView):
+    """The uploads in a round's aggregate, for a key holder whose aggregate does not decrypt."""
+
+    def get(self, request, study_id: int, number: int):
+        study = self.my_study(study_id)
+        ups = services.round_uploads(study=study, hospital=self.hospital, number=number)
+        return Response({"round": number, "uploads": [{"job_id": u.job_id, "sha256": u.sha256, "bytes": u.size_bytes}
+                                                      for u in ups]})
+
+
+class RoundUploadView(NodeView):
+    """One upload of a round's aggregate: a key holder checks its noise budget (decodes no value)."""
+
+    def get(self, request, study_id: int, number: int, job_id: int):
+        study = self.my_study(study_id)
+        u = services.round_upload(study=study, hospital=self.hospital, number=number, job_id=job_id)
+        resp = FileResponse(open(Path(settings.MEDIA_ROOT) / u.path, "rb"), content_type="application/octet-stream")
+        resp["X-Upload-SHA256"] = u.sha256
+        return resp
+
+
+class PoisonReportView(NodeView):
+    def post(self, request, study_id: int, number: int):
+        study = self.my_study(study_id)
+        d = request.data if isinstance(request.data, dict) else {}
+        sha = d.get("aggregate_sha256")
+        if not isinstance(sha, str) or len(sha) != 64:
+            return error("aggregate_sha256 must be the SHA-256 (hex) of the aggregate that did not decrypt", "invalid", 422)
+        out = services.poison_report_record(study=study, hospital=self.hospital, number=number, aggregate_sha256=sha,
+                                            budgets=d.get("budgets"), error=str(d.get("error", ""))[:500])
+        return Response(out)
+
+
 class RoundReportView(NodeView):
     def post(self, request, study_id: int, number: int):
         study = self.my_study(study_id)

@@ -15,6 +15,9 @@ node_urls = [
     path("jobs/<int:job_id>/privacy-spend", node.PrivacySpendView.as_view()),
     path("jobs/<int:job_id>/update", node.UpdateView.as_view()),
     path("studies/<int:study_id>/rounds/<int:number>/aggregate", node.AggregateView.as_view()),
+    path("studies/<int:study_id>/rounds/<int:number>/uploads", node.RoundUploadsView.as_view()),
+    path("studies/<int:study_id>/rounds/<int:number>/uploads/<int:job_id>", node.RoundUploadView.as_view()),
+    path("studies/<int:study_id>/rounds/<int:number>/poison-report", node.PoisonReportView.as_view()),
     path("studies/<int:study_id>/rounds/<int:number>/report", node.RoundReportView.as_view()),
     path("studies/<int:study_id>/final-model", node.FinalModelView.as_view()),
 ]

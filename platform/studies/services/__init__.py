@@ -6,6 +6,7 @@ state themselves. Call sites use the package: ``from studies import services; se
     recruitment  decisions, encryption context, sealed keys, key acknowledgements
     rounds       open/close rounds, job refusals, privacy spend, encrypted uploads
     aggregation  adding the ciphertexts (whole round or by chunk)
+    poisoning    a poisoned aggregate: key holders' noise-budget reports, culprit excluded, re-aggregation
     release      round attestations, the final model
     storage      media files (atomic writes, verified reads, paths, chunk index)
     common       audit event + node wake-up of a state change, tasks enqueued by name
@@ -23,6 +24,7 @@ from .lifecycle import (
                         study_pause,
                         study_resume,
 )
+from .poisoning import poison_report_record, round_upload, round_uploads
 from .recruitment import he_context_publish, key_ack, participation_decide, sealed_key_fetch, sealed_keys_store
 from .release import final_model_downloaded, final_model_store, round_report_record
 from .rounds import DP_ENGINE_RE, SPEND_FIELDS, job_refuse, privacy_spend_record, round_open, round_try_close, update_accept
@@ -30,7 +32,8 @@ from .rounds import DP_ENGINE_RE, SPEND_FIELDS, job_refuse, privacy_spend_record
 __all__ = [
     "DP_ENGINE_RE", "SPEND_FIELDS", "TERMINAL", "ServiceError",
     "final_model_downloaded", "final_model_store", "he_context_publish", "job_refuse", "key_ack", "missing_chunks",
-    "participation_decide", "privacy_spend_record", "round_aggregate", "round_aggregate_chunk", "round_open",
-    "round_report_record", "round_try_close", "sealed_key_fetch", "sealed_keys_store", "study_advance", "study_cancel",
-    "study_create", "study_fail", "study_open_recruitment", "study_pause", "study_resume", "update_accept",
+    "participation_decide", "poison_report_record", "privacy_spend_record", "round_aggregate", "round_aggregate_chunk",
+    "round_open", "round_report_record", "round_try_close", "round_upload", "round_uploads", "sealed_key_fetch",
+    "sealed_keys_store", "study_advance", "study_cancel", "study_create", "study_fail", "study_open_recruitment",
+    "study_pause", "study_resume", "update_accept",
 ]
