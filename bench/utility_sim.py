@@ -20,7 +20,6 @@ is node behaviour today): ``batch="auto"`` (each hospital's batch from its own d
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +32,7 @@ from fedproto.codec import DEFAULT_CODEC, get_codec
 from fedproto.study import StudyConfig, validate_study
 from hospital_node import data as node_data
 from hospital_node.networks import initial_model
+from hospital_node.trainer import _noise_multiplier as noise_multiplier
 from hospital_node.trainer import (
     apply_update,
     dp_train,
@@ -44,7 +44,6 @@ from hospital_node.trainer import (
     train_job,
     train_local_only,
 )
-from hospital_node.trainer import _noise_multiplier as noise_multiplier
 
 DELTA = 1e-5
 
@@ -68,16 +67,20 @@ SETUPS = {
                       rounds=10, local_epochs=2, batch=64, learning_rate=0.1),
     "demo": Setup("demo", "demo settings + reference constants in the schema",
                   rounds=5, local_epochs=5, batch=16, learning_rate=0.1, standardise="global"),
-    "auto": Setup("auto", "variant: global constants, zero init, no 20 % split, batch = n/2, lr 2",
-                  rounds=5, local_epochs=2, batch="auto", learning_rate=2.0, standardise="global", init="zero",
+    "zero": Setup("zero", "variant: demo + zero initial weights + no 20 % local split",
+                  rounds=5, local_epochs=5, batch=16, learning_rate=0.1, standardise="global", init="zero",
+                  local_split=False),
+    "auto": Setup("auto", "variant: global constants, zero init, no 20 % split, full batch (b = n), lr 2",
+                  rounds=10, local_epochs=1, batch="auto", learning_rate=2.0, standardise="global", init="zero",
                   local_split=False),
 }
 
 
 def auto_batch(n_train: int) -> int:
-    """A batch from the hospital's declared size alone (no data, no budget): half its rows, so each
-    step averages many clipped gradients (noise / batch is what hurts) and the sampling rate stays 1/2."""
-    return max(8, math.ceil(n_train / 2))
+    """A batch from the hospital's declared size alone (no data, no budget): all its rows, i.e. noisy
+    full-batch gradient descent. The noise added to a step's mean gradient is sigma * clip / batch, so
+    at these sizes the largest batch buys the most signal per unit of epsilon (docs/utility.md)."""
+    return int(n_train)
 
 
 def study_for(setup: Setup, *, n_features: int, epsilon: float, seed: int, n_hospitals: int,
