@@ -21,6 +21,8 @@ Targets (issue 13), checked at epsilon 1 per hospital:
               >= 2/3, means over seeds; "best local-only" is the hospital whose local-only model has
               the highest pooled AUC on average over seeds (one hospital for all seeds: taking the
               best of the hospitals again in every seed would pick test-set noise).
+  Also shown, "gap closed, own rows": the same ratio per hospital on its own test rows,
+  mean(federated - local-only) / mean(central - local-only) over hospitals and seeds.
 """
 
 from __future__ import annotations
@@ -78,19 +80,24 @@ def summarise(runs: list[dict]) -> dict:
     fed, cen = np.array([r["fed_pooled"] for r in runs]), np.array([r["central_pooled"] for r in runs])
     gap = float(np.mean(cen) - np.mean(best_local))
     closed = float((np.mean(fed) - np.mean(best_local)) / gap) if gap > 1e-9 else float("nan")
+    cen_own = np.array([r["central_own"] for r in runs])
+    own_gap = float(np.nanmean(cen_own - loc_own))
+    closed_own = float(np.nanmean(fed_own - loc_own) / own_gap) if own_gap > 1e-9 else float("nan")
     return {"fed": fed, "best_local": best_local, "central": cen, "diff": diff, "wins": wins, "closed": closed,
+            "closed_own": closed_own,
             "beats_all": bool(np.all(diff > 0)), "fed_own": fed_own, "loc_own": loc_own,
-            "cen_own": np.array([r["central_own"] for r in runs])}
+            "cen_own": cen_own}
 
 
 def table(results: list[tuple], order: list[str]) -> str:
     lines = ["| data set | setting | ε | federated (pooled) | best local-only (pooled) | central, no DP (pooled) | "
-             "gap closed | fed − local, per hospital (own test rows) | beats every local? |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "gap closed | gap closed, own rows | fed − local, per hospital (own test rows) | beats every local? |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for task, setup, eps, s in results:
         per = ", ".join(f"{d:+.3f}" for d in s["diff"])
         lines.append(f"| {task.name} | {setup.key} | {eps:g} | {ms(s['fed'])} | {ms(s['best_local'])} | "
-                     f"{ms(s['central'])} | {pct(s['closed'])} | {per} | {'yes' if s['beats_all'] else 'no'} |")
+                     f"{ms(s['central'])} | {pct(s['closed'])} | {pct(s['closed_own'])} | {per} | "
+                     f"{'yes' if s['beats_all'] else 'no'} |")
     return "\n".join(lines)
 
 
