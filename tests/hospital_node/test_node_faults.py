@@ -4,6 +4,7 @@ it leaves behind. Real ledger (SQLite), real node processes, a real HTTP server.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import subprocess
@@ -256,3 +257,20 @@ def test_a_discarded_upload_is_logged_as_such_and_never_sent_again(tmp_path, dat
         node.ledger.close()
     finally:
         Platform.put_code = "job_closed"
+
+
+# ----------------------------------------------------------------------------- final model
+
+def test_a_key_holder_that_is_not_the_custodian_releases_the_final_model(tmp_path, data_csv, study):
+    """The custodian is gone for good: the platform asks another key holder (it holds the key and
+    rebuilds the global models from the aggregates)."""
+    study = {**study, "custodian_hospital_id": 5, "rounds": 1}  # this node is hospital 3
+    node = _node(tmp_path, data_csv, study, RecordingClient())
+    node.handle({"kind": "train", "job_id": 11, "study": study, "round": 1})
+    frame = node.client.named("upload_update")[0][2]
+    node.client.get_aggregate = lambda sid, r: (frame, 1)
+    node.handle({"kind": "upload_final_model", "study_id": study["id"], "round": 1})
+    (call,) = node.client.named("upload_final_model")
+    _, sha = node.ledger.global_model(study["id"], 1)  # the model it attests in its round report
+    assert call[1] == study["id"] and hashlib.sha256(call[2]).hexdigest() == sha
+    node.ledger.close()
