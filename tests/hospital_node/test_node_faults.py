@@ -166,7 +166,8 @@ def test_a_retried_round_resends_the_same_update_at_no_privacy_cost(tmp_path, da
     assert retry[2] != first[2]
     codec, secret = get_codec("bfv-packed-v1"), node.ledger.secret(study["id"])
     a, b = (codec.decrypt_aggregate(secret, study["encryption"], unpack_parts(c[2]), 5).mean_update for c in (first, retry))
-    assert np.abs(a).max() > 0 and np.allclose(a, b, atol=1e-3)
+    # equal up to one step of the codec's stochastic rounding (a fresh encryption rounds afresh)
+    assert np.abs(a).max() > 0.01 and np.allclose(a, b, atol=0.01)
     # the next round (another global model) trains and spends
     node.client.get_aggregate = lambda sid, r: (first[2], 1)
     node.handle({"kind": "train", "job_id": 13, "study": study, "round": 2})
