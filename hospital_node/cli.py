@@ -14,6 +14,7 @@ import sys
 from . import NODE_VERSION
 from .config import GRAD_SAMPLE_MODES
 from .errors import ApiError, ConfigError, FatalAuthError, NodeError, TransientError
+from .instance import InstanceLock
 
 log = logging.getLogger("hospital_node")
 
@@ -75,11 +76,15 @@ def cmd_run(args) -> int:
 
         cfg = dataclasses.replace(cfg, grad_sample_mode=args.grad_sample_mode)
     creds = load_credentials(cfg.credentials_file)
+    lock = InstanceLock(cfg.ledger).acquire()  # held until the process exits (AlreadyRunning: exit 1)
     from .daemon import Node  # imports torch/Opacus: only once the config is known to be good
     node = Node(cfg, creds)
     node.install_signal_handlers()
     node.warm_up()
-    return node.run(once=args.once)
+    try:
+        return node.run(once=args.once)
+    finally:
+        lock.release()
 
 
 def cmd_status(args) -> int:

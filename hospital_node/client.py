@@ -1,7 +1,8 @@
 """HTTP client of the platform's node API (/api/node/). Outbound HTTPS only.
 
 401/403 -> FatalAuthError (stop, do not retry); network errors and 5xx -> TransientError
-(retry with backoff); other 4xx -> ApiError carrying the platform's {"error", "code"}.
+(retry with backoff); other 4xx -> ApiError carrying the platform's {"error", "code"}; a 409 where the
+caller allows it -> Conflict (the platform's code says whether it was already done or discarded).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import base64
 import logging
 import time
+from dataclasses import dataclass
 from json import dumps as json_dumps  # `json` is a parameter name in request()
 from typing import Any, Iterable
 
@@ -18,6 +20,14 @@ from . import NODE_VERSION
 from .errors import ApiError, FatalAuthError, TransientError
 
 log = logging.getLogger("hospital_node.client")
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """A 409 answer the caller allowed (``ok_409``): the platform's error code and message."""
+
+    code: str
+    message: str
 
 
 class PlatformClient:
@@ -44,6 +54,11 @@ class PlatformClient:
             raise TransientError(f"{method} {path}: platform unreachable ({type(e).__name__}: {e})") from None
         log.debug("%s %s -> %s in %.1f ms (%d bytes back)", method, path, resp.status_code,
                   (time.monotonic() - t0) * 1000, len(resp.content))
+        if resp.status_code >= 400 and data is not None:
+            # The platform may answer before it has read the body: what is left of it would be read as
+            # the next request on this keep-alive connection. Drop the connections; the next request
+            # opens a fresh one.
+            self.session.close()
         if resp.status_code in (401, 403):
             code, msg = _error_body(resp)
             raise FatalAuthError(f"{method} {path} -> {resp.status_code} {code}: {msg}")
@@ -52,8 +67,8 @@ class PlatformClient:
             raise TransientError(f"{method} {path} -> {resp.status_code} {code}: {msg}")
         if resp.status_code == 409 and ok_409:
             code, msg = _error_body(resp)
-            log.info("%s %s -> 409 %s (%s): already done, treating as success", method, path, code, msg)
-            return None
+            log.info("%s %s -> 409 %s (%s)", method, path, code, msg)
+            return Conflict(code, msg)
         if resp.status_code >= 400:
             code, msg = _error_body(resp)
             raise ApiError(resp.status_code, code, msg, method, path)

@@ -5,9 +5,12 @@ transaction, and the privacy spend of a job is committed together with the job m
 to ``spend_recorded`` (after its encrypted frame is on disk, before any upload), so a
 crash never loses or double-counts a spend.
 
-Job states: claimed -> trained -> spend_recorded -> uploaded (the spend travels with the upload;
-spend_reported: reported on its own before the upload, as earlier versions did)
-(also: refused is never stored — a refusal leaves the ledger unchanged; failed).
+Job states: claimed -> trained -> spend_recorded -> uploaded | failed (the spend travels with the
+upload; spend_reported: reported on its own before the upload, as earlier versions did; a retried
+round's job goes claimed -> spend_recorded with a zero-cost spend, see ``record_reuse``)
+(also: refused is never stored — a refusal leaves the ledger unchanged). A job's state never moves
+backwards: every UPDATE is conditional on the states it may come from (``PREVIOUS_STATES``), so
+a stale writer (a second process, a late handler) changes nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +29,14 @@ from fedproto.study import StudyConfig
 
 JOB_STATES = ("claimed", "trained", "spend_recorded", "spend_reported", "uploaded", "failed")
 RESUMABLE_STATES = ("spend_recorded", "spend_reported")
+# state -> the states a job may move to it from (claimed is only ever inserted, see claim_job)
+PREVIOUS_STATES: dict[str, tuple[str, ...]] = {
+    "trained": ("claimed",),
+    "spend_recorded": ("claimed", "trained"),
+    "spend_reported": ("spend_recorded",),
+    "uploaded": ("spend_recorded", "spend_reported"),
+    "failed": ("claimed", "trained", "spend_recorded", "spend_reported"),
+}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS studies (
@@ -63,6 +74,17 @@ CREATE TABLE IF NOT EXISTS global_models (
     PRIMARY KEY (study_id, round)
 );
 """
+# The update (float64 vector) of a study's last trained round: a retried attempt of that round
+# re-sends a fresh encryption of it (post-processing, no new privacy cost) instead of training again.
+_SCHEMA_TRAINED = """
+CREATE TABLE IF NOT EXISTS trained_updates (
+    study_id        INTEGER PRIMARY KEY,
+    round           INTEGER NOT NULL,
+    job_id          INTEGER NOT NULL,
+    n_train         INTEGER NOT NULL,
+    update_f8       BLOB NOT NULL
+);
+"""
 
 
 def config_sha256(study: StudyConfig) -> str:
@@ -83,6 +105,8 @@ class Ledger:
         self._db.execute("PRAGMA synchronous=FULL")
         if not self._has_tables():
             self._db.executescript(_SCHEMA)  # idempotent (IF NOT EXISTS); executescript commits itself
+        if self._db.execute("SELECT 1 FROM sqlite_master WHERE name='trained_updates'").fetchone() is None:
+            self._db.executescript(_SCHEMA_TRAINED)  # ledgers written before retries reused updates
 
     def _has_tables(self) -> bool:
         return self._db.execute("SELECT 1 FROM sqlite_master WHERE name='jobs'").fetchone() is not None
@@ -156,8 +180,9 @@ class Ledger:
             args.extend(states)
         return self._db.execute(q + " ORDER BY job_id", args).fetchall()
 
-    def claim_job(self, study: StudyConfig, job_id: int, round_no: int, plan: dict | None) -> None:
-        """Record a job as claimed; store the study's noise plan if this is its first job."""
+    def claim_job(self, study: StudyConfig, job_id: int, round_no: int, plan: dict | None) -> bool:
+        """Record a job as claimed; store the study's noise plan if this is its first job. True if the
+        job is now ``claimed``; False if it already went further (never claimed again: it trained)."""
         now = time.time()
         with self.tx() as db:
             _upsert_study(db, study, now)
@@ -167,28 +192,34 @@ class Ledger:
                            (plan["noise_multiplier"], plan["sample_rate"], plan["steps_per_job"], plan["n_train"],
                             plan["target_epsilon"], config_sha256(study), study.study_id))
             db.execute("INSERT INTO jobs(job_id, study_id, round, state, updated_at) VALUES (?,?,?,?,?) "
-                       "ON CONFLICT(job_id) DO UPDATE SET state='claimed', error=NULL, updated_at=excluded.updated_at "
-                       "WHERE jobs.state IN ('claimed','trained','failed')",
+                       "ON CONFLICT(job_id) DO UPDATE SET error=NULL, updated_at=excluded.updated_at "
+                       "WHERE jobs.state='claimed'",
                        (int(job_id), study.study_id, int(round_no), "claimed", now))
+            row = db.execute("SELECT state FROM jobs WHERE job_id=?", (int(job_id),)).fetchone()
+            return row["state"] == "claimed"
 
     def set_job_state(self, job_id: int, state: str, *, error: str | None = None,
                       expect: tuple[str, ...] | None = None) -> bool:
-        assert state in JOB_STATES, state
+        """Move a job to ``state`` if it is in one of the states it may come from (and in ``expect``,
+        if given); False (nothing changed) otherwise: a job never moves backwards."""
+        if state not in PREVIOUS_STATES:
+            raise ValueError(f"a job cannot be moved to {state!r}")
+        allowed = [s for s in PREVIOUS_STATES[state] if expect is None or s in expect]
+        if not allowed:
+            return False
         with self.tx() as db:
-            q, args = "UPDATE jobs SET state=?, error=?, updated_at=? WHERE job_id=?", [state, error, time.time(), int(job_id)]
-            if expect:
-                q += f" AND state IN ({','.join('?' * len(expect))})"
-                args.extend(expect)
-            return db.execute(q, args).rowcount == 1
+            q = f"UPDATE jobs SET state=?, error=?, updated_at=? WHERE job_id=? AND state IN ({','.join('?' * len(allowed))})"
+            return db.execute(q, [state, error, time.time(), int(job_id), *allowed]).rowcount == 1
 
     def record_spend(self, job_id: int, study_id: int, entry: tuple[float, float, int], spend: dict,
-                     frame_path: str) -> None:
+                     frame_path: str, update: np.ndarray | None = None, n_train: int = 0) -> None:
         """Atomically: append the job's (sigma, q, steps) to the study history, set the cumulative
-        epsilon, and move the job to spend_recorded with its report and stored frame."""
+        epsilon, move the job to spend_recorded with its report and stored frame, and keep its
+        ``update`` (if given) as the study's last trained round."""
         now = time.time()
         with self.tx() as db:
-            job = db.execute("SELECT state FROM jobs WHERE job_id=?", (int(job_id),)).fetchone()
-            if job is None or job["state"] not in ("claimed", "trained"):
+            job = db.execute("SELECT state, round FROM jobs WHERE job_id=?", (int(job_id),)).fetchone()
+            if job is None or job["state"] not in PREVIOUS_STATES["spend_recorded"]:
                 raise RuntimeError(f"job {job_id} is in state {job and job['state']!r}; its spend cannot be recorded again")
             row = db.execute("SELECT history_json FROM studies WHERE study_id=?", (int(study_id),)).fetchone()
             hist = json.loads(row["history_json"])
@@ -198,6 +229,27 @@ class Ledger:
                        (json.dumps(hist), float(spend["epsilon"]), now, int(study_id)))
             db.execute("UPDATE jobs SET state='spend_recorded', spend_json=?, frame_path=?, updated_at=? WHERE job_id=?",
                        (json.dumps(spend), frame_path, now, int(job_id)))
+            if update is not None:
+                db.execute("INSERT OR REPLACE INTO trained_updates(study_id, round, job_id, n_train, update_f8) "
+                           "VALUES (?,?,?,?,?)", (int(study_id), int(job["round"]), int(job_id), int(n_train),
+                                                  np.asarray(update, dtype="<f8").tobytes()))
+
+    def record_reuse(self, job_id: int, spend: dict, frame_path: str) -> None:
+        """A retried round's job re-sends the stored update: move it claimed -> spend_recorded with its
+        zero-cost spend report; the study's history and epsilon are not touched."""
+        with self.tx() as db:
+            n = db.execute("UPDATE jobs SET state='spend_recorded', spend_json=?, frame_path=?, updated_at=? "
+                           "WHERE job_id=? AND state='claimed'", (json.dumps(spend), frame_path, time.time(), int(job_id)))
+            if n.rowcount != 1:
+                raise RuntimeError(f"job {job_id} is not claimed; its reuse cannot be recorded")
+
+    def trained_update(self, study_id: int) -> dict[str, Any] | None:
+        """The study's last trained round: {"round", "job_id", "n_train", "update"} or None."""
+        row = self._db.execute("SELECT * FROM trained_updates WHERE study_id=?", (int(study_id),)).fetchone()
+        if row is None:
+            return None
+        return {"round": int(row["round"]), "job_id": int(row["job_id"]), "n_train": int(row["n_train"]),
+                "update": np.frombuffer(row["update_f8"], dtype="<f8").copy()}
 
     # ------------------------------------------------------------------ global models
 

@@ -24,11 +24,12 @@ from fedproto.study import StudyConfig
 from fedproto.wire import pack_parts
 
 from . import poisoning, trainer
+from .client import Conflict
 from .context import NodeContext
 from .credentials import write_atomic
 from .errors import ApiError
 from .keys import secret_for
-from .ledger import RESUMABLE_STATES
+from .ledger import RESUMABLE_STATES, config_sha256
 from .networks import flatten, initial_model, model_bytes, model_from_flat, model_sha256
 from .planning import Refuse, plan_dict, plan_job
 
@@ -51,6 +52,15 @@ def on_train(ctx: NodeContext, item: dict[str, Any], study: StudyConfig) -> None
         log.warning("study %s round %s: job %s deadline %s has passed; skipping it", sid, round_no, job_id,
                     item.get("deadline"))
         return
+    if job is not None and job["state"] != "claimed":
+        # trained (a crash before its spend was recorded) or failed: never trained a second time
+        log.warning("study %s round %s: job %s is %s in the ledger; refusing it rather than training it again",
+                    sid, round_no, job_id, job["state"])
+        ctx.client.refuse(job_id, "node_error", f"this node already handled job {job_id} (ledger state "
+                                                f"{job['state']}); it is not trained twice")
+        return
+    if _resend_trained_round(ctx, study, job_id, round_no):
+        return
     marks = [("start", time.monotonic())]
     try:
         plan, after, before = plan_job(ctx, study)
@@ -63,7 +73,10 @@ def on_train(ctx: NodeContext, item: dict[str, Any], study: StudyConfig) -> None
     model = global_model(ctx, study, round_no - 1, item.get("previous_aggregate"))
     secret = secret_for(ctx, study)
     marks.append(("global model", time.monotonic()))
-    ctx.ledger.claim_job(study, job_id, round_no, plan_dict(plan))
+    if not ctx.ledger.claim_job(study, job_id, round_no, plan_dict(plan)):
+        log.warning("study %s round %s: job %s was taken further by another writer; not training it", sid,
+                    round_no, job_id)
+        return
     privacy = study.privacy
     log.info("study %s round %s: training job %s on %d rows (%d steps, sigma %.3f, q %.4f); "
              "epsilon %.3f -> %.3f of %g", sid, round_no, job_id, ds.n_train, plan.steps_per_job,
@@ -77,7 +90,10 @@ def on_train(ctx: NodeContext, item: dict[str, Any], study: StudyConfig) -> None
                  "nothing uploaded)", sid, round_no, job_id)
         return
     marks.append(("train", time.monotonic()))
-    ctx.ledger.set_job_state(job_id, "trained")
+    if not ctx.ledger.set_job_state(job_id, "trained"):
+        log.warning("study %s round %s: job %s moved on while it trained; discarding this training", sid,
+                    round_no, job_id)
+        return
     codec = get_codec(study.codec)
     parts = codec.encrypt_update(secret, study.encryption, res.update, ds.n_train, np.random.default_rng())
     frame_path = ctx.cfg.work_dir / "frames" / f"job-{job_id}.flw"
@@ -92,7 +108,7 @@ def on_train(ctx: NodeContext, item: dict[str, Any], study: StudyConfig) -> None
              "clip_norm": privacy.clip_norm, "accountant": privacy.accountant,
              "accountant_version": trainer.ACCOUNTANT_VERSION, "epsilon_round": eps_round,
              "dp_engine": ctx.cfg.grad_sample_mode}
-    ctx.ledger.record_spend(job_id, sid, entry, spend, str(frame_path))
+    ctx.ledger.record_spend(job_id, sid, entry, spend, str(frame_path), update=res.update, n_train=ds.n_train)
     marks.append(("account", time.monotonic()))
     log.debug("study %s round %s: job %s steps: %s", sid, round_no, job_id,
               ", ".join(f"{name} {(t - marks[i][1]) * 1000:.1f} ms" for i, (name, t) in enumerate(marks[1:])))
@@ -100,6 +116,38 @@ def on_train(ctx: NodeContext, item: dict[str, Any], study: StudyConfig) -> None
              "recorded, uploading", sid, round_no, job_id, time.monotonic() - t0, eps_total,
              privacy.epsilon, eps_round)
     deliver(ctx, job_id)
+
+
+def _resend_trained_round(ctx: NodeContext, study: StudyConfig, job_id: int, round_no: int) -> bool:
+    """A retried attempt of the round this node trained last (another job, the same round number, so
+    the same global model): re-send a fresh encryption of the stored update. That is post-processing
+    of an output already released under DP: no new privacy cost, so the spend reported has no steps
+    and the unchanged cumulative epsilon, and the ledger's history gets no entry. False: train."""
+    sid = study.study_id
+    stored = ctx.ledger.trained_update(sid)
+    row = ctx.ledger.study(sid)
+    if stored is None or stored["round"] != round_no or stored["job_id"] == job_id or row is None:
+        return False
+    if row["config_sha256"] != config_sha256(study):
+        return False  # planning refuses a changed study
+    earlier = ctx.ledger.job(stored["job_id"])
+    if earlier is None or not earlier["spend_json"]:
+        return False
+    secret = secret_for(ctx, study)
+    if not ctx.ledger.claim_job(study, job_id, round_no, None):
+        return True
+    spend = {**json.loads(earlier["spend_json"]), "steps": 0, "epsilon_round": 0.0,
+             "epsilon": float(row["epsilon_spent"]), "reuses_job": stored["job_id"]}
+    codec = get_codec(study.codec)
+    parts = codec.encrypt_update(secret, study.encryption, stored["update"], stored["n_train"], np.random.default_rng())
+    frame_path = ctx.cfg.work_dir / "frames" / f"job-{job_id}.flw"
+    write_atomic(frame_path, pack_parts(parts), 0o600)
+    ctx.ledger.record_reuse(job_id, spend, str(frame_path))
+    log.info("study %s round %s: job %s retries the round trained by job %s: re-sending a fresh encryption of "
+             "that update (no new privacy cost; epsilon stays %.4f)", sid, round_no, job_id, stored["job_id"],
+             spend["epsilon"])
+    deliver(ctx, job_id)
+    return True
 
 
 def refuse_invalid(ctx: NodeContext, item: dict[str, Any], reason: str) -> None:
@@ -127,23 +175,37 @@ def deliver(ctx: NodeContext, job_id: int) -> None:
             spend = json.loads(job["spend_json"])
             resp = ctx.client.upload_update(job_id, frame, spend=spend)
             if not (isinstance(resp, dict) and resp.get("privacy_spend_recorded")):
-                # A duplicate upload (409) or a platform that ignores the header: report it alone.
+                # A duplicate or discarded upload (409) or a platform that ignores the header: report it alone.
                 ctx.client.privacy_spend(job_id, spend)
             log.info("%s: privacy spend reported", tag)
         else:
-            ctx.client.upload_update(job_id, frame)
+            resp = ctx.client.upload_update(job_id, frame)
     except ApiError as e:
-        if e.status in (404, 422):
-            log.error("%s: the platform rejected it (%s); the spend stays counted", tag, e)
-            ctx.ledger.set_job_state(job_id, "failed", error=str(e)[:1000])
-            return
-        raise
+        # Refused for good (any 4xx but 401/403/429): never sent again; the spend stays counted.
+        log.error("%s: the platform rejected it (%s); the spend stays counted", tag, e)
+        ctx.ledger.set_job_state(job_id, "failed", error=str(e)[:1000])
+        _drop_frame(job["frame_path"])
+        return
+    if isinstance(resp, Conflict) and resp.code != "duplicate":
+        # e.g. job_closed: the round no longer takes it (its deadline passed, the round was retried)
+        log.warning("%s: the platform discarded the update (409 %s: %s); not sending it again; the spend stays "
+                    "counted", tag, resp.code, resp.message)
+        ctx.ledger.set_job_state(job_id, "failed", error=f"discarded: 409 {resp.code}: {resp.message}"[:1000])
+        _drop_frame(job["frame_path"])
+        return
     ctx.ledger.set_job_state(job_id, "uploaded", expect=RESUMABLE_STATES)
+    _drop_frame(job["frame_path"])
+    if isinstance(resp, Conflict):
+        log.info("%s: the platform already held this update (409 duplicate); nothing sent again", tag)
+    else:
+        log.info("%s: encrypted update uploaded (%d bytes)", tag, len(frame))
+
+
+def _drop_frame(path: str) -> None:
     try:
-        Path(job["frame_path"]).unlink()
+        Path(path).unlink()
     except FileNotFoundError:
         pass
-    log.info("%s: encrypted update uploaded (%d bytes)", tag, len(frame))
 
 
 def resume_pending(ctx: NodeContext) -> None:
@@ -222,7 +284,11 @@ def on_upload_final_model(ctx: NodeContext, item: dict[str, Any], study: StudyCo
     sid, round_no = study.study_id, int(item["round"])
     model = global_model(ctx, study, round_no)
     data = model_bytes(model)
-    ctx.client.upload_final_model(sid, data)
+    resp = ctx.client.upload_final_model(sid, data)
+    if isinstance(resp, Conflict):
+        log.warning("study %s: the platform did not take the final model of round %s (409 %s: %s)", sid, round_no,
+                    resp.code, resp.message)
+        return
     log.info("study %s: uploaded the final model of round %s (sha256 %s)", sid, round_no,
              hashlib.sha256(data).hexdigest()[:16])
 

@@ -63,6 +63,16 @@ def _train_item(study, job_id, rnd):
     return {"kind": "train", "job_id": job_id, "study": study, "round": rnd}
 
 
+def _serve_own_updates_as_aggregates(node):
+    """Round r's aggregate is this node's own update of round r (one contributor), so rounds can follow
+    each other without other hospitals."""
+    def get_aggregate(sid, r):
+        (call,) = [c for c in node.client.named("upload_update") if node.ledger.job(c[1])["round"] == r]
+        return call[2], 1
+
+    node.client.get_aggregate = get_aggregate
+
+
 def test_train_records_spend_before_upload_and_never_retrains(node, study):
     node.handle(_train_item(study, 11, 1))
     names = [c[0] for c in node.client.calls]
@@ -140,13 +150,14 @@ def test_crash_after_spend_recorded_resumes_from_stored_frame(node, study, monke
 
 
 def test_budget_refusal_leaves_ledger_byte_for_byte_unchanged(node, study):
+    _serve_own_updates_as_aggregates(node)
     for r in range(1, study["rounds"] + 1):
-        node.handle(_train_item(study, 20 + r, r if r == 1 else 1))  # round 1 model each time: no aggregates needed
+        node.handle(_train_item(study, 20 + r, r))
     spent = node.ledger.study(study["id"])["epsilon_spent"]
     assert spent <= 1.0
     node.client.calls.clear()
     before = node.cfg.ledger.read_bytes()
-    node.handle(_train_item(study, 99, 1))
+    node.handle(_train_item(study, 99, study["rounds"] + 1))
     assert node.cfg.ledger.read_bytes() == before
     (call,) = node.client.calls
     assert call[:3] == ("refuse", 99, "budget_exceeded")
@@ -155,14 +166,15 @@ def test_budget_refusal_leaves_ledger_byte_for_byte_unchanged(node, study):
 
 
 def test_hospital_cap_refusal_names_the_cap(node, study):
+    _serve_own_updates_as_aggregates(node)
     node.handle(_train_item(study, 31, 1))
     import dataclasses
     node.cfg = dataclasses.replace(node.cfg, limits=dataclasses.replace(node.cfg.limits, max_epsilon=0.9))
     # two more planned jobs fit the study budget (1.0) but not a cap lowered to below it
-    node.handle(_train_item(study, 32, 1))
+    node.handle(_train_item(study, 32, 2))
     node.client.calls.clear()
     before = node.cfg.ledger.read_bytes()
-    node.handle(_train_item(study, 33, 1))
+    node.handle(_train_item(study, 33, 3))
     refusals = node.client.named("refuse")
     assert refusals and refusals[0][2] == "budget_exceeded" and "max_epsilon=0.9" in refusals[0][3]
     assert node.cfg.ledger.read_bytes() == before
