@@ -44,6 +44,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 TARGET_200_S = 30.0
 SEAL_BATCH = 32
+ZERO_SPEND = {"epsilon": 0.0, "delta": 1e-5, "noise_multiplier": 0.0, "sample_rate": 1.0, "steps": 0, "clip_norm": 1.0,
+              "accountant": "rdp", "accountant_version": "bench", "epsilon_round": 0.0, "dp_engine": "none"}
 
 
 # ----------------------------------------------------------------------------- light node client
@@ -132,7 +134,9 @@ class LightNode:
         rng = np.random.default_rng()
         update = rng.normal(0.0, 0.01, study["n_params"])
         parts = self.codec().encrypt_update(self.secret, study["encryption"], update, int(rng.integers(50, 500)), rng)
-        self.retry(self.client.upload_update, item["job_id"], pack_parts(parts))
+        # A light client trains no model and spends nothing, but the platform aggregates no update
+        # without its recorded spend: report a zero one with the upload.
+        self.retry(self.client.upload_update, item["job_id"], pack_parts(parts), spend=ZERO_SPEND)
 
     def _global(self, study: dict, round_no: int) -> tuple[str, bytes]:
         """Decrypt the aggregate once per client process (threads share it); the model's sha256."""

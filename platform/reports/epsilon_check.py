@@ -86,11 +86,14 @@ class RecomputeResult:
 
 
 def epsilon_for(history: list[tuple[float, float, int]], delta: float, accountant: str) -> float:
-    """Cumulative epsilon of ``history`` at ``delta`` with a fresh Opacus accountant."""
+    """Cumulative epsilon of ``history`` at ``delta`` with a fresh Opacus accountant. A job of 0 steps
+    (a retry attempt that re-sent an earlier attempt's update) adds nothing: it is left out, as the
+    PRV accountant would otherwise change its numeric domain for it."""
+    history = [(float(s), float(q), int(n)) for s, q, n in history if int(n) > 0]
     if not history:
         return 0.0
     acc = create_accountant(mechanism=accountant)
-    acc.history = [(float(s), float(q), int(n)) for s, q, n in history]
+    acc.history = history
     return float(acc.get_epsilon(delta=delta))
 
 

@@ -197,6 +197,10 @@ class PrivacySpend(models.Model):
     accountant_version = models.CharField(max_length=32)
     # the node's DP-SGD engine ("fused", or an Opacus grad-sample mode); "" = not reported (older node)
     dp_engine = models.CharField(max_length=32, blank=True, default="")
+    # reported after the round stopped waiting for the job (its update, if any, is not aggregated)
+    late = models.BooleanField(default=False)
+    # a retry attempt that re-sends the update of this earlier job of the same round (no new cost)
+    reuses_job = models.ForeignKey(TrainingJob, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     reported_at = models.DateTimeField(auto_now_add=True)
 
 

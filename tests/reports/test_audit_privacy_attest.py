@@ -14,7 +14,7 @@ from reports.epsilon_check import epsilon_for, recompute_study
 from reports.report import render_html
 from reports.selectors import attestations, problem_events
 from studies import services
-from studies.models import Participation
+from studies.models import Participation, PrivacySpend
 
 
 def approved(world):
@@ -69,7 +69,8 @@ def test_honest_spends_recompute_exactly(postgres, accountant):
 def test_misreported_epsilon_is_flagged(light_world):
     study = light_world["study"]
     true_eps = spend_for(2)["epsilon"]
-    _, b = report_spends(light_world, lie_in_round2=true_eps / 2)  # B understates its second-round spend
+    # B understates its second-round spend (still above its first, or it would be refused as decreasing)
+    _, b = report_spends(light_world, lie_in_round2=(spend_for(1)["epsilon"] + true_eps) / 2)
     with pytest.raises(CommandError, match="does not check out for: Hospital B"):
         recompute_cmd(study)
     ev = AuditEvent.objects.filter(study_id=study.pk, action="privacy.recompute").get()
@@ -100,20 +101,29 @@ def test_inputs_that_differ_from_the_study_are_flagged(light_world):
     assert "delta 0.001 differs from the study's 1e-05" in b_check.problems[0]
 
 
-def test_spend_over_budget_is_flagged(light_world):
+def test_spend_over_budget_is_refused_and_audited(light_world):
     study = light_world["study"]
     a, b = approved(light_world)
-    for n in (1, 2, 3):
-        _, (ja,) = done_round_with_jobs(study, [a], n)
-        spend = spend_for(n)
-        spend.update(noise_multiplier=0.6, epsilon=epsilon_for([(0.6, 0.05, 20)] * n, 1e-5, "rdp"))
+    _, (ja,) = done_round_with_jobs(study, [a], 1)
+    spend = spend_for(1)
+    spend.update(noise_multiplier=0.6, epsilon=epsilon_for([(0.6, 0.05, 20)], 1e-5, "rdp"))
+    assert spend["epsilon"] > study.epsilon
+    with pytest.raises(services.ServiceError, match="above this hospital's budget") as exc:
         services.privacy_spend_record(job=ja, hospital=a, spend=spend)
-    res = recompute_study(study)
-    a_check = next(h for h in res.hospitals if h.hospital == "Hospital A")
-    assert a_check.ok and a_check.recomputed > study.epsilon and not a_check.within_budget
-    assert not res.ok
-    ev = AuditEvent.objects.filter(study_id=study.pk, action="privacy.spent").order_by("-seq").first()
-    assert ev.data["over_budget"] is True
+    assert exc.value.status == 422 and exc.value.code == "over_budget"
+    assert not PrivacySpend.objects.filter(job=ja).exists()
+    ev = AuditEvent.objects.get(study_id=study.pk, action="privacy.spend_refused")
+    assert ev.hospital_id == a.pk and ev.data["code"] == "over_budget"
+    # Within the budget it is recorded.
+    services.privacy_spend_record(job=ja, hospital=a, spend=spend_for(1))
+    assert recompute_study(study).ok
+
+
+def test_a_zero_step_job_adds_nothing_to_the_recomputed_epsilon():
+    for accountant in ("rdp", "prv"):
+        one = epsilon_for([(2.0, 0.05, 20)], 1e-5, accountant)
+        assert epsilon_for([(2.0, 0.05, 20), (2.0, 0.05, 0)], 1e-5, accountant) == one
+    assert epsilon_for([(2.0, 0.05, 0)], 1e-5, "prv") == 0.0
 
 
 def test_attestations_that_disagree_are_flagged(light_world):

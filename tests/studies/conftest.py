@@ -22,6 +22,9 @@ def eager_celery():
 @pytest.fixture
 def world(tmp_path, django_db_blocker):
     """A consortium with two enrolled hospitals and a recruiting study."""
+    from django.core.cache import cache
+
+    cache.clear()  # the enrolment throttle counts per client address: each world starts afresh
     data = breast_cancer_split(tmp_path, ["A", "B"])
     c = consortium_create(name="API test consortium")
     ha, hb = hospital_create(consortium=c, name="A"), hospital_create(consortium=c, name="B")

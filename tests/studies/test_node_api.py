@@ -125,7 +125,7 @@ def test_round_aggregates_and_nodes_decrypt_the_mean(world, eager_celery):
     for node, u, n in ((a, ua, 100), (b, ub, 300)):
         jid = job_of(node, study)
         frame = wire.pack_parts(codec.encrypt_update(node.secret, study.encryption, u, n, rng))
-        assert node.put_bytes(f"jobs/{jid}/update", frame).status_code == 201
+        assert node.upload(jid, frame).status_code == 201
     r = b.get(f"studies/{study.pk}/rounds/1/aggregate")
     assert r.status_code == 200 and r["X-Contributors"] == "2"
     frame = b"".join(r.streaming_content)
@@ -184,7 +184,7 @@ def test_train_item_leaves_out_an_aggregate_over_the_inline_limit(world, eager_c
     for node in (a, b):
         frame = wire.pack_parts(codec.encrypt_update(node.secret, study.encryption,
                                                      rng.normal(0, 0.05, study.n_params), 50, rng))
-        assert node.put_bytes(f"jobs/{job_of(node, study)}/update", frame).status_code == 201
+        assert node.upload(job_of(node, study), frame).status_code == 201
     size = len(b"".join(b.get(f"studies/{study.pk}/rounds/1/aggregate").streaming_content))
     settings.NODE_INLINE_AGGREGATE_MAX_BYTES = size - 1
     (train,) = [i for i in a.work() if i["kind"] == "train"]
@@ -220,7 +220,7 @@ def test_large_model_is_aggregated_in_chunks_and_tampered_storage_is_caught(worl
     ua, ub = rng.normal(0, 0.05, study.n_params), rng.normal(0, 0.05, study.n_params)
     for node, u, n in ((a, ua, 200), (b, ub, 200)):
         frame = wire.pack_parts(codec.encrypt_update(node.secret, study.encryption, u, n, rng))
-        assert node.put_bytes(f"jobs/{job_of(node, study)}/update", frame).status_code == 201
+        assert node.upload(job_of(node, study), frame).status_code == 201
     ups = list(EncryptedUpdate.objects.filter(job__round__study=study))
     assert all(len(u.chunks) == 2 for u in ups)
     if codec_name == "bfv-packed-v1":  # compressed parts: the uploads' byte ranges differ, the part ranges agree
@@ -239,14 +239,14 @@ def test_large_model_is_aggregated_in_chunks_and_tampered_storage_is_caught(worl
 
     # Round 2: A's stored upload is altered in its second chunk before B's upload closes the round.
     frame = wire.pack_parts(codec.encrypt_update(a.secret, study.encryption, ua, 200, rng))
-    assert a.put_bytes(f"jobs/{job_of(a, study)}/update", frame).status_code == 201
+    assert a.upload(job_of(a, study), frame).status_code == 201
     upd = EncryptedUpdate.objects.get(job__round__study=study, job__round__number=2, job__hospital=a.hospital)
     path = Path(django_settings.MEDIA_ROOT) / upd.path
     data = bytearray(path.read_bytes())
     data[upd.chunks[1][2] + 100] ^= 0xFF
     path.write_bytes(bytes(data))
     frame = wire.pack_parts(codec.encrypt_update(b.secret, study.encryption, ub, 200, rng))
-    assert b.put_bytes(f"jobs/{job_of(b, study)}/update", frame).status_code == 201
+    assert b.upload(job_of(b, study), frame).status_code == 201
     rnd2 = Round.objects.get(study=study, number=2, attempt=1)
     assert rnd2.status == Round.Status.FAILED
     ev = AuditEvent.objects.get(study_id=study.pk, action="update.rejected", hospital_id=a.hospital.pk)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 
 import numpy as np
 from nacl.public import PrivateKey, SealedBox
@@ -10,6 +11,10 @@ from rest_framework.test import APIClient
 
 from consortia.services import enrolment_token_create
 from fedproto.codec import get_codec
+
+# A valid spend that costs nothing (a test client trains no model).
+ZERO_SPEND = {"epsilon": 0.0, "delta": 1e-5, "noise_multiplier": 0.0, "sample_rate": 1.0, "steps": 0, "clip_norm": 1.0,
+              "accountant": "rdp", "accountant_version": "test", "epsilon_round": 0.0, "dp_engine": "fused"}
 
 
 class Node:
@@ -29,6 +34,11 @@ class Node:
 
     def put_bytes(self, path, body: bytes, content_type="application/octet-stream", headers=None):
         return self.client.put(f"/api/node/{path}", data=body, content_type=content_type, headers=headers)
+
+    def upload(self, job_id: int, frame: bytes, spend: dict | None = None):
+        """PUT an update with its privacy spend (X-Privacy-Spend; by default a zero-cost one): the
+        platform aggregates no update without its recorded spend."""
+        return self.put_bytes(f"jobs/{job_id}/update", frame, headers={"X-Privacy-Spend": json.dumps(spend or ZERO_SPEND)})
 
     def work(self):
         r = self.get("work?wait=0")

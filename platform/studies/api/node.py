@@ -9,8 +9,9 @@ import time
 from pathlib import Path
 
 from django.conf import settings
-from django.db import close_old_connections
-from django.http import FileResponse
+from django.core.exceptions import RequestDataTooBig
+from django.db import close_old_connections, connection
+from django.http import FileResponse, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema
@@ -28,6 +29,7 @@ from fedproto.study import WorkKind
 
 from .. import selectors, services, worksignal
 from ..models import Aggregate, HEContext, Participation, Round, Study, TrainingJob
+from . import limits
 from .auth import IsNode, NodeTokenAuthentication
 from .errors import error
 from .parsers import loads_strict
@@ -49,13 +51,61 @@ def _b64(value, field: str) -> bytes:
 DB_SLOTS = threading.BoundedSemaphore(settings.WEB_DB_SLOTS)
 
 
+class _Slot:
+    """This request's hold on a DB_SLOTS slot (taken and given back at most once each way)."""
+
+    def __init__(self) -> None:
+        self.held = False
+
+    def acquire(self) -> None:
+        if not self.held:
+            DB_SLOTS.acquire()
+            self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            DB_SLOTS.release()
+
+
+class _SlotFreeBody:
+    """A streamed request body read without a database slot: the first read gives the slot (and the
+    connection) back, the end of the body takes one again before the view's next query. A slow
+    sender then holds a web thread (the reverse proxy buffers bodies in production), never a slot."""
+
+    def __init__(self, raw, slot: _Slot, length: int):
+        self.raw, self.slot, self.left = raw, slot, max(0, length)
+
+    def read(self, n: int = -1) -> bytes:
+        if self.slot.held and not connection.in_atomic_block:
+            connection.close()
+            self.slot.release()
+        chunk = self.raw.read(n)
+        self.left -= len(chunk)
+        if not chunk or self.left <= 0:
+            self.slot.acquire()
+        return chunk
+
+
 class DbSlotMixin:
+    """Holds a database slot while the view runs, not while its body arrives: a JSON body is read
+    whole (bounded by DATA_UPLOAD_MAX_MEMORY_SIZE) before the slot is taken; a streamed body (a view
+    without parsers) is read through _SlotFreeBody."""
+
     def dispatch(self, request, *args, **kwargs):
-        with DB_SLOTS:
+        if getattr(self, "parser_classes", None):
             try:
-                return super().dispatch(request, *args, **kwargs)
-            finally:
-                close_old_connections()
+                request.body  # noqa: B018 - read the whole body now, before taking a slot
+            except RequestDataTooBig:
+                return JsonResponse({"error": f"the request body is over {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes",
+                                     "code": "too_large"}, status=413)
+        slot = request.db_slot = _Slot()
+        slot.acquire()
+        try:
+            return super().dispatch(request, *args, **kwargs)
+        finally:
+            close_old_connections()
+            slot.release()
 
 
 class NodeView(DbSlotMixin, APIView):
@@ -107,9 +157,10 @@ class EnrolView(DbSlotMixin, APIView):
 
 class HeartbeatView(NodeView):
     def post(self, request):
-        status = request.data.get("status", {}) if isinstance(request.data, dict) else {}
-        node_heartbeat(hospital=self.hospital, node_version=str(request.data.get("node_version", ""))[:64],
-                       status=status if isinstance(status, dict) else {})
+        d = request.data if isinstance(request.data, dict) else {}
+        node_heartbeat(hospital=self.hospital, node_version=limits.text(d.get("node_version"), "node_version",
+                                                                        limits.MAX_NODE_VERSION),
+                       status=limits.heartbeat_status(d.get("status")))
         return Response({"server_time": timezone.now().isoformat(), "protocol_version": PROTOCOL_VERSION})
 
 
@@ -167,9 +218,9 @@ class DecisionView(NodeView):
     def post(self, request, study_id: int):
         study = self.my_study(study_id)
         p = get_object_or_404(Participation, study=study, hospital=self.hospital)
-        decision = request.data.get("decision")
-        p = services.participation_decide(participation=p, decision=decision, actor=self.actor(),
-                                          reason=str(request.data.get("reason", ""))[:2000])
+        d = request.data if isinstance(request.data, dict) else {}
+        reason = limits.text(d.get("reason"), "reason", limits.MAX_DECISION_REASON)
+        p = services.participation_decide(participation=p, decision=d.get("decision"), actor=self.actor(), reason=reason)
         custodian_id = Study.objects.filter(pk=study.pk).values_list("custodian_id", flat=True).first()
         return Response({"study_id": study.pk, "state": p.state, "key_custodian": custodian_id == self.hospital.pk})
 
@@ -184,7 +235,8 @@ class ContextView(NodeView):
     def post(self, request, study_id: int):
         study = self.my_study(study_id)
         blob = _b64(request.data.get("public_params"), "public_params")
-        ctx = services.he_context_publish(study=study, hospital=self.hospital, codec_name=str(request.data.get("codec")),
+        codec_name = limits.text(request.data.get("codec"), "codec", 64)
+        ctx = services.he_context_publish(study=study, hospital=self.hospital, codec_name=codec_name,
                                           public_params=blob)
         return Response({"sha256": ctx.sha256}, status=201)
 
@@ -216,7 +268,8 @@ class KeyAckView(NodeView):
     def post(self, request, study_id: int):
         study = self.my_study(study_id)
         services.key_ack(study=study, hospital=self.hospital,
-                         public_params_sha256=str(request.data.get("public_params_sha256", "")))
+                         public_params_sha256=limits.text(request.data.get("public_params_sha256"), "public_params_sha256",
+                                                          limits.MAX_SHA256_FIELD))
         return Response({"ok": True})
 
 
@@ -229,11 +282,12 @@ class JobMixin:
 class RefuseView(JobMixin, NodeView):
     def post(self, request, job_id: int):
         job = self.my_job(job_id)
-        reason = str(request.data.get("reason", "")).strip()
+        d = request.data if isinstance(request.data, dict) else {}
+        reason = limits.text(d.get("reason"), "reason", limits.MAX_REFUSAL_REASON).strip()
         if not reason:
             return error("give a reason for refusing the job", "invalid", 422)
-        job = services.job_refuse(job=job, hospital=self.hospital, reason=reason,
-                                  code=str(request.data.get("code", "refused")))
+        code = limits.text(d.get("code"), "code", limits.MAX_REFUSAL_CODE, default="refused")
+        job = services.job_refuse(job=job, hospital=self.hospital, reason=reason, code=code)
         return Response({"job_id": job.pk, "status": job.status})
 
 
@@ -271,7 +325,8 @@ class UpdateView(JobMixin, NodeView):
                 return error("X-Privacy-Spend must be a JSON object with the fields of POST jobs/{id}/privacy-spend",
                              "invalid", 422)
             services.privacy_spend_record(job=job, hospital=self.hospital, spend=spend)
-        upd = services.update_accept(job=job, hospital=self.hospital, stream=request._request,
+        body = _SlotFreeBody(request._request, request._request.db_slot, length)
+        upd = services.update_accept(job=job, hospital=self.hospital, stream=body,
                                      content_length=length if length >= 0 else None)
         return Response({"job_id": job.pk, "sha256": upd.sha256, "bytes": upd.size_bytes,
                          "privacy_spend_recorded": spend_header is not None}, status=201)
@@ -336,7 +391,7 @@ class RoundReportView(NodeView):
             eps = float(eps) if eps is not None else None
         except (TypeError, ValueError):
             return error("n_test must be an integer and epsilon_spent a number", "invalid", 422)
-        rep = services.round_report_record(rnd=rnd, hospital=self.hospital, metrics=d.get("metrics", {}),
+        rep = services.round_report_record(rnd=rnd, hospital=self.hospital, metrics=limits.metrics(d.get("metrics", {})),
                                            n_test=n_test, model_sha256=d.get("model_sha256", ""), epsilon_spent=eps)
         return Response({"round": number, "model_sha256": rep.model_sha256}, status=201)
 

@@ -4,7 +4,8 @@ state themselves. Call sites use the package: ``from studies import services; se
 
     lifecycle    definition, status changes, moving a study forward
     recruitment  decisions, encryption context, sealed keys, key acknowledgements
-    rounds       open/close rounds, job refusals, privacy spend, encrypted uploads
+    rounds       open/close rounds, job refusals, encrypted uploads
+    spend        privacy spends (checked: in range, cumulative, within budget; late; reused updates)
     aggregation  adding the ciphertexts (whole round or by chunk)
     poisoning    a poisoned aggregate: key holders' noise-budget reports, culprit excluded, re-aggregation
     release      round attestations, the final model
@@ -27,7 +28,8 @@ from .lifecycle import (
 from .poisoning import poison_report_record, round_upload, round_uploads
 from .recruitment import he_context_publish, key_ack, participation_decide, sealed_key_fetch, sealed_keys_store
 from .release import final_model_downloaded, final_model_store, round_report_record
-from .rounds import DP_ENGINE_RE, SPEND_FIELDS, job_refuse, privacy_spend_record, round_open, round_try_close, update_accept
+from .rounds import job_refuse, round_open, round_try_close, update_accept
+from .spend import DP_ENGINE_RE, SPEND_FIELDS, privacy_spend_record
 
 __all__ = [
     "DP_ENGINE_RE", "SPEND_FIELDS", "TERMINAL", "ServiceError",

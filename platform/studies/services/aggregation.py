@@ -27,6 +27,12 @@ def _upload_label(u: EncryptedUpdate) -> str:
     return f"stored upload of job {u.job_id}"
 
 
+def _counted_updates(rnd: Round):
+    """The round's uploads that count: their job is still uploaded (not left out at close for a missing
+    or over-budget spend, nor rejected at aggregation)."""
+    return EncryptedUpdate.objects.filter(job__round=rnd, job__status=TrainingJob.Status.UPLOADED)
+
+
 def round_aggregate(*, round_id: int) -> Aggregate | None:
     """Add the round's ciphertexts (the platform never decrypts) and store the encrypted aggregate."""
     rnd = Round.objects.select_related("study").get(pk=round_id)
@@ -36,7 +42,7 @@ def round_aggregate(*, round_id: int) -> Aggregate | None:
     ctx_row = HEContext.objects.get(study=study)
     codec = get_codec(study.encryption["codec"])
     ctx = codec.load_params(bytes(ctx_row.public_params))
-    updates = list(EncryptedUpdate.objects.filter(job__round=rnd).select_related("job").order_by("job__hospital_id"))
+    updates = list(_counted_updates(rnd).select_related("job").order_by("job__hospital_id"))
 
     def read_upload(u: EncryptedUpdate) -> list[bytes]:
         return wire.unpack_parts(storage.read_verified(u.path, u.sha256, label=_upload_label(u)))
@@ -119,7 +125,7 @@ def round_aggregate_chunk(*, round_id: int, index: int) -> Aggregate | None:
     if not AggregateChunk.objects.filter(round=rnd, index=index).exists():
         codec = get_codec(study.encryption["codec"])
         ctx = codec.load_params(bytes(HEContext.objects.get(study=study).public_params))
-        updates = list(EncryptedUpdate.objects.filter(job__round=rnd).order_by("job__hospital_id"))
+        updates = list(_counted_updates(rnd).order_by("job__hospital_id"))
 
         def read_range(u: EncryptedUpdate) -> list[bytes]:
             chunk = storage.chunk_index_from_json(u.chunks)[index]
@@ -147,6 +153,6 @@ def round_aggregate_chunk(*, round_id: int, index: int) -> Aggregate | None:
     parts = []
     for c in done:
         parts.extend(wire.unpack_parts(storage.read(c.path)))
-    contributors = list(EncryptedUpdate.objects.filter(job__round=rnd).order_by("job__hospital_id")
+    contributors = list(_counted_updates(rnd).order_by("job__hospital_id")
                         .values_list("job__hospital_id", flat=True))
     return _store_aggregate(rnd, parts, contributors, sum(c.seconds for c in done))

@@ -3,7 +3,6 @@ privacy spend, encrypted update) and close it once every job is answered or the 
 
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 from typing import BinaryIO, NoReturn
 
@@ -31,6 +30,7 @@ from .common import (
     enqueue_on_commit,
 )
 from .errors import ServiceError
+from .spend import exclude_unbacked_uploads
 
 
 def round_open(*, study: Study, number: int, attempt: int) -> Round | None:
@@ -71,48 +71,6 @@ def job_refuse(*, job: TrainingJob, hospital: Hospital, reason: str, code: str) 
     return job
 
 
-DP_ENGINE_RE = re.compile(r"[A-Za-z0-9._-]{0,32}")
-SPEND_FIELDS = ("epsilon", "delta", "noise_multiplier", "sample_rate", "steps", "clip_norm", "accountant",
-                "accountant_version")
-
-
-def privacy_spend_record(*, job: TrainingJob, hospital: Hospital, spend: dict) -> PrivacySpend:
-    study = job.round.study
-    missing = [k for k in SPEND_FIELDS if k not in spend]
-    if missing:
-        raise ServiceError(f"privacy spend is missing {missing}", code="invalid", status=422)
-    try:
-        vals = {
-            "epsilon": float(spend["epsilon"]), "delta": float(spend["delta"]),
-            "noise_multiplier": float(spend["noise_multiplier"]), "sample_rate": float(spend["sample_rate"]),
-            "steps": int(spend["steps"]), "clip_norm": float(spend["clip_norm"]),
-            "accountant": str(spend["accountant"])[:32], "accountant_version": str(spend["accountant_version"])[:32],
-            "epsilon_round": float(spend["epsilon_round"]) if spend.get("epsilon_round") is not None else None,
-        }
-    except (TypeError, ValueError):
-        raise ServiceError("privacy spend values must be numbers (steps an integer)", code="invalid", status=422) from None
-    engine = spend.get("dp_engine", "")
-    if not isinstance(engine, str) or not DP_ENGINE_RE.fullmatch(engine):
-        raise ServiceError(f"privacy spend dp_engine must be the node's DP-SGD engine name (letters, digits, '.', '_', "
-                           f"'-'; at most 32), e.g. \"fused\" or \"ew\"; got {str(engine)[:40]!r}", code="invalid",
-                           status=422)
-    vals["dp_engine"] = engine
-    if not (vals["epsilon"] >= 0 and 0 < vals["sample_rate"] <= 1 and vals["steps"] >= 0 and vals["noise_multiplier"] >= 0):
-        raise ServiceError("privacy spend values out of range", code="invalid", status=422)
-    with transaction.atomic():
-        existing = PrivacySpend.objects.filter(job=job).first()
-        if existing is not None:
-            return existing  # a retried report after a crash: the first one stands
-        if job.status not in (TrainingJob.Status.DISPATCHED, TrainingJob.Status.UPLOADED):
-            raise ServiceError(f"job {job.pk} is {job.status}", code="wrong_state")
-        ps = PrivacySpend.objects.create(job=job, **vals)
-        over = vals["epsilon"] > study.epsilon + 1e-9
-        _study_audit(study, "privacy.spent", actor_label(hospital=hospital), obj=ps, hospital_id=hospital.pk,
-                     data={"round": job.round.number, **{k: vals[k] for k in vals}, "budget": study.epsilon,
-                           "over_budget": over})
-    return ps
-
-
 # ---------------------------------------------------------------- encrypted updates
 
 def _reject_update(study: Study, job: TrainingJob, hospital: Hospital, reason: str, code: str,
@@ -140,6 +98,18 @@ def _inspect_upload(received: storage.Received, codec, ctx, *, expected_parts: i
                 raise CodecError(f"part {i}: {exc}") from None
             indexer.add(part)
     return indexer.index()
+
+
+def _replayed_from(study: Study, job: TrainingJob, sha256: str) -> int | None:
+    """The job whose accepted update in this study has exactly these bytes, if any. Fresh encryption is
+    randomised, so equal bytes mean a copy. The one exception: a retry attempt re-sending the update
+    of the earlier job its spend names (reuses_job), which costs and reveals nothing new."""
+    other = (EncryptedUpdate.objects.filter(job__round__study=study, sha256=sha256).exclude(job=job)
+             .values_list("job_id", "job__hospital_id").first())
+    if other is None:
+        return None
+    reused = PrivacySpend.objects.filter(job=job, job__hospital_id=other[1]).values_list("reuses_job_id", flat=True).first()
+    return None if reused == other[0] else other[0]
 
 
 def update_accept(*, job: TrainingJob, hospital: Hospital, stream: BinaryIO, content_length: int | None) -> EncryptedUpdate:
@@ -171,12 +141,17 @@ def update_accept(*, job: TrainingJob, hospital: Hospital, stream: BinaryIO, con
         if received.size != content_length:
             raise CodecError(f"upload truncated: received {received.size} of {content_length} bytes")
         chunks = _inspect_upload(received, codec, ctx, expected_parts=expected_parts, n_params=study.n_params)
+        replayed = _replayed_from(study, job, received.sha256)
     except CodecError as exc:
         storage.discard(received)
         _reject_update(study, job, hospital, f"encrypted update rejected: {exc}", "invalid_ciphertext", 422)
     except BaseException:
         storage.discard(received)
         raise
+    if replayed is not None:
+        storage.discard(received)
+        _reject_update(study, job, hospital, f"this ciphertext is byte for byte the update already accepted for job {replayed} "
+                       "in this study (a replay): encrypt this job's own update", "replay", 409)
     final = storage.update_path(rnd, job.pk)
     with transaction.atomic():
         claimed = TrainingJob.objects.filter(pk=job.pk, status=TrainingJob.Status.DISPATCHED,
@@ -212,7 +187,8 @@ def _chunk_layout(rnd: Round) -> list[tuple[int, int]] | None:
     """The chunk layout shared by every upload of the round, [(first part, parts), ...], or None
     (aggregate in one task). See storage.chunk_layout."""
     return storage.chunk_layout(storage.chunk_index_from_json(chunks) for chunks in
-                                EncryptedUpdate.objects.filter(job__round=rnd).values_list("chunks", flat=True))
+                                EncryptedUpdate.objects.filter(job__round=rnd, job__status=TrainingJob.Status.UPLOADED)
+                                .values_list("chunks", flat=True))
 
 
 def round_try_close(*, round_id: int, force_deadline: bool = False, inline_aggregate: bool = False) -> bool:
@@ -237,6 +213,8 @@ def round_try_close(*, round_id: int, force_deadline: bool = False, inline_aggre
             TrainingJob.objects.filter(pk__in=[j.pk for j in pending]).update(
                 status=TrainingJob.Status.EXPIRED, reason="no update before the round deadline", finished_at=now)
         uploaded = [j for j in jobs if j.status == TrainingJob.Status.UPLOADED]
+        left_out = exclude_unbacked_uploads(study, rnd, uploaded)  # no update without its valid spend
+        uploaded = [j for j in uploaded if j.pk not in left_out]
         rnd.closed_at = now
         if len(uploaded) >= study.quorum:
             rnd.status = Round.Status.AGGREGATING
@@ -244,7 +222,8 @@ def round_try_close(*, round_id: int, force_deadline: bool = False, inline_aggre
             _study_audit(study, "round.closed", "system", obj=rnd,
                          data={"round": rnd.number, "attempt": rnd.attempt, "updates": len(uploaded),
                                "expired": [j.hospital_id for j in pending],
-                               "refused": [j.hospital_id for j in jobs if j.status == TrainingJob.Status.REFUSED]})
+                               "refused": [j.hospital_id for j in jobs if j.status == TrainingJob.Status.REFUSED],
+                               "left_out": sorted(j.hospital_id for j in jobs if j.pk in left_out)})
             codec = get_codec(study.encryption["codec"])
             loads = len(uploaded) * codec.n_parts(study.encryption, study.n_params)
             layout = _chunk_layout(rnd)
