@@ -12,6 +12,7 @@ state themselves. Call sites use the package: ``from studies import services; se
 """
 
 from .aggregation import missing_chunks, round_aggregate, round_aggregate_chunk
+from .common import require_approved
 from .errors import ServiceError
 from .lifecycle import (
                         TERMINAL,
@@ -23,12 +24,21 @@ from .lifecycle import (
                         study_pause,
                         study_resume,
 )
-from .recruitment import he_context_publish, key_ack, participation_decide, sealed_key_fetch, sealed_keys_store
-from .release import final_model_downloaded, final_model_store, round_report_record
+from .recruitment import he_context_fetch, he_context_publish, key_ack, participation_decide, sealed_key_fetch, sealed_keys_store
+from .release import (
+                        aggregate_fetch,
+                        final_model_downloaded,
+                        final_model_store,
+                        release_override,
+                        release_rerun_evaluation,
+                        release_resolution_refused,
+                        round_report_record,
+)
 from .rounds import DP_ENGINE_RE, SPEND_FIELDS, job_refuse, privacy_spend_record, round_open, round_try_close, update_accept
 
 __all__ = [
-    "DP_ENGINE_RE", "SPEND_FIELDS", "TERMINAL", "ServiceError",
+    "DP_ENGINE_RE", "SPEND_FIELDS", "TERMINAL", "ServiceError", "aggregate_fetch", "he_context_fetch",
+    "release_override", "release_rerun_evaluation", "release_resolution_refused", "require_approved",
     "final_model_downloaded", "final_model_store", "he_context_publish", "job_refuse", "key_ack", "missing_chunks",
     "participation_decide", "privacy_spend_record", "round_aggregate", "round_aggregate_chunk", "round_open",
     "round_report_record", "round_try_close", "sealed_key_fetch", "sealed_keys_store", "study_advance", "study_cancel",
