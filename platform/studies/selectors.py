@@ -108,8 +108,12 @@ def _work_items(hospital: Hospital) -> list[dict]:
 
 
 def round_contributors(rnd: Round) -> set[int]:
+    """The hospitals whose updates make up the round's aggregate (its recorded contributors; for a
+    round without an Aggregate row, those whose upload was accepted)."""
     agg = Aggregate.objects.filter(round=rnd).only("contributors").first()
-    return set(agg.contributors) if agg is not None else set()
+    if agg is not None:
+        return set(agg.contributors)
+    return set(TrainingJob.objects.filter(round=rnd, status=TrainingJob.Status.UPLOADED).values_list("hospital_id", flat=True))
 
 
 def release_block(study: Study) -> dict | None:

@@ -9,6 +9,7 @@ import hashlib
 
 import numpy as np
 import pytest
+from django.utils import timezone
 from nacl.public import SealedBox
 from nodeclient import encrypted_frame, enrol, run_setup
 from rest_framework.test import APIClient
@@ -16,10 +17,10 @@ from safetensors.numpy import save as st_save
 
 from audit.models import AuditEvent
 from consortia.models import Membership
-from consortia.services import consortium_create, hospital_create, membership_grant
+from consortia.services import consortium_create, enrolment_token_create, hospital_create, membership_grant, node_revoke
 from devstack.demo_data import breast_cancer_split
 from studies import services
-from studies.models import FinalModel, RoundReport, Study
+from studies.models import FinalModel, Participation, Round, RoundReport, Study, TrainingJob
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -52,6 +53,18 @@ def _train_round(w, nodes=("a", "b")):
         node = w[n]
         (job,) = [i for i in node.work() if i["kind"] == "train"]
         assert node.put_bytes(f"jobs/{job['job_id']}/update", encrypted_frame(node, study)).status_code == 201
+
+
+def _key_up(w, node):
+    """The custodian A relays the key to ``node``, which acknowledges it."""
+    study = w["study"]
+    sealed = SealedBox(node.key.public_key).encrypt(w["a"].secret)
+    r = w["a"].post(f"studies/{study.pk}/sealed-keys", {"keys": [{"hospital_id": node.hospital.pk,
+                                                                  "sealed": base64.b64encode(sealed).decode()}]})
+    assert r.status_code == 201, r.content
+    assert node.get(f"studies/{study.pk}/sealed-key").status_code == 200
+    sha = node.get(f"studies/{study.pk}/context").json()["sha256"]
+    assert node.post(f"studies/{study.pk}/key-ack", {"public_params_sha256": sha}).status_code == 200
 
 
 def _refusals(study, hospital, action="participant.refused"):
@@ -92,13 +105,7 @@ def test_the_final_round_is_attested_by_its_contributors_only(trio):
     study, c = trio["study"], trio["c"]
     assert c.post(f"studies/{study.pk}/decision", {"decision": "approve"}).status_code == 200
     # C approved after the keys went out: it gets its key, then refuses its job; A and B contribute.
-    sealed = SealedBox(c.key.public_key).encrypt(trio["a"].secret)
-    r = trio["a"].post(f"studies/{study.pk}/sealed-keys", {"keys": [{"hospital_id": c.hospital.pk,
-                                                                     "sealed": base64.b64encode(sealed).decode()}]})
-    assert r.status_code == 201, r.content
-    assert c.get(f"studies/{study.pk}/sealed-key").status_code == 200
-    sha = c.get(f"studies/{study.pk}/context").json()["sha256"]
-    assert c.post(f"studies/{study.pk}/key-ack", {"public_params_sha256": sha}).status_code == 200
+    _key_up(trio, c)
     (job,) = [i for i in c.work() if i["kind"] == "train"]
     assert c.post(f"jobs/{job['job_id']}/refuse", {"reason": "not today"}).status_code == 200
     _train_round(trio)
@@ -188,3 +195,43 @@ def test_release_with_the_disagreement_on_record(trio, django_user_model):
     ev = AuditEvent.objects.get(study_id=study.pk, action="model.released")
     assert ev.data["disagreement"] == sorted([MODEL_SHA, BOGUS_SHA]) and ev.data["override_by"].endswith(":cadmin")
     assert AuditEvent.objects.filter(study_id=study.pk, action="model.release_override").count() == 1
+
+
+def test_revoking_a_node_withdraws_it_and_rounds_stop_waiting_for_it(trio):
+    study, c = trio["study"], trio["c"]
+    assert c.post(f"studies/{study.pk}/decision", {"decision": "approve"}).status_code == 200
+    _key_up(trio, c)
+    assert Study.objects.get(pk=study.pk).status == Study.Status.RUNNING
+    spare, _ = enrolment_token_create(hospital=c.hospital)
+    _train_round(trio)  # A and B upload; the round waits for C's job
+    assert Round.objects.get(study=study).status == Round.Status.COLLECTING
+    notes = node_revoke(hospital=c.hospital, actor="user:1:cadmin")
+    assert Round.objects.get(study=study).status == Round.Status.DONE  # no longer waits for C
+    assert Study.objects.get(pk=study.pk).status == Study.Status.COMPLETED
+    p = Participation.objects.get(study=study, hospital=c.hospital)
+    assert p.state == Participation.State.WITHDRAWN
+    assert TrainingJob.objects.get(round__study=study, hospital=c.hospital).status == TrainingJob.Status.EXPIRED
+    ev = AuditEvent.objects.get(study_id=study.pk, action="participation.withdrawn")
+    assert ev.data["holds_study_key"] is True and ev.data["was"] == "approved"
+    assert any("keeps its copy of the key" in n for n in notes) and any("1 unused enrolment token" in n for n in notes)
+    spare.refresh_from_db()
+    assert spare.expires_at <= timezone.now()
+    assert c.get("work?wait=0").status_code == 401
+    # Re-enrolment (docs/node.md): a new token, a new identity; the withdrawal stands.
+    again = enrol(c.hospital)
+    assert again.work() == []
+    assert again.get(f"studies/{study.pk}/rounds/1/aggregate").json()["code"] == "not_approved"
+
+
+def test_revoking_a_node_below_the_quorum_fails_the_study_with_a_clear_reason(trio, django_user_model):
+    study, b = trio["study"], trio["b"]
+    assert trio["c"].post(f"studies/{study.pk}/decision", {"decision": "decline"}).status_code == 200
+    assert Study.objects.get(pk=study.pk).status == Study.Status.RUNNING
+    admin = _user(django_user_model, trio["consortium"], "cadmin", Membership.Role.CONSORTIUM_ADMIN)
+    r = admin.post(f"/hospitals/{b.hospital.pk}/revoke/", follow=True)
+    assert r.status_code == 200
+    study.refresh_from_db()
+    assert study.status == Study.Status.FAILED
+    assert "B was withdrawn" in study.status_reason and "the quorum is 2" in study.status_reason
+    assert not TrainingJob.objects.filter(round__study=study, status=TrainingJob.Status.DISPATCHED).exists()
+    assert b"failed: B was withdrawn" in r.content and b"keeps its copy of the key" in r.content

@@ -16,6 +16,7 @@ from .common import require_approved
 from .errors import ServiceError
 from .lifecycle import (
                         TERMINAL,
+                        hospital_withdraw,
                         study_advance,
                         study_cancel,
                         study_create,
@@ -39,7 +40,8 @@ from .rounds import DP_ENGINE_RE, SPEND_FIELDS, job_refuse, privacy_spend_record
 __all__ = [
     "DP_ENGINE_RE", "SPEND_FIELDS", "TERMINAL", "ServiceError", "aggregate_fetch", "he_context_fetch",
     "release_override", "release_rerun_evaluation", "release_resolution_refused", "require_approved",
-    "final_model_downloaded", "final_model_store", "he_context_publish", "job_refuse", "key_ack", "missing_chunks",
+    "final_model_downloaded", "hospital_withdraw",
+    "final_model_store", "he_context_publish", "job_refuse", "key_ack", "missing_chunks",
     "participation_decide", "privacy_spend_record", "round_aggregate", "round_aggregate_chunk", "round_open",
     "round_report_record", "round_try_close", "sealed_key_fetch", "sealed_keys_store", "study_advance", "study_cancel",
     "study_create", "study_fail", "study_open_recruitment", "study_pause", "study_resume", "update_accept",
