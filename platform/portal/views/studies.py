@@ -145,7 +145,8 @@ def study_live(request, study_id: int):
 
 
 def _metrics_data(scope):
-    reps = scope.filter_hospital(RoundReport.objects.filter(round__study=scope.study).select_related("round", "hospital"))
+    reps = scope.filter_hospital(RoundReport.objects.filter(round__study=scope.study, superseded_at__isnull=True)
+                                 .select_related("round", "hospital"))
     return [{"round": r.round.number, "hospital": r.hospital.name, "metrics": r.metrics} for r in reps]
 
 
@@ -252,7 +253,8 @@ def _model_card_ctx(scope):
     if fm is not None:
         last = selectors.done_round(study, fm.round_number)
         if last is not None:
-            reports = list(scope.filter_hospital(RoundReport.objects.filter(round=last).select_related("hospital"))
+            reports = list(scope.filter_hospital(RoundReport.objects.filter(round=last, superseded_at__isnull=True)
+                                                 .select_related("hospital"))
                            .order_by("hospital__name"))
     approved = [p for p in scope.participations() if p.state == Participation.State.APPROVED]
     last_spend = dict(sorted(last_spend.items()))

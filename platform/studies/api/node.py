@@ -290,6 +290,7 @@ class AggregateView(NodeView):
 class RoundReportView(NodeView):
     def post(self, request, study_id: int, number: int):
         study = self.my_study(study_id)
+        services.require_approved(study, self.hospital, "report on a round")
         rnd = selectors.done_round(study, number)
         if rnd is None:
             return error(f"round {number} has no aggregate yet", "not_ready", 409)
