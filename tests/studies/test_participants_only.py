@@ -9,6 +9,7 @@ import hashlib
 
 import numpy as np
 import pytest
+from django.core.cache import cache
 from django.utils import timezone
 from nacl.public import SealedBox
 from nodeclient import encrypted_frame, enrol, run_setup
@@ -32,6 +33,7 @@ BOGUS_SHA = "f" * 64
 @pytest.fixture
 def trio(tmp_path, eager_celery):
     """A one-round study: A (custodian) and B approve and set up keys; C is invited."""
+    cache.clear()  # the enrolment throttle (per address, in the process cache) counts every test's nodes
     data = breast_cancer_split(tmp_path, ["A", "B", "C"])
     c = consortium_create(name="trio consortium")
     ha, hb, hc = (hospital_create(consortium=c, name=n) for n in "ABC")
