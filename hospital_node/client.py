@@ -161,7 +161,9 @@ class PlatformClient:
         return self.request("POST", f"studies/{study_id}/rounds/{round_no}/report", json=body, ok_409=True)
 
     def upload_final_model(self, study_id: int, data: bytes) -> Any:
-        return self.request("PUT", f"studies/{study_id}/final-model", data=data, ok_409=True,
+        # No ok_409: a 409 here is never "already done" (the same model again answers 201) but a
+        # release the platform holds back (attestation_mismatch, not_ready, already_released).
+        return self.request("PUT", f"studies/{study_id}/final-model", data=data,
                             timeout=max(self.timeout, 120.0))
 
 

@@ -33,6 +33,10 @@ from .ledger import RESUMABLE_STATES, config_sha256
 from .networks import flatten, initial_model, model_bytes, model_from_flat, model_sha256
 from .planning import Refuse, plan_dict, plan_job
 
+# A final-model release the platform held back (409) is not retried before this: the platform
+# stops offering the item until a consortium admin resolves the block.
+RELEASE_BLOCKED_RETRY_S = 3600.0
+
 log = logging.getLogger("hospital_node")
 
 
@@ -284,10 +288,17 @@ def on_upload_final_model(ctx: NodeContext, item: dict[str, Any], study: StudyCo
     sid, round_no = study.study_id, int(item["round"])
     model = global_model(ctx, study, round_no)
     data = model_bytes(model)
-    resp = ctx.client.upload_final_model(sid, data)
-    if isinstance(resp, Conflict):
-        log.warning("study %s: the platform did not take the final model of round %s (409 %s: %s)", sid, round_no,
-                    resp.code, resp.message)
+    try:
+        ctx.client.upload_final_model(sid, data)
+    except ApiError as e:
+        if e.status != 409:
+            raise
+        # The platform holds the release back (e.g. hospitals attested different models): retrying
+        # cannot change that, a consortium admin resolves it in the portal. Say so once and wait.
+        ctx.defer(item, RELEASE_BLOCKED_RETRY_S)
+        log.warning("study %s: the platform holds back the release of the final model (%s: %s); a consortium "
+                    "admin must resolve it in the portal. Not retrying for %.0f s.", sid, e.code, e.message,
+                    RELEASE_BLOCKED_RETRY_S)
         return
     log.info("study %s: uploaded the final model of round %s (sha256 %s)", sid, round_no,
              hashlib.sha256(data).hexdigest()[:16])

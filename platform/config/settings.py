@@ -58,6 +58,8 @@ if envbool("FEDPLATFORM_PORTAL", True):
         pass
     else:
         INSTALLED_APPS.append("portal")
+        # Django admin's login then goes through the portal's throttle and audit (config/admin_site.py).
+        INSTALLED_APPS[INSTALLED_APPS.index("django.contrib.admin")] = "config.apps.PlatformAdminConfig"
 if importlib.util.find_spec("devstack") is not None:  # the dev harness (`manage.py demo`): not in the production image
     INSTALLED_APPS.append("devstack")
 

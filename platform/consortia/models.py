@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 
 
@@ -79,3 +80,21 @@ class Membership(models.Model):
                            | (~models.Q(role="hospital_admin") & models.Q(hospital__isnull=True))),
                 name="membership_hospital_iff_hospital_admin"),
         ]
+
+    def clean(self) -> None:
+        super().clean()
+        self.check_hospital_in_consortium()
+
+    def check_hospital_in_consortium(self) -> None:
+        """A hospital admin acts for a hospital of the same consortium only (a cross-consortium
+        grant would let a user decide for another consortium's hospital)."""
+        if self.hospital_id is not None and self.consortium_id is not None:
+            hospital_consortium = Hospital.objects.filter(pk=self.hospital_id).values_list("consortium_id", flat=True).first()
+            if hospital_consortium != self.consortium_id:
+                raise ValidationError({"hospital": "this hospital belongs to another consortium: a hospital-admin role is "
+                                                   "granted in the hospital's own consortium"})
+
+    def save(self, *args, **kwargs) -> None:
+        # Every code path (services, Django admin, shell) goes through this check.
+        self.check_hospital_in_consortium()
+        super().save(*args, **kwargs)

@@ -12,6 +12,7 @@ from audit.repeated import record_repeated
 from audit.services import actor_label, audit_record
 
 from .models import Consortium, EnrolmentToken, Hospital, Membership
+from .signals import node_revoked
 from .tokens import new_token, token_hash
 
 # Refused enrolments with the same token (or with unknown tokens) and reason within this many seconds
@@ -48,6 +49,33 @@ def membership_grant(*, user, consortium: Consortium, role: str, hospital: Hospi
                      hospital_id=hospital.pk if hospital else None,
                      data={"user": user.get_username(), "role": role})
     return m
+
+
+def _membership_data(m: Membership) -> dict:
+    return {"user": m.user.get_username(), "role": m.role, "consortium_id": m.consortium_id, "hospital_id": m.hospital_id}
+
+
+def membership_save(*, membership: Membership, actor: str) -> Membership:
+    """Store a role as edited (e.g. in Django admin): a new one is a grant, an edited one a
+    change recording what it was before. Membership.save() refuses a cross-consortium hospital."""
+    with transaction.atomic():
+        before = Membership.objects.select_for_update().filter(pk=membership.pk).first() if membership.pk else None
+        membership.save()
+        data = _membership_data(membership)
+        if before is not None:
+            data["before"] = _membership_data(before)
+        audit_record(action="membership.changed" if before is not None else "membership.granted", actor=actor,
+                     obj=membership, consortium_id=membership.consortium_id, hospital_id=membership.hospital_id,
+                     data=data)
+    return membership
+
+
+def membership_revoke(*, membership: Membership, actor: str) -> None:
+    with transaction.atomic():
+        data = _membership_data(membership)
+        audit_record(action="membership.revoked", actor=actor, obj=membership, consortium_id=membership.consortium_id,
+                     hospital_id=membership.hospital_id, data=data)
+        membership.delete()
 
 
 def enrolment_token_create(*, hospital: Hospital, user=None, ttl_hours: int = 72) -> tuple[EnrolmentToken, str]:
@@ -117,11 +145,22 @@ def _node_enrol(*, enrolment_token: str, public_key: str, node_version: str) -> 
     return h, node_token
 
 
-def node_revoke(*, hospital: Hospital, actor: str) -> None:
+def node_revoke(*, hospital: Hospital, actor: str) -> list[str]:
+    """Revoke a node: its token stops working, its unused enrolment tokens too, and (through the
+    node_revoked signal) it is withdrawn from the studies it takes part in. Returns sentences
+    saying what followed, for the person who revoked it."""
+    now = timezone.now()
     with transaction.atomic():
-        Hospital.objects.filter(pk=hospital.pk).update(revoked_at=timezone.now(), token_hash="")
+        Hospital.objects.filter(pk=hospital.pk).update(revoked_at=now, token_hash="")
+        unused = EnrolmentToken.objects.filter(hospital=hospital, used_at__isnull=True, expires_at__gt=now)
+        token_ids = list(unused.values_list("pk", flat=True))
+        unused.update(expires_at=now)
         audit_record(action="node.revoked", actor=actor, obj=hospital, consortium_id=hospital.consortium_id,
-                     hospital_id=hospital.pk)
+                     hospital_id=hospital.pk, data={"enrolment_tokens_revoked": token_ids})
+        notes = [f"{len(token_ids)} unused enrolment token(s) revoked."] if token_ids else []
+        for _receiver, said in node_revoked.send(sender=Hospital, hospital=hospital, actor=actor):
+            notes.extend(said or [])
+    return notes
 
 
 def node_heartbeat(*, hospital: Hospital, node_version: str, status: dict) -> None:

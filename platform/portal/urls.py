@@ -22,6 +22,8 @@ urlpatterns = [
     path("studies/<int:study_id>/model-card/", studies.model_card, name="model_card"),
     re_path(r"^studies/(?P<study_id>[0-9]+)/(?P<action>start|pause|resume|cancel)/$", studies.study_action,
             name="study_action"),
+    re_path(r"^studies/(?P<study_id>[0-9]+)/release/(?P<action>rerun|override)/$", studies.release_resolve,
+            name="release_resolve"),
     path("inbox/", inbox.inbox, name="inbox"),
     path("inbox/<int:participation_id>/", inbox.invitation, name="invitation"),
 ]

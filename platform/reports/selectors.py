@@ -28,7 +28,10 @@ def attestations(study) -> list[dict]:
     for rnd in Round.objects.filter(study=study, status=Round.Status.DONE).order_by("number", "attempt"):
         hashes: dict[str, list[str]] = {}
         seen = set()
-        for rep in RoundReport.objects.filter(round=rnd).select_related("hospital").order_by("hospital__name"):
+        # Reports superseded by a re-run of the evaluation (a resolved blocked release) are on
+        # record in the trail (model.evaluation_rerun); the current ones attest the round.
+        for rep in (RoundReport.objects.filter(round=rnd, superseded_at__isnull=True).select_related("hospital")
+                    .order_by("hospital__name")):
             hashes.setdefault(rep.model_sha256, []).append(rep.hospital.name)
             seen.add(rep.hospital_id)
         out.append({"round": rnd.number, "attempt": rnd.attempt, "hashes": hashes, "mismatch": len(hashes) > 1,

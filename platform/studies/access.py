@@ -27,6 +27,7 @@ from django.shortcuts import get_object_or_404
 from consortia.models import Consortium, Hospital, Membership
 from consortia.selectors import roles_in
 
+from . import selectors
 from .models import Participation, Study
 
 Role = Membership.Role
@@ -111,6 +112,11 @@ class StudyScope:
         return bool(self.roles & MANAGE_STUDY_ROLES)
 
     @property
+    def can_resolve_release(self) -> bool:
+        """Resolve a blocked final-model release (re-run the final evaluation, or override)."""
+        return Role.CONSORTIUM_ADMIN in self.roles
+
+    @property
     def can_report(self) -> bool:
         """Read the study audit report (HTML and PDF)."""
         return bool(self.roles & REPORT_ROLES)
@@ -133,6 +139,17 @@ class StudyScope:
     def filter_hospital(self, qs: QuerySet, field_name: str = "hospital_id") -> QuerySet:
         """Only the rows of hospitals this user sees (``field_name`` names the hospital id)."""
         return qs if self.hospital_ids is None else qs.filter(**{f"{field_name}__in": self.hospital_ids})
+
+    def release_block(self) -> dict | None:
+        """Why the final-model release is blocked and by whom (selectors.release_block); a
+        hospital admin sees its own hospitals by name and the others only counted."""
+        block = selectors.release_block(self.study)
+        if block is None or self.sees_all_hospitals:
+            return block
+        mine = set(self.participations().values_list("hospital__name", flat=True))
+        return {**block, "attestations": [{"model_sha256": a["model_sha256"],
+                                           "hospitals": [h for h in a["hospitals"] if h in mine],
+                                           "n_hospitals": len(a["hospitals"])} for a in block["attestations"]]}
 
     @property
     def can_download_model(self) -> bool:

@@ -45,6 +45,12 @@ class Study(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # A blocked final-model release (hospitals attested different models) resolved by a consortium
+    # admin: each resolution counts (it renews the custodian's upload item); an override releases
+    # with the disagreement on record.
+    release_resolutions = models.PositiveIntegerField(default=0)
+    release_override_at = models.DateTimeField(null=True, blank=True)
+    release_override_by = models.CharField(max_length=200, blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["consortium", "name"], name="study_name_unique")]
@@ -214,9 +220,12 @@ class RoundReport(models.Model):
     model_sha256 = models.CharField(max_length=64)
     epsilon_spent = models.FloatField(null=True, blank=True)
     reported_at = models.DateTimeField(auto_now_add=True)
+    # Set when a consortium admin had the round evaluated again: the report is kept, not counted.
+    superseded_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["round", "hospital"], name="round_report_unique")]
+        constraints = [models.UniqueConstraint(fields=["round", "hospital"], condition=models.Q(superseded_at__isnull=True),
+                                               name="round_report_unique")]
 
 
 class FinalModel(models.Model):

@@ -77,8 +77,12 @@ def _work_items(hospital: Hospital) -> list[dict]:
         # one transaction, but these are separate queries, so read in this order a node that sees
         # round n done also sees its round n+1 job (the other order could return the evaluation
         # alone and make the node wait a poll for its job).
-        reported = set(RoundReport.objects.filter(hospital=hospital, round__study=study).values_list("round_id", flat=True))
+        reported = set(RoundReport.objects.filter(hospital=hospital, round__study=study, superseded_at__isnull=True)
+                       .values_list("round_id", flat=True))
         done = list(Round.objects.filter(study=study, status=Round.Status.DONE).order_by("number"))
+        # A re-run of the final evaluation (release_resolutions) renews the keys of the items it
+        # brings back, so a node that set the old ones aside takes them again.
+        gen = f":{study.release_resolutions}" if study.release_resolutions else ""
         for job in (TrainingJob.objects.filter(hospital=hospital, round__study=study, status=TrainingJob.Status.DISPATCHED,
                                                round__status=Round.Status.COLLECTING).select_related("round")):
             item = {"kind": WorkKind.TRAIN, "key": f"train:{job.pk}", "job_id": job.pk, "study": study_config(study),
@@ -89,15 +93,48 @@ def _work_items(hospital: Hospital) -> list[dict]:
                 item["previous_aggregate"] = prev
             items.append(item)
         for rnd in done:
-            if rnd.pk not in reported:
-                items.append({"kind": WorkKind.EVALUATE, "key": f"evaluate:{study.pk}:{rnd.number}", "study_id": study.pk,
-                              "study": study_config(study), "round": rnd.number})
+            if rnd.pk in reported:
+                continue
+            if rnd.number >= study.rounds and hospital.pk not in round_contributors(rnd):
+                continue  # the final round is attested by its contributors only
+            key = f"evaluate:{study.pk}:{rnd.number}" + (gen if rnd.number >= study.rounds else "")
+            items.append({"kind": WorkKind.EVALUATE, "key": key, "study_id": study.pk,
+                          "study": study_config(study), "round": rnd.number})
         if (custodian and study.status == Study.Status.COMPLETED and done and done[-1].pk in reported
-                and not FinalModel.objects.filter(study=study).exists()):
-            items.append({"kind": WorkKind.UPLOAD_FINAL_MODEL, "key": f"upload_final_model:{study.pk}", "study_id": study.pk,
-                          "study": study_config(study),
-                          "round": done[-1].number})
+                and not FinalModel.objects.filter(study=study).exists() and release_block(study) is None):
+            items.append({"kind": WorkKind.UPLOAD_FINAL_MODEL, "key": f"upload_final_model:{study.pk}{gen}",
+                          "study_id": study.pk, "study": study_config(study), "round": done[-1].number})
     return items
+
+
+def round_contributors(rnd: Round) -> set[int]:
+    """The hospitals whose updates make up the round's aggregate (its recorded contributors; for a
+    round without an Aggregate row, those whose upload was accepted)."""
+    agg = Aggregate.objects.filter(round=rnd).only("contributors").first()
+    if agg is not None:
+        return set(agg.contributors)
+    return set(TrainingJob.objects.filter(round=rnd, status=TrainingJob.Status.UPLOADED).values_list("hospital_id", flat=True))
+
+
+def release_block(study: Study) -> dict | None:
+    """Why the final model cannot be released, and by whom: the contributors of the final round
+    attested different models and no consortium admin has resolved it yet. None when the release
+    is not blocked (not completed, released already, attestations agree, or overridden)."""
+    if study.status != Study.Status.COMPLETED or study.release_override_at is not None:
+        return None
+    if FinalModel.objects.filter(study=study).exists():
+        return None
+    last = Round.objects.filter(study=study, status=Round.Status.DONE).order_by("-number", "-attempt").first()
+    if last is None:
+        return None
+    by_hash: dict[str, list[str]] = {}
+    for rep in RoundReport.objects.filter(round=last, superseded_at__isnull=True).select_related("hospital"):
+        by_hash.setdefault(rep.model_sha256, []).append(rep.hospital.name)
+    if len(by_hash) < 2:
+        return None
+    return {"round": last.number, "code": "attestation_mismatch",
+            "reason": f"the hospitals that contributed to round {last.number} attested {len(by_hash)} different models",
+            "attestations": [{"model_sha256": h, "hospitals": sorted(names)} for h, names in sorted(by_hash.items())]}
 
 
 def _inline_aggregate(study: Study, number: int) -> dict | None:

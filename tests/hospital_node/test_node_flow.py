@@ -238,3 +238,21 @@ def test_items_without_a_study_use_the_stored_one_and_a_mismatch_is_refused(node
         node.handle({"kind": "evaluate", "study_id": 8, "study": study, "round": 0})
     with pytest.raises(RuntimeError, match="study 99 is unknown to this node"):
         node.handle({"kind": "evaluate", "study_id": 99, "round": 0})
+
+
+def test_a_release_the_platform_holds_back_is_logged_once_and_not_retried(node, study, caplog):
+    from hospital_node.errors import ApiError
+
+    def held_back(sid, data):
+        node.client.calls.append(("upload_final_model", sid))
+        raise ApiError(409, "attestation_mismatch", "hospitals attested different final models", "PUT", "final-model")
+
+    node.client.upload_final_model = held_back
+    item = {"kind": "upload_final_model", "key": f"upload_final_model:{study['id']}", "study_id": study["id"],
+            "round": 0}
+    with caplog.at_level("WARNING", logger="hospital_node"):
+        assert node.handle_safely(item)
+    assert len(node.client.named("upload_final_model")) == 1
+    assert item["key"] in node.deferred  # the next polls skip it: no retry loop
+    (rec,) = [r for r in caplog.records if "holds back the release" in r.getMessage()]
+    assert "attestation_mismatch" in rec.getMessage()

@@ -118,6 +118,9 @@ def hospital_revoke(request, hospital_id: int):
     h, manage = access.hospital_for_admin_page(request.user, hospital_id)
     if not manage:
         raise PermissionDenied("only consortium admins revoke nodes")
-    consortia_services.node_revoke(hospital=h, actor=actor_label(user=request.user))
-    messages.success(request, f"The node of {h.name} is revoked: its token no longer works. Enrol it again with a new token.")
+    notes = consortia_services.node_revoke(hospital=h, actor=actor_label(user=request.user))
+    messages.success(request, f"The node of {h.name} is revoked: its token no longer works. Enrol it again with a new "
+                              "token (see docs/node.md, 'Re-enrolling a node').")
+    for note in notes:
+        messages.info(request, note)
     return redirect("portal:hospital", hospital_id=h.pk)

@@ -121,7 +121,8 @@ def study_detail(request, study_id: int):
            "live": study.status in LIVE_STATUSES, "live_key": _live_key(scope),
            "final_model": getattr(study, "final_model", None),
            "enc": get_codec(study.encryption["codec"]).describe(study.encryption),
-           "has_reports": RoundReport.objects.filter(round__study=study).exists()}
+           "has_reports": RoundReport.objects.filter(round__study=study).exists(),
+           "release_block": scope.release_block()}
     if study.status == Study.Status.DRAFT:
         ctx["privacy_table"] = noise_preview.budget_table(
             epsilon=study.epsilon, delta=study.delta, batch_size=study.batch_size, rounds=study.rounds,
@@ -144,7 +145,8 @@ def study_live(request, study_id: int):
 
 
 def _metrics_data(scope):
-    reps = scope.filter_hospital(RoundReport.objects.filter(round__study=scope.study).select_related("round", "hospital"))
+    reps = scope.filter_hospital(RoundReport.objects.filter(round__study=scope.study, superseded_at__isnull=True)
+                                 .select_related("round", "hospital"))
     return [{"round": r.round.number, "hospital": r.hospital.name, "metrics": r.metrics} for r in reps]
 
 
@@ -197,6 +199,33 @@ def study_action(request, study_id: int, action: str):
     return redirect("portal:study", study_id=scope.study.pk)
 
 
+RELEASE_ACTIONS = {"rerun": (services.release_rerun_evaluation, "The final round's reports are superseded: its "
+                               "contributors evaluate the model again, then the custodian can release it."),
+                   "override": (services.release_override, "Release allowed with the disagreement on record: the "
+                                "custodian uploads the model now.")}
+
+
+@login_required
+@require_POST
+def release_resolve(request, study_id: int, action: str):
+    """A consortium admin resolves a blocked final-model release (both ways are audited)."""
+    scope = access.study_scope(request.user, study_id)
+    if action not in RELEASE_ACTIONS:
+        raise Http404
+    actor = actor_label(user=request.user)
+    if not scope.can_resolve_release:
+        services.release_resolution_refused(study=scope.study, actor=actor, action=action)
+        raise PermissionDenied("only consortium admins resolve a blocked release")
+    fn, done = RELEASE_ACTIONS[action]
+    try:
+        fn(study=scope.study, actor=actor)
+    except services.ServiceError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, done)
+    return redirect("portal:study", study_id=scope.study.pk)
+
+
 @login_required
 @require_GET
 def model_download(request, study_id: int):
@@ -224,7 +253,8 @@ def _model_card_ctx(scope):
     if fm is not None:
         last = selectors.done_round(study, fm.round_number)
         if last is not None:
-            reports = list(scope.filter_hospital(RoundReport.objects.filter(round=last).select_related("hospital"))
+            reports = list(scope.filter_hospital(RoundReport.objects.filter(round=last, superseded_at__isnull=True)
+                                                 .select_related("hospital"))
                            .order_by("hospital__name"))
     approved = [p for p in scope.participations() if p.state == Participation.State.APPROVED]
     last_spend = dict(sorted(last_spend.items()))

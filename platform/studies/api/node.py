@@ -28,7 +28,7 @@ from fedproto import PROTOCOL_VERSION
 from fedproto.study import WorkKind
 
 from .. import selectors, services, worksignal
-from ..models import Aggregate, HEContext, Participation, Round, Study, TrainingJob
+from ..models import Participation, Study, TrainingJob
 from . import limits
 from .auth import IsNode, NodeTokenAuthentication
 from .errors import error
@@ -228,7 +228,7 @@ class DecisionView(NodeView):
 class ContextView(NodeView):
     def get(self, request, study_id: int):
         study = self.my_study(study_id)
-        ctx = get_object_or_404(HEContext, study=study)
+        ctx = services.he_context_fetch(study=study, hospital=self.hospital)
         return Response({"codec": ctx.codec, "public_params": base64.b64encode(bytes(ctx.public_params)).decode(),
                          "sha256": ctx.sha256})
 
@@ -335,10 +335,7 @@ class UpdateView(JobMixin, NodeView):
 class AggregateView(NodeView):
     def get(self, request, study_id: int, number: int):
         study = self.my_study(study_id)
-        p = get_object_or_404(Participation, study=study, hospital=self.hospital, state=Participation.State.APPROVED)
-        del p
-        rnd = get_object_or_404(Round, study=study, number=number, status=Round.Status.DONE)
-        agg = get_object_or_404(Aggregate, round=rnd)
+        agg = services.aggregate_fetch(study=study, hospital=self.hospital, number=number)
         resp = FileResponse(open(Path(settings.MEDIA_ROOT) / agg.path, "rb"), content_type="application/octet-stream")
         resp["X-Contributors"] = str(agg.n_contributors)
         resp["X-Aggregate-SHA256"] = agg.sha256
@@ -381,6 +378,7 @@ class PoisonReportView(NodeView):
 class RoundReportView(NodeView):
     def post(self, request, study_id: int, number: int):
         study = self.my_study(study_id)
+        services.require_approved(study, self.hospital, "report on a round")
         rnd = selectors.done_round(study, number)
         if rnd is None:
             return error(f"round {number} has no aggregate yet", "not_ready", 409)

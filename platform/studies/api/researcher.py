@@ -44,7 +44,10 @@ def study_summary(scope: access.StudyScope) -> dict:
             "participants": [{"hospital_id": p.hospital_id, "hospital": p.hospital.name, "state": p.state,
                               "decided_by": p.decided_by, "decided_at": p.decided_at}
                              for p in scope.participations()],
-            "final_model_sha256": getattr(getattr(study, "final_model", None), "sha256", None)}
+            "final_model_sha256": getattr(getattr(study, "final_model", None), "sha256", None),
+            "release_blocked": scope.release_block(),
+            "release_override": ({"at": study.release_override_at, "by": study.release_override_by}
+                                 if study.release_override_at else None)}
 
 
 class StudyListView(APIView):
@@ -81,10 +84,22 @@ class StudyActionView(APIView):
     ACTIONS = {"start": services.study_open_recruitment, "pause": services.study_pause,
                "resume": services.study_resume, "cancel": services.study_cancel}
 
+    # Resolving a blocked final-model release: consortium admins only.
+    RELEASE_ACTIONS = {"rerun-evaluation": services.release_rerun_evaluation, "release-override": services.release_override}
+
     def post(self, request, study_id: int, action: str):
         scope = access.study_scope(request.user, study_id)
+        if action in self.RELEASE_ACTIONS:
+            if not scope.can_resolve_release:
+                services.release_resolution_refused(study=scope.study, actor=actor_label(user=request.user),
+                                                    action=action)
+                return error("only consortium admins resolve a blocked release", "forbidden", 403)
+            self.RELEASE_ACTIONS[action](study=scope.study, actor=actor_label(user=request.user))
+            scope.study.refresh_from_db()
+            return Response(study_summary(scope))
         if action not in self.ACTIONS:
-            return error(f"unknown action {action!r}; use one of {', '.join(self.ACTIONS)}", "not_found", 404)
+            names = [*self.ACTIONS, *self.RELEASE_ACTIONS]
+            return error(f"unknown action {action!r}; use one of {', '.join(names)}", "not_found", 404)
         if not scope.can_manage:
             return error("only researchers and consortium admins manage studies", "forbidden", 403)
         self.ACTIONS[action](study=scope.study, actor=actor_label(user=request.user))

@@ -14,9 +14,11 @@ state themselves. Call sites use the package: ``from studies import services; se
 """
 
 from .aggregation import missing_chunks, round_aggregate, round_aggregate_chunk
+from .common import require_approved
 from .errors import ServiceError
 from .lifecycle import (
                         TERMINAL,
+                        hospital_withdraw,
                         study_advance,
                         study_cancel,
                         study_create,
@@ -26,16 +28,25 @@ from .lifecycle import (
                         study_resume,
 )
 from .poisoning import poison_report_record, round_upload, round_uploads
-from .recruitment import he_context_publish, key_ack, participation_decide, sealed_key_fetch, sealed_keys_store
-from .release import final_model_downloaded, final_model_store, round_report_record
+from .recruitment import he_context_fetch, he_context_publish, key_ack, participation_decide, sealed_key_fetch, sealed_keys_store
+from .release import (
+                        aggregate_fetch,
+                        final_model_downloaded,
+                        final_model_store,
+                        release_override,
+                        release_rerun_evaluation,
+                        release_resolution_refused,
+                        round_report_record,
+)
 from .rounds import job_refuse, round_open, round_try_close, update_accept
 from .spend import DP_ENGINE_RE, SPEND_FIELDS, privacy_spend_record
 
 __all__ = [
-    "DP_ENGINE_RE", "SPEND_FIELDS", "TERMINAL", "ServiceError",
-    "final_model_downloaded", "final_model_store", "he_context_publish", "job_refuse", "key_ack", "missing_chunks",
-    "participation_decide", "poison_report_record", "privacy_spend_record", "round_aggregate", "round_aggregate_chunk",
-    "round_open", "round_report_record", "round_try_close", "round_upload", "round_uploads", "sealed_key_fetch",
-    "sealed_keys_store", "study_advance", "study_cancel", "study_create", "study_fail", "study_open_recruitment",
-    "study_pause", "study_resume", "update_accept",
+    "DP_ENGINE_RE", "SPEND_FIELDS", "TERMINAL", "ServiceError", "aggregate_fetch", "final_model_downloaded",
+    "final_model_store", "he_context_fetch", "he_context_publish", "hospital_withdraw", "job_refuse", "key_ack",
+    "missing_chunks", "participation_decide", "poison_report_record", "privacy_spend_record", "release_override",
+    "release_rerun_evaluation", "release_resolution_refused", "require_approved", "round_aggregate",
+    "round_aggregate_chunk", "round_open", "round_report_record", "round_try_close", "round_upload", "round_uploads",
+    "sealed_key_fetch", "sealed_keys_store", "study_advance", "study_cancel", "study_create", "study_fail",
+    "study_open_recruitment", "study_pause", "study_resume", "update_accept",
 ]

@@ -14,7 +14,8 @@ from audit.services import actor_label, audit_record
 from consortia.models import Hospital
 
 from .. import worksignal
-from ..models import Study
+from ..models import Participation, Study
+from .errors import ServiceError
 
 # Names of the Celery tasks the services enqueue (their @shared_task name in studies/tasks.py).
 ADVANCE_STUDY = "studies.advance_study"
@@ -41,7 +42,7 @@ def enqueue_on_commit(task_name: str, *args) -> None:
 _NODE_LOCAL_ACTIONS = {"update.accepted", "update.rejected", "privacy.spent", "model.attested", "model.released",
                        "model.release_refused", "sealed_key.fetched", "sealed_key.relayed", "key.acknowledged",
                        "key.rejected", "job.refused", "he_context.published", "he_context.rejected",
-                       "participation.approved", "participation.declined"}
+                       "participation.approved", "participation.declined", "participant.refused"}
 
 
 def _signal_keys(study: Study, action: str, hospital_id) -> set[str]:
@@ -65,3 +66,17 @@ def _audit_refusal(study: Study, action: str, hospital: Hospital, reason: str, *
     with transaction.atomic():
         _study_audit(study, action, actor_label(hospital=hospital), hospital_id=hospital.pk,
                      data={"reason": reason, **data})
+
+
+def require_approved(study: Study, hospital: Hospital, request: str) -> Participation:
+    """The hospital's participation when it APPROVED the study; otherwise the refusal is an audit
+    event and a 403 (the hospital was invited, so the study's existence is no secret to it; a
+    hospital never invited gets the views' 404 before this is reached)."""
+    p = Participation.objects.filter(study=study, hospital=hospital).first()
+    if p is not None and p.state == Participation.State.APPROVED:
+        return p
+    state = p.state if p is not None else "not invited"
+    _audit_refusal(study, "participant.refused", hospital, f"{request}: only approved participants may do this",
+                   code="not_approved", request=request, participation=state)
+    raise ServiceError(f"only hospitals that approved study {study.name!r} may {request}; "
+                       f"this hospital's participation is {state}", code="not_approved", status=403)

@@ -18,7 +18,7 @@ from fedproto.study import validate_study
 
 from ..models import HEContext, Participation, Round, Study, TrainingJob
 from ..selectors import study_config
-from .common import ADVANCE_STUDY, _study_audit, enqueue, enqueue_on_commit
+from .common import ADVANCE_STUDY, CLOSE_ROUND, _study_audit, enqueue, enqueue_on_commit
 from .errors import ServiceError
 from .rounds import round_open
 
@@ -118,6 +118,54 @@ def study_fail(*, study: Study, reason: str, actor: str = "system") -> None:
         if _set_status(study, frm=[Study.Status.RECRUITING, Study.Status.RUNNING, Study.Status.PAUSED],
                        to=Study.Status.FAILED, actor=actor, action="study.failed", reason=reason):
             _expire_open_jobs(study, reason=f"study failed: {reason}")
+
+
+LIVE = [Study.Status.RECRUITING, Study.Status.RUNNING, Study.Status.PAUSED]
+
+
+def hospital_withdraw(*, hospital, actor: str, reason: str) -> list[str]:
+    """Withdraw a hospital from every study not finished yet (its node was revoked): its
+    participation becomes withdrawn, its open jobs expire (rounds stop waiting for it), and a study
+    that can no longer reach its quorum fails saying why. Returns a sentence per study."""
+    notes = []
+    now = timezone.now()
+    with transaction.atomic():
+        parts = list(Participation.objects.select_for_update().select_related("study")
+                     .filter(hospital=hospital, study__status__in=LIVE,
+                             state__in=[Participation.State.INVITED, Participation.State.APPROVED]))
+        for p in parts:
+            study = p.study
+            was = p.state
+            p.state, p.reason, p.decided_by, p.decided_at = Participation.State.WITHDRAWN, reason[:2000], actor[:200], now
+            p.save(update_fields=["state", "reason", "decided_by", "decided_at"])
+            jobs = TrainingJob.objects.filter(hospital=hospital, round__study=study, status=TrainingJob.Status.DISPATCHED)
+            round_ids = list(jobs.values_list("round_id", flat=True))
+            jobs.update(status=TrainingJob.Status.EXPIRED, reason=f"hospital withdrawn: {reason}"[:4000], finished_at=now)
+            holds_key = was == Participation.State.APPROVED and (study.custodian_id == hospital.pk
+                                                                  or p.key_acked_at is not None)
+            _study_audit(study, "participation.withdrawn", actor, obj=p, hospital_id=hospital.pk,
+                         data={"hospital": hospital.name, "reason": reason, "was": was, "expired_jobs": len(round_ids),
+                               "holds_study_key": holds_key, "custodian": study.custodian_id == hospital.pk})
+            approved = Participation.objects.filter(study=study, state=Participation.State.APPROVED).count()
+            fail = None
+            if was == Participation.State.APPROVED and approved < study.quorum:
+                fail = (f"{hospital.name} was withdrawn ({reason}); {approved} approved hospital(s) remain and "
+                        f"the quorum is {study.quorum}")
+            elif study.custodian_id == hospital.pk and not HEContext.objects.filter(study=study).exists():
+                fail = f"the key custodian {hospital.name} was withdrawn ({reason}) before it published the encryption context"
+            if fail:
+                study_fail(study=study, reason=fail, actor=actor)
+                notes.append(f"Study {study.name!r} failed: {fail}.")
+            else:
+                for rid in round_ids:
+                    enqueue_on_commit(CLOSE_ROUND, rid)
+                _advance_after_commit(study)
+                notes.append(f"Withdrawn from study {study.name!r} ({study.status}); its rounds no longer wait for it.")
+            if holds_key:
+                notes.append(f"The node keeps its copy of the key of study {study.name!r} on the hospital's machine (the "
+                             "platform cannot erase it); it can no longer download the study's aggregates or model. "
+                             "Delete the node's state directory to destroy it.")
+    return notes
 
 
 def _expire_open_jobs(study: Study, *, reason: str) -> None:

@@ -14,7 +14,7 @@ from fedproto.codec import get_codec
 from fedproto.errors import CodecError
 
 from ..models import HEContext, Participation, SealedKey, Study
-from .common import _audit_refusal, _study_audit
+from .common import _audit_refusal, _study_audit, require_approved
 from .errors import ServiceError
 from .lifecycle import _advance_after_commit
 
@@ -50,7 +50,16 @@ def participation_decide(*, participation: Participation, decision: str, actor: 
     return p
 
 
+def he_context_fetch(*, study: Study, hospital: Hospital) -> HEContext:
+    require_approved(study, hospital, "fetch the encryption context")
+    ctx = HEContext.objects.filter(study=study).first()
+    if ctx is None:
+        raise ServiceError("the study has no encryption context yet", code="not_ready", status=404)
+    return ctx
+
+
 def he_context_publish(*, study: Study, hospital: Hospital, codec_name: str, public_params: bytes) -> HEContext:
+    require_approved(study, hospital, "publish the encryption context")
     if study.custodian_id != hospital.pk:
         _audit_refusal(study, "he_context.rejected", hospital, "not the study's key custodian", code="not_custodian")
         raise ServiceError("only the study's key custodian publishes the encryption context", code="not_custodian", status=403)
@@ -85,6 +94,7 @@ def he_context_publish(*, study: Study, hospital: Hospital, codec_name: str, pub
 
 
 def sealed_keys_store(*, study: Study, hospital: Hospital, keys: list[tuple[int, bytes]]) -> int:
+    require_approved(study, hospital, "relay sealed keys")
     if study.custodian_id != hospital.pk:
         raise ServiceError("only the study's key custodian relays sealed keys", code="not_custodian", status=403)
     approved = set(Participation.objects.filter(study=study, state=Participation.State.APPROVED)
@@ -108,6 +118,7 @@ def sealed_keys_store(*, study: Study, hospital: Hospital, keys: list[tuple[int,
 
 
 def sealed_key_fetch(*, study: Study, hospital: Hospital) -> SealedKey:
+    require_approved(study, hospital, "fetch a sealed key")
     sk = SealedKey.objects.filter(study=study, recipient=hospital).first()
     if sk is None:
         raise ServiceError("no sealed key for this node yet: the custodian has not relayed it", code="not_ready", status=404)
@@ -120,6 +131,7 @@ def sealed_key_fetch(*, study: Study, hospital: Hospital) -> SealedKey:
 
 
 def key_ack(*, study: Study, hospital: Hospital, public_params_sha256: str) -> None:
+    require_approved(study, hospital, "acknowledge the study key")
     ctx = HEContext.objects.filter(study=study).first()
     if ctx is None:
         raise ServiceError("the study has no encryption context yet", code="not_ready")
