@@ -1,12 +1,13 @@
 """Celery app: the platform's work engine (round orchestration, aggregation, timeouts)."""
 
-import logging
 import os
 from pathlib import Path
 
 from celery import Celery
 from celery.signals import worker_ready
 from django.conf import settings
+
+from studies.outage import broker_state
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -32,5 +33,5 @@ def warm_publisher() -> None:
     try:
         with app.producer_or_acquire() as producer:
             app.amqp.queues[app.conf.task_default_queue](producer.channel).declare()
-    except Exception:  # noqa: BLE001 - warming only
-        logging.getLogger(__name__).warning("could not pre-open the broker connection", exc_info=True)
+    except Exception as exc:  # noqa: BLE001 - warming only
+        broker_state.down("could not pre-open the broker connection", exc)

@@ -195,6 +195,9 @@ REDIS_URL = envstr("REDIS_URL", "", pattern=r"(redis|rediss|unix)://\S+", secret
 CELERY_BROKER_URL = REDIS_URL or f"sqlite:///{VAR_DIR / 'celery-broker.sqlite3'}"
 if not REDIS_URL:
     CELERY_BROKER_TRANSPORT = "config.broker:Transport"
+elif REDIS_URL.startswith(("redis://", "rediss://")):
+    # kombu's Redis transport, except that a worker survives a broker restart (config/broker.py).
+    CELERY_BROKER_TRANSPORT = "config.broker:RedisTransport"
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_SERIALIZER = "json"
@@ -202,6 +205,14 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_ALWAYS_EAGER = envbool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A lost broker connection is retried for ever (a worker that gives up leaves every study stuck).
+CELERY_BROKER_CONNECTION_RETRY = True
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+# Publishing (a web request enqueueing a task) fails fast when the broker is down: the state change
+# is committed and the reconciler sends the follow-up (studies/services/common.py enqueue).
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
+if REDIS_URL:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 2, "socket_timeout": 30}
 CELERY_BEAT_SCHEDULE = {
     "reconcile-studies": {
         "task": "studies.reconcile",

@@ -28,6 +28,12 @@ def close_round(round_id: int) -> None:
         services.round_aggregate(round_id=round_id)  # small: no second broker hop
 
 
+# A long deadline is waited for in hops of at most this long: a message with an ETA sits unacknowledged
+# in a worker, and must never outlive the broker's visibility timeout (Redis: 1 h), after which Redis
+# would hand it to a second worker. The reconciler closes a round past its deadline anyway.
+DEADLINE_HOP_MAX_S = 300
+
+
 @shared_task(name=CLOSE_ROUND_AT_DEADLINE, soft_time_limit=60, time_limit=120)
 def close_round_at_deadline(round_id: int) -> None:
     """Scheduled with a countdown when the round opens; the reconciler covers a lost message."""
@@ -38,7 +44,7 @@ def close_round_at_deadline(round_id: int) -> None:
     if remaining > 0:
         if close_round_at_deadline.app.conf.task_always_eager:
             return  # eager mode (tests without a worker): the reconciler or a later call closes it
-        close_round_at_deadline.apply_async((round_id,), countdown=min(remaining + 0.5, 3600))
+        close_round_at_deadline.apply_async((round_id,), countdown=min(remaining + 0.5, DEADLINE_HOP_MAX_S))
         return
     services.round_try_close(round_id=round_id)
 
