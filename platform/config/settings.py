@@ -169,6 +169,10 @@ AGGREGATE_CHUNK_PARTS = envint("FEDPLATFORM_AGGREGATE_CHUNK_PARTS", 64, lo=1)
 # Aggregations of at most this many ciphertext part loads (uploads x parts) run in the task that
 # closed the round (one broker hop less per round); bigger ones get their own task(s).
 INLINE_AGGREGATE_MAX_PART_LOADS = envint("FEDPLATFORM_INLINE_AGGREGATE_MAX", 64, lo=0)
+# A round still aggregating this long after it closed is taken for lost (its worker died) and is
+# aggregated again by the reconciler (studies/tasks.py). Too short only repeats work: keep it above
+# the time a normal aggregation takes.
+AGGREGATION_GRACE_S = envint("FEDPLATFORM_AGGREGATION_GRACE_S", 60, lo=1, hi=24 * 3600)
 
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

@@ -8,6 +8,7 @@ import logging
 from datetime import timedelta
 
 from celery import shared_task
+from django.conf import settings
 from django.utils import timezone
 
 from . import services
@@ -60,9 +61,6 @@ def aggregate_round(round_id: int) -> None:
     services.round_aggregate(round_id=round_id)
 
 
-AGGREGATION_GRACE_S = 120
-
-
 @shared_task(name="studies.reconcile", soft_time_limit=240, time_limit=300)
 def reconcile() -> dict:
     """Repair any study whose next step was lost (a dropped message, a worker killed mid-task)."""
@@ -79,12 +77,18 @@ def reconcile() -> dict:
             fixed["closed"] += 1
         except Exception:
             log.exception("reconcile: closing round %s failed", rid)
-    # An aggregation still running is not stuck: repair only those closed longer ago than the grace.
-    stuck_before = timezone.now() - timedelta(seconds=AGGREGATION_GRACE_S)
-    for rid in Round.objects.filter(status=Round.Status.AGGREGATING, aggregate__isnull=True,
-                                    closed_at__lt=stuck_before).values_list("pk", flat=True):
+    # An aggregation still running is not stuck: repair only those closed longer ago than the grace
+    # (settings.AGGREGATION_GRACE_S). Repairing one that is in fact still running only repeats work:
+    # the aggregate is stored by a conditional update, chunks by content.
+    now = timezone.now()
+    stuck_before = now - timedelta(seconds=settings.AGGREGATION_GRACE_S)
+    for rid, closed_at in Round.objects.filter(status=Round.Status.AGGREGATING, aggregate__isnull=True,
+                                               closed_at__lt=stuck_before).values_list("pk", "closed_at"):
         try:
             missing = services.missing_chunks(round_id=rid)
+            log.warning("reconcile: round %s has been aggregating for %.0f s (a worker lost mid-aggregation?): "
+                        "%s", rid, (now - closed_at).total_seconds(),
+                        f"re-sending chunk(s) {missing}" if missing else "aggregating it again")
             if missing:
                 for index in missing:
                     aggregate_chunk.delay(rid, index)
