@@ -215,6 +215,17 @@ def _chunk_layout(rnd: Round) -> list[tuple[int, int]] | None:
                                 EncryptedUpdate.objects.filter(job__round=rnd).values_list("chunks", flat=True))
 
 
+def _offline_hospitals(rnd: Round, hospital_ids: set[int], now) -> set[int]:
+    """Those of ``hospital_ids`` whose node is gone: no contact (heartbeat or work poll) within
+    settings.NODE_ONLINE_WINDOW_S and none since the round opened. A node that fetched its job
+    after the round opened has been seen since, so one busy training is still waited for."""
+    seen_after = now - timedelta(seconds=settings.NODE_ONLINE_WINDOW_S)
+    if rnd.collecting_at is not None:
+        seen_after = min(seen_after, rnd.collecting_at)
+    seen = set(Hospital.objects.filter(pk__in=hospital_ids, last_heartbeat__gte=seen_after).values_list("pk", flat=True))
+    return hospital_ids - seen
+
+
 def round_try_close(*, round_id: int, force_deadline: bool = False, inline_aggregate: bool = False) -> bool:
     """Close a collecting round when every job is answered or the deadline passed; then aggregate
     (quorum met) or fail the attempt. Idempotent. With ``inline_aggregate`` (the caller is a
@@ -231,12 +242,18 @@ def round_try_close(*, round_id: int, force_deadline: bool = False, inline_aggre
         pending = [j for j in jobs if j.status == TrainingJob.Status.DISPATCHED]
         now = timezone.now()
         past_deadline = rnd.deadline is not None and now >= rnd.deadline
-        if pending and not past_deadline and not force_deadline:
-            return False
-        if pending:
-            TrainingJob.objects.filter(pk__in=[j.pk for j in pending]).update(
-                status=TrainingJob.Status.EXPIRED, reason="no update before the round deadline", finished_at=now)
         uploaded = [j for j in jobs if j.status == TrainingJob.Status.UPLOADED]
+        offline = set()
+        if pending and not past_deadline and not force_deadline:
+            # Not worth waiting for: the quorum is in and every job still out belongs to a node gone offline.
+            offline = _offline_hospitals(rnd, {j.hospital_id for j in pending}, now) if len(uploaded) >= study.quorum else set()
+            if not offline or len(offline) < len({j.hospital_id for j in pending}):
+                return False
+        if pending:
+            reason = (f"the node was offline (no contact for over {settings.NODE_ONLINE_WINDOW_S} s, none since the round "
+                      "opened) when the other updates were in" if offline else "no update before the round deadline")
+            TrainingJob.objects.filter(pk__in=[j.pk for j in pending]).update(
+                status=TrainingJob.Status.EXPIRED, reason=reason, finished_at=now)
         rnd.closed_at = now
         if len(uploaded) >= study.quorum:
             rnd.status = Round.Status.AGGREGATING
@@ -244,7 +261,9 @@ def round_try_close(*, round_id: int, force_deadline: bool = False, inline_aggre
             _study_audit(study, "round.closed", "system", obj=rnd,
                          data={"round": rnd.number, "attempt": rnd.attempt, "updates": len(uploaded),
                                "expired": [j.hospital_id for j in pending],
-                               "refused": [j.hospital_id for j in jobs if j.status == TrainingJob.Status.REFUSED]})
+                               "refused": [j.hospital_id for j in jobs if j.status == TrainingJob.Status.REFUSED],
+                               **({"closed_early": "every job still out belonged to an offline node",
+                                   "offline": sorted(offline)} if offline else {})})
             codec = get_codec(study.encryption["codec"])
             loads = len(uploaded) * codec.n_parts(study.encryption, study.n_params)
             layout = _chunk_layout(rnd)
