@@ -105,9 +105,13 @@ if _database_url:
     # processes) and management commands keep plain connections.
     # application_name lets pg_stat_activity tell the web pool's connections from the rest.
     # FEDPLATFORM_DB_POOL is set by config/wsgi.py for the web process only (see there).
+    # A pooled connection is checked before it is lent (one round trip): after a PostgreSQL restart
+    # the idle ones are dead, and each used to fail a request (see config/postgresql/base.py).
     if envbool("FEDPLATFORM_DB_POOL", False):
         DATABASES["default"].setdefault("OPTIONS", {}).update(application_name="fedplatform-web", pool={
             "min_size": 2, "max_size": envint("FEDPLATFORM_DB_POOL_MAX", 24, lo=2, hi=1000), "timeout": 30})
+        if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+            DATABASES["default"]["ENGINE"] = "config.postgresql"  # the same, with a pool that recovers at once
 else:
     DATABASES = {
         "default": {
