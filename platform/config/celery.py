@@ -1,19 +1,27 @@
 """Celery app: the platform's work engine (round orchestration, aggregation, timeouts)."""
 
+import logging
 import os
 from pathlib import Path
 
 from celery import Celery
-from celery.signals import worker_ready
+from celery.signals import after_task_publish, worker_ready
 from django.conf import settings
 
-from studies.outage import broker_state
+from studies.outage import BeatOutageFilter, broker_state
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 app = Celery("fedplatform")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+# A broker outage is logged once when it starts and once when it ends (studies/outage.py).
+logging.getLogger("celery.beat").addFilter(BeatOutageFilter())
+
+
+@after_task_publish.connect
+def _broker_reachable(**_kwargs) -> None:
+    broker_state.up()
 
 
 @worker_ready.connect

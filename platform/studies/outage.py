@@ -43,3 +43,15 @@ class OutageLog:
 
 broker_state = OutageLog("the Celery broker")
 worksignal_state = OutageLog("the work-signal store")
+
+
+class BeatOutageFilter(logging.Filter):
+    """Celery beat logs a full traceback each time it cannot send a scheduled task (the reconciler,
+    every few seconds) while the broker is down: keep the first, as one line, in broker_state."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None or exc.__class__.__name__ != "SchedulingError":
+            return True
+        broker_state.down("Celery beat cannot send scheduled tasks", exc.__cause__ or exc)
+        return False

@@ -4,6 +4,7 @@ redis-server of the test's own, restarted mid-flight."""
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import time
 
@@ -77,9 +78,20 @@ def test_worker_holding_a_delayed_task_survives_a_broker_restart(own_redis):
         body = _until(lambda: (r := _health(stack.base_url)) is not None and r.status_code == 503 and r.json(), 30,
                       "health to report the broker down", [web])
         assert body["down"] == ["broker", "workers"] and body["broker"].startswith("unreachable ("), body
+        # Celery beat's reconciler runs every 2 s here: its failures are logged once, not a traceback each.
+        beat_down = "the Celery broker unreachable: Celery beat cannot send scheduled tasks"
+        _until(lambda: beat_down in worker.log_path.read_text(), 30, "beat to log the outage", [worker])
+        # The consumer's third reconnection attempt comes 2 + 4 s after the outage began: beat ticked more.
+        _until(lambda: "(3/None)" in worker.log_path.read_text(), 60, "more reconnection attempts", [worker])
         server.start()
         _until(lambda: (r := _health(stack.base_url)) is not None and r.status_code == 200, 90,
                "health ok again", [worker, web])
+        _until(lambda: "the Celery broker reachable again after" in worker.log_path.read_text(), 30,
+               "beat to log the end of the outage", [worker])
+        log = worker.log_path.read_text()
+        assert log.count("Celery beat cannot send") == 1 and "Message Error" not in log
+        failed = int(re.search(r"reachable again after [0-9.]+ s \(([0-9]+) failed call", log).group(1))
+        assert failed >= 2  # every failed tick after the first was folded into the two lines
     finally:
         stack.stop_all()
 
