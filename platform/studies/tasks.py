@@ -65,6 +65,10 @@ def aggregate_round(round_id: int) -> None:
 def reconcile() -> dict:
     """Repair any study whose next step was lost (a dropped message, a worker killed mid-task)."""
     fixed = {"advanced": 0, "closed": 0, "aggregated": 0}
+    # First: after a gap (the platform was down) the collecting rounds' deadlines are extended by it.
+    gap = services.platform_beat()
+    if gap:
+        log.warning("reconcile: the platform was away for %.0f s; collecting rounds' deadlines extended by that", gap)
     for sid in Study.objects.filter(status__in=[Study.Status.RECRUITING, Study.Status.RUNNING]).values_list("pk", flat=True):
         try:
             services.study_advance(study_id=sid)

@@ -8,6 +8,7 @@ state themselves. Call sites use the package: ``from studies import services; se
     aggregation  adding the ciphertexts (whole round or by chunk)
     release      round attestations, the final model
     storage      media files (atomic writes, verified reads, paths, chunk index)
+    platform_clock  deadlines do not run while the platform itself is down
     common       audit event + node wake-up of a state change, tasks enqueued by name
 """
 
@@ -23,6 +24,7 @@ from .lifecycle import (
                         study_pause,
                         study_resume,
 )
+from .platform_clock import platform_away, platform_beat
 from .recruitment import he_context_publish, key_ack, participation_decide, sealed_key_fetch, sealed_keys_store
 from .release import final_model_downloaded, final_model_store, round_report_record
 from .rounds import DP_ENGINE_RE, SPEND_FIELDS, job_refuse, privacy_spend_record, round_open, round_try_close, update_accept
@@ -33,4 +35,5 @@ __all__ = [
     "participation_decide", "privacy_spend_record", "round_aggregate", "round_aggregate_chunk", "round_open",
     "round_report_record", "round_try_close", "sealed_key_fetch", "sealed_keys_store", "study_advance", "study_cancel",
     "study_create", "study_fail", "study_open_recruitment", "study_pause", "study_resume", "update_accept",
+    "platform_away", "platform_beat",
 ]

@@ -31,6 +31,7 @@ from .common import (
     enqueue_on_commit,
 )
 from .errors import ServiceError
+from .platform_clock import platform_away, platform_resumed_within
 
 
 def round_open(*, study: Study, number: int, attempt: int) -> Round | None:
@@ -219,6 +220,8 @@ def _offline_hospitals(rnd: Round, hospital_ids: set[int], now) -> set[int]:
     """Those of ``hospital_ids`` whose node is gone: no contact (heartbeat or work poll) within
     settings.NODE_ONLINE_WINDOW_S and none since the round opened. A node that fetched its job
     after the round opened has been seen since, so one busy training is still waited for."""
+    if platform_resumed_within(now, settings.NODE_ONLINE_WINDOW_S):
+        return set()  # every node looks offline right after the platform itself was away
     seen_after = now - timedelta(seconds=settings.NODE_ONLINE_WINDOW_S)
     if rnd.collecting_at is not None:
         seen_after = min(seen_after, rnd.collecting_at)
@@ -241,14 +244,18 @@ def round_try_close(*, round_id: int, force_deadline: bool = False, inline_aggre
         jobs = list(TrainingJob.objects.filter(round=rnd))
         pending = [j for j in jobs if j.status == TrainingJob.Status.DISPATCHED]
         now = timezone.now()
-        past_deadline = rnd.deadline is not None and now >= rnd.deadline
+        # Right after the platform itself was away, its reconciler extends the deadlines first.
+        away = bool(pending) and not force_deadline and platform_away(now)
+        past_deadline = rnd.deadline is not None and now >= rnd.deadline and not away
         uploaded = [j for j in jobs if j.status == TrainingJob.Status.UPLOADED]
         offline = set()
-        if pending and not past_deadline and not force_deadline:
+        if pending and not past_deadline and not force_deadline and not away:
             # Not worth waiting for: the quorum is in and every job still out belongs to a node gone offline.
             offline = _offline_hospitals(rnd, {j.hospital_id for j in pending}, now) if len(uploaded) >= study.quorum else set()
             if not offline or len(offline) < len({j.hospital_id for j in pending}):
                 return False
+        elif pending and not past_deadline and not force_deadline:
+            return False
         if pending:
             reason = (f"the node was offline (no contact for over {settings.NODE_ONLINE_WINDOW_S} s, none since the round "
                       "opened) when the other updates were in" if offline else "no update before the round deadline")
