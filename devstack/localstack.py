@@ -101,7 +101,7 @@ class Stack:
         proc = self.spawn("web", [sys.executable, "-m", "gunicorn", "config.wsgi:application", "--chdir", str(PLATFORM_DIR),
                                   "-b", f"127.0.0.1:{port}", "-w", "1", "-k", "gthread", "--threads", str(threads),
                                   "--timeout", "120", "--graceful-timeout", "5", "--log-level", "warning"])
-        wait_http(f"{self.base_url}/api/health/", proc)
+        wait_http(f"{self.base_url}/api/health/?scope=web", proc)
         return proc
 
     def start_worker(self, name: str = "worker", beat: bool = True, concurrency: int = 1,

@@ -5,14 +5,23 @@ import os
 from pathlib import Path
 
 from celery import Celery
-from celery.signals import worker_ready
+from celery.signals import after_task_publish, worker_ready
 from django.conf import settings
+
+from studies.outage import BeatOutageFilter, broker_state
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 app = Celery("fedplatform")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+# A broker outage is logged once when it starts and once when it ends (studies/outage.py).
+logging.getLogger("celery.beat").addFilter(BeatOutageFilter())
+
+
+@after_task_publish.connect
+def _broker_reachable(**_kwargs) -> None:
+    broker_state.up()
 
 
 @worker_ready.connect
@@ -32,5 +41,5 @@ def warm_publisher() -> None:
     try:
         with app.producer_or_acquire() as producer:
             app.amqp.queues[app.conf.task_default_queue](producer.channel).declare()
-    except Exception:  # noqa: BLE001 - warming only
-        logging.getLogger(__name__).warning("could not pre-open the broker connection", exc_info=True)
+    except Exception as exc:  # noqa: BLE001 - warming only
+        broker_state.down("could not pre-open the broker connection", exc)

@@ -107,9 +107,13 @@ if _database_url:
     # processes) and management commands keep plain connections.
     # application_name lets pg_stat_activity tell the web pool's connections from the rest.
     # FEDPLATFORM_DB_POOL is set by config/wsgi.py for the web process only (see there).
+    # A pooled connection is checked before it is lent (one round trip): after a PostgreSQL restart
+    # the idle ones are dead, and each used to fail a request (see config/postgresql/base.py).
     if envbool("FEDPLATFORM_DB_POOL", False):
         DATABASES["default"].setdefault("OPTIONS", {}).update(application_name="fedplatform-web", pool={
             "min_size": 2, "max_size": envint("FEDPLATFORM_DB_POOL_MAX", 24, lo=2, hi=1000), "timeout": 30})
+        if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+            DATABASES["default"]["ENGINE"] = "config.postgresql"  # the same, with a pool that recovers at once
 else:
     DATABASES = {
         "default": {
@@ -171,6 +175,10 @@ AGGREGATE_CHUNK_PARTS = envint("FEDPLATFORM_AGGREGATE_CHUNK_PARTS", 64, lo=1)
 # Aggregations of at most this many ciphertext part loads (uploads x parts) run in the task that
 # closed the round (one broker hop less per round); bigger ones get their own task(s).
 INLINE_AGGREGATE_MAX_PART_LOADS = envint("FEDPLATFORM_INLINE_AGGREGATE_MAX", 64, lo=0)
+# A round still aggregating this long after it closed is taken for lost (its worker died) and is
+# aggregated again by the reconciler (studies/tasks.py). Too short only repeats work: keep it above
+# the time a normal aggregation takes.
+AGGREGATION_GRACE_S = envint("FEDPLATFORM_AGGREGATION_GRACE_S", 60, lo=1, hi=24 * 3600)
 
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -197,6 +205,9 @@ REDIS_URL = envstr("REDIS_URL", "", pattern=r"(redis|rediss|unix)://\S+", secret
 CELERY_BROKER_URL = REDIS_URL or f"sqlite:///{VAR_DIR / 'celery-broker.sqlite3'}"
 if not REDIS_URL:
     CELERY_BROKER_TRANSPORT = "config.broker:Transport"
+elif REDIS_URL.startswith(("redis://", "rediss://")):
+    # kombu's Redis transport, except that a worker survives a broker restart (config/broker.py).
+    CELERY_BROKER_TRANSPORT = "config.broker:RedisTransport"
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_SERIALIZER = "json"
@@ -204,6 +215,14 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_ALWAYS_EAGER = envbool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A lost broker connection is retried for ever (a worker that gives up leaves every study stuck).
+CELERY_BROKER_CONNECTION_RETRY = True
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+# Publishing (a web request enqueueing a task) fails fast when the broker is down: the state change
+# is committed and the reconciler sends the follow-up (studies/services/common.py enqueue).
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
+if REDIS_URL:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 2, "socket_timeout": 30}
 CELERY_BEAT_SCHEDULE = {
     "reconcile-studies": {
         "task": "studies.reconcile",

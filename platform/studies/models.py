@@ -236,3 +236,12 @@ class FinalModel(models.Model):
     uploaded_by = models.ForeignKey(Hospital, on_delete=models.PROTECT)
     round_number = models.PositiveIntegerField()
     created_at = models.DateTimeField(auto_now_add=True)
+
+
+class PlatformHeartbeat(models.Model):
+    """One row, beaten by every reconciler run: a long gap since the last beat means the platform
+    itself was down (its database unreachable, no worker), and round deadlines are extended by it
+    (studies/tasks.py reconcile, services/rounds.py)."""
+
+    beat_at = models.DateTimeField()
+    resumed_at = models.DateTimeField(null=True, blank=True)  # the end of the last such gap

@@ -8,6 +8,7 @@ import logging
 from datetime import timedelta
 
 from celery import shared_task
+from django.conf import settings
 from django.utils import timezone
 
 from . import services
@@ -28,6 +29,12 @@ def close_round(round_id: int) -> None:
         services.round_aggregate(round_id=round_id)  # small: no second broker hop
 
 
+# A long deadline is waited for in hops of at most this long: a message with an ETA sits unacknowledged
+# in a worker, and must never outlive the broker's visibility timeout (Redis: 1 h), after which Redis
+# would hand it to a second worker. The reconciler closes a round past its deadline anyway.
+DEADLINE_HOP_MAX_S = 300
+
+
 @shared_task(name=CLOSE_ROUND_AT_DEADLINE, soft_time_limit=60, time_limit=120)
 def close_round_at_deadline(round_id: int) -> None:
     """Scheduled with a countdown when the round opens; the reconciler covers a lost message."""
@@ -38,7 +45,7 @@ def close_round_at_deadline(round_id: int) -> None:
     if remaining > 0:
         if close_round_at_deadline.app.conf.task_always_eager:
             return  # eager mode (tests without a worker): the reconciler or a later call closes it
-        close_round_at_deadline.apply_async((round_id,), countdown=min(remaining + 0.5, 3600))
+        close_round_at_deadline.apply_async((round_id,), countdown=min(remaining + 0.5, DEADLINE_HOP_MAX_S))
         return
     services.round_try_close(round_id=round_id)
 
@@ -54,13 +61,14 @@ def aggregate_round(round_id: int) -> None:
     services.round_aggregate(round_id=round_id)
 
 
-AGGREGATION_GRACE_S = 120
-
-
 @shared_task(name="studies.reconcile", soft_time_limit=240, time_limit=300)
 def reconcile() -> dict:
     """Repair any study whose next step was lost (a dropped message, a worker killed mid-task)."""
     fixed = {"advanced": 0, "closed": 0, "aggregated": 0}
+    # First: after a gap (the platform was down) the collecting rounds' deadlines are extended by it.
+    gap = services.platform_beat()
+    if gap:
+        log.warning("reconcile: the platform was away for %.0f s; collecting rounds' deadlines extended by that", gap)
     for sid in Study.objects.filter(status__in=[Study.Status.RECRUITING, Study.Status.RUNNING]).values_list("pk", flat=True):
         try:
             services.study_advance(study_id=sid)
@@ -73,12 +81,18 @@ def reconcile() -> dict:
             fixed["closed"] += 1
         except Exception:
             log.exception("reconcile: closing round %s failed", rid)
-    # An aggregation still running is not stuck: repair only those closed longer ago than the grace.
-    stuck_before = timezone.now() - timedelta(seconds=AGGREGATION_GRACE_S)
-    for rid in Round.objects.filter(status=Round.Status.AGGREGATING, aggregate__isnull=True,
-                                    closed_at__lt=stuck_before).values_list("pk", flat=True):
+    # An aggregation still running is not stuck: repair only those closed longer ago than the grace
+    # (settings.AGGREGATION_GRACE_S). Repairing one that is in fact still running only repeats work:
+    # the aggregate is stored by a conditional update, chunks by content.
+    now = timezone.now()
+    stuck_before = now - timedelta(seconds=settings.AGGREGATION_GRACE_S)
+    for rid, closed_at in Round.objects.filter(status=Round.Status.AGGREGATING, aggregate__isnull=True,
+                                               closed_at__lt=stuck_before).values_list("pk", "closed_at"):
         try:
             missing = services.missing_chunks(round_id=rid)
+            log.warning("reconcile: round %s has been aggregating for %.0f s (a worker lost mid-aggregation?): "
+                        "%s", rid, (now - closed_at).total_seconds(),
+                        f"re-sending chunk(s) {missing}" if missing else "aggregating it again")
             if missing:
                 for index in missing:
                     aggregate_chunk.delay(rid, index)

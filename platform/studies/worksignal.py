@@ -26,6 +26,8 @@ from pathlib import Path
 from django.conf import settings
 from django.db import transaction
 
+from .outage import worksignal_state
+
 log = logging.getLogger(__name__)
 
 WATCH_INTERVAL_S = settings.WORKSIGNAL_POLL_S  # FEDPLATFORM_WORKSIGNAL_POLL_S
@@ -99,8 +101,10 @@ def bump(keys: set[str]) -> None:
     node). Never raises: a lost bump only delays a poll to its safety recheck."""
     try:
         _get_backend().bump(keys)
-    except Exception:  # noqa: BLE001 - the signal is an optimisation, the database stays the truth
-        log.warning("work signal bump failed", exc_info=True)
+    except Exception as exc:  # noqa: BLE001 - the signal is an optimisation, the database stays the truth
+        worksignal_state.down("a work signal bump failed (polls fall back to their safety recheck)", exc)
+    else:
+        worksignal_state.up()
     _the_watcher.notify_local(keys)
 
 
@@ -133,8 +137,10 @@ class _Watcher:
             keys = [GLOBAL, *[k for k in self.watchers if k != GLOBAL]]
         try:
             vals = _get_backend().read(keys)
-        except Exception:  # noqa: BLE001 - polls fall back to their safety recheck
+        except Exception as exc:  # noqa: BLE001 - polls fall back to their safety recheck
+            worksignal_state.down("the watcher cannot read the work signal (polls fall back to their safety recheck)", exc)
             return
+        worksignal_state.up()
         with self.cond:
             changed = False
             for k, v in zip(keys, vals):

@@ -13,9 +13,9 @@ def test_health_says_when_the_database_is_unreachable():
         raise OperationalError("connection to server at 10.0.0.9, port 5432 failed: password authentication")
 
     client = Client()
-    assert client.get("/api/health/").json()["status"] == "ok"
+    assert client.get("/api/health/?scope=web").json()["status"] == "ok"
     with connection.execute_wrapper(refuse):
-        r = client.get("/api/health/")
+        r = client.get("/api/health/?scope=web")
     assert r.status_code == 503
     body = r.json()
     assert body["status"] == "unavailable" and body["database"] == "unreachable (OperationalError)"

@@ -14,9 +14,15 @@ JSON_SCHEMA = {"Accept": "application/vnd.oai.openapi+json"}
 
 
 def test_health_and_concurrent_first_schema_requests(web_only):
-    r = requests.get(f"{web_only.base_url}/api/health/", timeout=10)
+    r = requests.get(f"{web_only.base_url}/api/health/?scope=web", timeout=10)
     assert r.status_code == 200 and r.headers["Cache-Control"].startswith("max-age=0")
     assert r.json() == {"status": "ok", "database": "ok", "software_version": SOFTWARE_VERSION,
+                        "protocol_version": PROTOCOL_VERSION}
+    # No Celery worker runs here: nothing would move a study forward, and the full check says so.
+    r = requests.get(f"{web_only.base_url}/api/health/", timeout=10)
+    assert r.status_code == 503
+    assert r.json() == {"status": "unavailable", "down": ["workers"], "database": "ok", "broker": "ok",
+                        "workers": "none answered", "software_version": SOFTWARE_VERSION,
                         "protocol_version": PROTOCOL_VERSION}
     # The first schema requests of a fresh process arrive together (drf-spectacular's generator is not
     # thread-safe: without the view's lock most of these answered 500).

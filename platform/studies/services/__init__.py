@@ -10,6 +10,7 @@ state themselves. Call sites use the package: ``from studies import services; se
     poisoning    a poisoned aggregate: key holders' noise-budget reports, culprit excluded, re-aggregation
     release      round attestations, the final model
     storage      media files (atomic writes, verified reads, paths, chunk index)
+    platform_clock  deadlines do not run while the platform itself is down
     common       audit event + node wake-up of a state change, tasks enqueued by name
 """
 
@@ -27,6 +28,7 @@ from .lifecycle import (
                         study_pause,
                         study_resume,
 )
+from .platform_clock import platform_away, platform_beat
 from .poisoning import poison_report_record, round_upload, round_uploads
 from .recruitment import he_context_fetch, he_context_publish, key_ack, participation_decide, sealed_key_fetch, sealed_keys_store
 from .release import (
@@ -42,11 +44,12 @@ from .rounds import job_refuse, round_open, round_try_close, update_accept
 from .spend import DP_ENGINE_RE, SPEND_FIELDS, privacy_spend_record
 
 __all__ = [
-    "DP_ENGINE_RE", "SPEND_FIELDS", "TERMINAL", "ServiceError", "aggregate_fetch", "final_model_downloaded",
+    "DP_ENGINE_RE", "SPEND_FIELDS", "ServiceError", "TERMINAL", "aggregate_fetch", "final_model_downloaded",
     "final_model_store", "he_context_fetch", "he_context_publish", "hospital_withdraw", "job_refuse", "key_ack",
-    "missing_chunks", "participation_decide", "poison_report_record", "privacy_spend_record", "release_override",
-    "release_rerun_evaluation", "release_resolution_refused", "require_approved", "round_aggregate",
-    "round_aggregate_chunk", "round_open", "round_report_record", "round_try_close", "round_upload", "round_uploads",
-    "sealed_key_fetch", "sealed_keys_store", "study_advance", "study_cancel", "study_create", "study_fail",
-    "study_open_recruitment", "study_pause", "study_resume", "update_accept",
+    "missing_chunks", "participation_decide", "platform_away", "platform_beat", "poison_report_record",
+    "privacy_spend_record", "release_override", "release_rerun_evaluation", "release_resolution_refused",
+    "require_approved", "round_aggregate", "round_aggregate_chunk", "round_open", "round_report_record",
+    "round_try_close", "round_upload", "round_uploads", "sealed_key_fetch", "sealed_keys_store", "study_advance",
+    "study_cancel", "study_create", "study_fail", "study_open_recruitment", "study_pause", "study_resume",
+    "update_accept",
 ]

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from celery import current_app
 from django.db import transaction
+from kombu.exceptions import OperationalError as KombuOperationalError
 
 from audit.services import actor_label, audit_record
 from consortia.models import Hospital
 
 from .. import worksignal
 from ..models import Participation, Study
+from ..outage import broker_state
 from .errors import ServiceError
 
 # Names of the Celery tasks the services enqueue (their @shared_task name in studies/tasks.py).
@@ -28,8 +30,21 @@ TASK_NAMES = (ADVANCE_STUDY, CLOSE_ROUND, CLOSE_ROUND_AT_DEADLINE, AGGREGATE_CHU
 
 def enqueue(task_name: str, *args) -> None:
     """Send a task now. It is looked up in the current Celery app's registry, like a task's own
-    .delay(), so eager mode (CELERY_TASK_ALWAYS_EAGER, the in-process tests) runs it in place."""
-    current_app.tasks[task_name].delay(*args)
+    .delay(), so eager mode (CELERY_TASK_ALWAYS_EAGER, the in-process tests) runs it in place.
+
+    A broker that is down does not fail the caller: every task is a follow-up of a state change
+    that is already committed, and the reconciler (run by Celery beat once the broker is back)
+    repairs every study whose next step was not sent. Logged once per outage."""
+    task = current_app.tasks[task_name]
+    if task.app.conf.task_always_eager:
+        task.delay(*args)
+        return
+    try:
+        task.delay(*args)
+    except (KombuOperationalError, OSError, *task.app.connection_for_write().connection_errors) as exc:
+        broker_state.down(f"could not send {task_name} (the reconciler will repair it)", exc)
+    else:
+        broker_state.up()
 
 
 def enqueue_on_commit(task_name: str, *args) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
@@ -43,8 +43,13 @@ def round_report_record(*, rnd: Round, hospital: Hospital, metrics: dict, n_test
         existing = RoundReport.objects.filter(round=rnd, hospital=hospital, superseded_at__isnull=True).first()
         if existing is not None:
             return existing
-        rep = RoundReport.objects.create(round=rnd, hospital=hospital, metrics=metrics, n_test=max(0, int(n_test)),
-                                         model_sha256=model_sha256, epsilon_spent=epsilon_spent)
+        try:
+            with transaction.atomic():  # a savepoint: an overlapping report may insert first
+                rep = RoundReport.objects.create(round=rnd, hospital=hospital, metrics=metrics,
+                                                 n_test=max(0, int(n_test)), model_sha256=model_sha256,
+                                                 epsilon_spent=epsilon_spent)
+        except IntegrityError:
+            return RoundReport.objects.get(round=rnd, hospital=hospital)  # the first one counts, as above
         _study_audit(study, "model.attested", actor_label(hospital=hospital), obj=rep, hospital_id=hospital.pk,
                      data={"round": rnd.number, "model_sha256": model_sha256, "metrics": metrics,
                            "epsilon_spent": epsilon_spent})
@@ -102,6 +107,8 @@ def final_model_store(*, study: Study, hospital: Hospital, data: bytes) -> Final
     except (SafetensorError, Exception):
         raise ServiceError("the final model must be a safetensors file", code="invalid_model", status=422) from None
     with transaction.atomic():
+        # Overlapping uploads take turns (both would write the same file, then one insert would fail).
+        Study.objects.select_for_update().filter(pk=study.pk).first()
         existing = FinalModel.objects.filter(study=study).first()
         if existing is not None:
             if existing.sha256 == sha:

@@ -30,6 +30,7 @@ from .common import (
     enqueue_on_commit,
 )
 from .errors import ServiceError
+from .platform_clock import platform_away, platform_resumed_within
 from .spend import exclude_unbacked_uploads
 
 
@@ -191,6 +192,19 @@ def _chunk_layout(rnd: Round) -> list[tuple[int, int]] | None:
                                 .values_list("chunks", flat=True))
 
 
+def _offline_hospitals(rnd: Round, hospital_ids: set[int], now) -> set[int]:
+    """Those of ``hospital_ids`` whose node is gone: no contact (heartbeat or work poll) within
+    settings.NODE_ONLINE_WINDOW_S and none since the round opened. A node that fetched its job
+    after the round opened has been seen since, so one busy training is still waited for."""
+    if platform_resumed_within(now, settings.NODE_ONLINE_WINDOW_S):
+        return set()  # every node looks offline right after the platform itself was away
+    seen_after = now - timedelta(seconds=settings.NODE_ONLINE_WINDOW_S)
+    if rnd.collecting_at is not None:
+        seen_after = min(seen_after, rnd.collecting_at)
+    seen = set(Hospital.objects.filter(pk__in=hospital_ids, last_heartbeat__gte=seen_after).values_list("pk", flat=True))
+    return hospital_ids - seen
+
+
 def round_try_close(*, round_id: int, force_deadline: bool = False, inline_aggregate: bool = False) -> bool:
     """Close a collecting round when every job is answered or the deadline passed; then aggregate
     (quorum met) or fail the attempt. Idempotent. With ``inline_aggregate`` (the caller is a
@@ -206,12 +220,23 @@ def round_try_close(*, round_id: int, force_deadline: bool = False, inline_aggre
         jobs = list(TrainingJob.objects.filter(round=rnd))
         pending = [j for j in jobs if j.status == TrainingJob.Status.DISPATCHED]
         now = timezone.now()
-        past_deadline = rnd.deadline is not None and now >= rnd.deadline
-        if pending and not past_deadline and not force_deadline:
+        # Right after the platform itself was away, its reconciler extends the deadlines first.
+        away = bool(pending) and not force_deadline and platform_away(now)
+        past_deadline = rnd.deadline is not None and now >= rnd.deadline and not away
+        uploaded = [j for j in jobs if j.status == TrainingJob.Status.UPLOADED]
+        offline = set()
+        if pending and not past_deadline and not force_deadline and not away:
+            # Not worth waiting for: the quorum is in and every job still out belongs to a node gone offline.
+            offline = _offline_hospitals(rnd, {j.hospital_id for j in pending}, now) if len(uploaded) >= study.quorum else set()
+            if not offline or len(offline) < len({j.hospital_id for j in pending}):
+                return False
+        elif pending and not past_deadline and not force_deadline:
             return False
         if pending:
+            reason = (f"the node was offline (no contact for over {settings.NODE_ONLINE_WINDOW_S} s, none since the round "
+                      "opened) when the other updates were in" if offline else "no update before the round deadline")
             TrainingJob.objects.filter(pk__in=[j.pk for j in pending]).update(
-                status=TrainingJob.Status.EXPIRED, reason="no update before the round deadline", finished_at=now)
+                status=TrainingJob.Status.EXPIRED, reason=reason, finished_at=now)
         uploaded = [j for j in jobs if j.status == TrainingJob.Status.UPLOADED]
         left_out = exclude_unbacked_uploads(study, rnd, uploaded)  # no update without its valid spend
         uploaded = [j for j in uploaded if j.pk not in left_out]
@@ -223,7 +248,9 @@ def round_try_close(*, round_id: int, force_deadline: bool = False, inline_aggre
                          data={"round": rnd.number, "attempt": rnd.attempt, "updates": len(uploaded),
                                "expired": [j.hospital_id for j in pending],
                                "refused": [j.hospital_id for j in jobs if j.status == TrainingJob.Status.REFUSED],
-                               "left_out": sorted(j.hospital_id for j in jobs if j.pk in left_out)})
+                               "left_out": sorted(j.hospital_id for j in jobs if j.pk in left_out),
+                               **({"closed_early": "every job still out belonged to an offline node",
+                                   "offline": sorted(offline)} if offline else {})})
             codec = get_codec(study.encryption["codec"])
             loads = len(uploaded) * codec.n_parts(study.encryption, study.n_params)
             layout = _chunk_layout(rnd)

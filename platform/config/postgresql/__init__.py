@@ -1,0 +1,1 @@
+"""PostgreSQL backend of the web process: Django's, with a pool that recovers at once (see base.py)."""
