@@ -54,7 +54,7 @@ def _train_round(w, nodes=("a", "b")):
     for n in nodes:
         node = w[n]
         (job,) = [i for i in node.work() if i["kind"] == "train"]
-        assert node.put_bytes(f"jobs/{job['job_id']}/update", encrypted_frame(node, study)).status_code == 201
+        assert node.upload(job["job_id"], encrypted_frame(node, study)).status_code == 201
 
 
 def _key_up(w, node):
