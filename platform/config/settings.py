@@ -63,6 +63,7 @@ if importlib.util.find_spec("devstack") is not None:  # the dev harness (`manage
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "config.apierrors.ApiJsonErrorsMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
