@@ -28,6 +28,7 @@ from fedproto.study import WorkKind
 
 from .. import selectors, services, worksignal
 from ..models import Aggregate, HEContext, Participation, Round, Study, TrainingJob
+from . import schemas as S
 from .auth import IsNode, NodeTokenAuthentication
 from .errors import error
 from .parsers import loads_strict
@@ -91,7 +92,8 @@ class EnrolView(DbSlotMixin, APIView):
     permission_classes = [AllowAny]
     throttle_classes = [EnrolThrottle]
 
-    @extend_schema(request=EnrolSerializer, summary="Enrol a node with a one-time enrolment token")
+    @extend_schema(request=EnrolSerializer, responses={201: S.ENROL_RESPONSE, **S._errors(403, 405, 413, 415, 422, 429)},
+                   summary="Enrol a node with a one-time enrolment token", tags=["node"], auth=[])
     def post(self, request):
         s = EnrolSerializer(data=request.data)
         s.is_valid(raise_exception=True)
@@ -106,6 +108,7 @@ class EnrolView(DbSlotMixin, APIView):
 
 
 class HeartbeatView(NodeView):
+    @S.node_op(request=S.HEARTBEAT_REQUEST, response=S.HEARTBEAT_RESPONSE, summary="Report that the node is alive")
     def post(self, request):
         status = request.data.get("status", {}) if isinstance(request.data, dict) else {}
         node_heartbeat(hospital=self.hospital, node_version=str(request.data.get("node_version", ""))[:64],
@@ -116,6 +119,7 @@ class HeartbeatView(NodeView):
 class WorkView(NodeView):
     """Long-poll: returns as soon as there is work, or an empty list after `wait` seconds."""
 
+    @S.node_op(response=S.WORK_RESPONSE, parameters=S.WORK_PARAMETERS, summary="Long-poll for work items")
     def get(self, request):
         try:
             wait = float(request.query_params.get("wait", "20"))
@@ -164,6 +168,7 @@ class WorkView(NodeView):
 
 
 class DecisionView(NodeView):
+    @S.node_op(request=S.DECISION_REQUEST, response=S.DECISION_RESPONSE, summary="Approve or decline a study")
     def post(self, request, study_id: int):
         study = self.my_study(study_id)
         p = get_object_or_404(Participation, study=study, hospital=self.hospital)
@@ -175,12 +180,15 @@ class DecisionView(NodeView):
 
 
 class ContextView(NodeView):
+    @S.node_op(response=S.CONTEXT, summary="The study's public HE context")
     def get(self, request, study_id: int):
         study = self.my_study(study_id)
         ctx = get_object_or_404(HEContext, study=study)
         return Response({"codec": ctx.codec, "public_params": base64.b64encode(bytes(ctx.public_params)).decode(),
                          "sha256": ctx.sha256})
 
+    @S.node_op(request=S.CONTEXT_REQUEST, response=S.SHA256_RESPONSE, status=201,
+               summary="Publish the HE context (key custodian)")
     def post(self, request, study_id: int):
         study = self.my_study(study_id)
         blob = _b64(request.data.get("public_params"), "public_params")
@@ -190,6 +198,8 @@ class ContextView(NodeView):
 
 
 class SealedKeysView(NodeView):
+    @S.node_op(request=S.SEALED_KEYS_REQUEST, response=S.SEALED_KEYS_RESPONSE, status=201,
+               summary="Store sealed study keys (key custodian)")
     def post(self, request, study_id: int):
         study = self.my_study(study_id)
         keys = request.data.get("keys")
@@ -205,6 +215,7 @@ class SealedKeysView(NodeView):
 
 
 class SealedKeyView(NodeView):
+    @S.node_op(response=S.SEALED_KEY_RESPONSE, summary="This node's sealed study key")
     def get(self, request, study_id: int):
         study = self.my_study(study_id)
         sk = services.sealed_key_fetch(study=study, hospital=self.hospital)
@@ -213,6 +224,7 @@ class SealedKeyView(NodeView):
 
 
 class KeyAckView(NodeView):
+    @S.node_op(request=S.KEY_ACK_REQUEST, response=S.OK_RESPONSE, summary="Acknowledge the study key")
     def post(self, request, study_id: int):
         study = self.my_study(study_id)
         services.key_ack(study=study, hospital=self.hospital,
@@ -227,6 +239,7 @@ class JobMixin:
 
 
 class RefuseView(JobMixin, NodeView):
+    @S.node_op(request=S.REFUSE_REQUEST, response=S.JOB_STATUS_RESPONSE, summary="Refuse a training job")
     def post(self, request, job_id: int):
         job = self.my_job(job_id)
         reason = str(request.data.get("reason", "")).strip()
@@ -238,6 +251,8 @@ class RefuseView(JobMixin, NodeView):
 
 
 class PrivacySpendView(JobMixin, NodeView):
+    @S.node_op(request=S.PRIVACY_SPEND_REQUEST, response=S.PRIVACY_SPEND_RESPONSE, status=201,
+               summary="Record a job's privacy spend")
     def post(self, request, job_id: int):
         job = self.my_job(job_id)
         if not isinstance(request.data, dict):
@@ -249,6 +264,8 @@ class PrivacySpendView(JobMixin, NodeView):
 class UpdateView(JobMixin, NodeView):
     parser_classes: list = []  # the body is streamed to disk, never parsed in memory
 
+    @S.node_op(request={"application/octet-stream": S.BINARY}, response=S.UPDATE_RESPONSE, status=201,
+               parameters=S.UPDATE_PARAMETERS, summary="Upload an encrypted update (a fedproto.wire frame)")
     def put(self, request, job_id: int):
         job = self.my_job(job_id)
         ctype = request.META.get("CONTENT_TYPE", "")
@@ -278,6 +295,7 @@ class UpdateView(JobMixin, NodeView):
 
 
 class AggregateView(NodeView):
+    @S.node_op(response=S.BINARY, summary="A round's encrypted aggregate")
     def get(self, request, study_id: int, number: int):
         study = self.my_study(study_id)
         p = get_object_or_404(Participation, study=study, hospital=self.hospital, state=Participation.State.APPROVED)
@@ -291,6 +309,8 @@ class AggregateView(NodeView):
 
 
 class RoundReportView(NodeView):
+    @S.node_op(request=S.ROUND_REPORT_REQUEST, response=S.ROUND_REPORT_RESPONSE, status=201,
+               summary="Report a round's evaluation")
     def post(self, request, study_id: int, number: int):
         study = self.my_study(study_id)
         rnd = selectors.done_round(study, number)
@@ -311,6 +331,8 @@ class RoundReportView(NodeView):
 class FinalModelView(NodeView):
     parser_classes: list = []
 
+    @S.node_op(request={"application/octet-stream": S.BINARY}, response=S.SHA256_RESPONSE, status=201,
+               summary="Upload the final model (key custodian)")
     def put(self, request, study_id: int):
         study = self.my_study(study_id)
         try:
