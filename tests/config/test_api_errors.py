@@ -7,7 +7,7 @@ import json
 import pytest
 from django.test import Client
 
-pytestmark = pytest.mark.django_db
+pytestmark = pytest.mark.django_db(transaction=True)  # node views close their connection after each request
 
 
 def assert_json_error(resp, status: int, code: str | None = None) -> dict:
@@ -71,3 +71,15 @@ def test_unhandled_exception_is_a_json_500_under_api_only(client, caplog):
     assert_json_error(client.get("/api/plain-boom"), 500, "server_error")
     resp = client.get("/plain-boom")
     assert resp.status_code == 500 and resp["Content-Type"].startswith("text/html")
+
+
+def test_a_node_body_that_is_not_a_json_object_is_a_422(client):
+    from nodeclient import enrol
+
+    from consortia.services import consortium_create, hospital_create
+
+    node = enrol(hospital_create(consortium=consortium_create(name="c"), name="h"))
+    for body in ("[1, 2]", "true", '"text"', "3"):
+        for path in ("heartbeat", "studies/1/decision", "jobs/1/refuse"):
+            resp = node.client.post(f"/api/node/{path}", data=body, content_type="application/json")
+            assert_json_error(resp, 422, "invalid")

@@ -63,6 +63,12 @@ class NodeView(DbSlotMixin, APIView):
     authentication_classes = [NodeTokenAuthentication]
     permission_classes = [IsNode]
 
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        # Every parsed node request body is a JSON object (streamed bodies have no parsers).
+        if self.parser_classes and request.method in ("POST", "PUT", "PATCH") and not isinstance(request.data, dict):
+            raise services.ServiceError("send the request body as a JSON object", code="invalid", status=422)
+
     @property
     def hospital(self):
         return self.request.auth
@@ -110,7 +116,7 @@ class EnrolView(DbSlotMixin, APIView):
 class HeartbeatView(NodeView):
     @S.node_op(request=S.HEARTBEAT_REQUEST, response=S.HEARTBEAT_RESPONSE, summary="Report that the node is alive")
     def post(self, request):
-        status = request.data.get("status", {}) if isinstance(request.data, dict) else {}
+        status = request.data.get("status", {})
         node_heartbeat(hospital=self.hospital, node_version=str(request.data.get("node_version", ""))[:64],
                        status=status if isinstance(status, dict) else {})
         return Response({"server_time": timezone.now().isoformat(), "protocol_version": PROTOCOL_VERSION})
