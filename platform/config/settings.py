@@ -64,6 +64,7 @@ if importlib.util.find_spec("devstack") is not None:  # the dev harness (`manage
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "config.apierrors.ApiJsonErrorsMiddleware",
+    "config.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
