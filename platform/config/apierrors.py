@@ -10,7 +10,6 @@ HTML pages.
 
 from __future__ import annotations
 
-import json
 import logging
 
 from django.conf import settings
@@ -49,14 +48,9 @@ def too_large() -> JsonResponse:
                       "too_large", 413)
 
 
-def _is_json_error(response: HttpResponse) -> bool:
-    if not response.get("Content-Type", "").startswith("application/json") or getattr(response, "streaming", False):
-        return False
-    try:
-        body = json.loads(response.content)
-    except ValueError:
-        return False
-    return isinstance(body, dict) and "error" in body and "code" in body
+def _is_json(response: HttpResponse) -> bool:
+    """A JSON answer is the view's own (the API's error form, or /api/health/'s 503 body): kept as it is."""
+    return response.get("Content-Type", "").startswith("application/json")
 
 
 def _for_status(status: int) -> JsonResponse:
@@ -96,14 +90,15 @@ def server_error(request, template_name="500.html"):
 class ApiJsonErrorsMiddleware:
     """For /api/ paths: refuse a parsed body over DATA_UPLOAD_MAX_MEMORY_SIZE before the view reads it
     (DRF's parsers read the stream without Django's check; views that stream their body to disk declare
-    no parsers and check their own limits), and give any non-JSON error answer the JSON error form."""
+    no parsers and check their own limits), and give any error answer that is not JSON (Django's HTML
+    pages, an empty 405) the JSON error form."""
 
     def __init__(self, get_response):
         self.get_response = get_response
 
     def __call__(self, request):
         response = self.get_response(request)
-        if is_api(request) and response.status_code >= 400 and not _is_json_error(response):
+        if is_api(request) and response.status_code >= 400 and not _is_json(response):
             replacement = _for_status(response.status_code)
             for header in ("Allow", "WWW-Authenticate", "Retry-After"):
                 if header in response:
