@@ -30,7 +30,7 @@ def test_templates_have_no_inline_script_style_or_event_handler():
         text = path.read_text()
         if path.name == "report.html":  # the PDF and the exported file inline the stylesheet; the web page links it
             text = re.sub(r"\{% if inline_css %\}.*?\{% else %\}", "", text, flags=re.S)
-        for pattern in (r"\sstyle\s*=", r"<style", r"\son[a-z]+\s*=", r"javascript:",
+        for pattern in (r"\sstyle\s*=", r"<style", r"\son[a-z]+\s*=", r"javascript:", r"=\s*\"data:",
                         r"<script(?![^>]*\ssrc=)(?![^>]*type=\"application/json\")"):
             if re.search(pattern, text, re.I):
                 offenders.append(f"{path.relative_to(REPO)}: {pattern}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from helpers import create_study, setup_consortium, study_status, wait_for
 
+from audit.models import AuditEvent
 from hospital_node.ledger import Ledger
 from hospital_node.trainer import epsilon_of
 from studies import services
@@ -38,7 +39,11 @@ def test_node_refuses_a_retried_round_that_would_exceed_its_budget(stack, tmp_pa
     assert retry.status == TrainingJob.Status.REFUSED and retry.reason_code == "budget_exceeded", retry.reason
     assert "budget" in retry.reason.lower()
     assert not PrivacySpend.objects.filter(job=retry).exists()
-    assert TrainingJob.objects.get(round__study=study, round__attempt=1, hospital=hb).reason_code == "data_error"
+    b_job = TrainingJob.objects.get(round__study=study, round__attempt=1, hospital=hb)
+    assert b_job.reason_code == "data_error" and "data file does not exist" in b_job.reason
+    csv_path = data.hospital_csvs[hb.name]
+    assert str(csv_path.parent) not in b_job.reason and csv_path.name not in b_job.reason  # the path stays on the node
+    assert not AuditEvent.objects.filter(data_canonical__contains=csv_path.name).exists()
     assert Round.objects.filter(study=study, status=Round.Status.FAILED).count() == 2
 
     # A's ledger holds exactly the first job's spend: the refusal changed nothing.
