@@ -68,6 +68,15 @@ def _watch_csp(context, violations: list[str]):
     return context
 
 
+def _wait_js(page, expression: str, timeout: float = 30000) -> None:
+    """page.wait_for_function polls by eval() inside the page, which the Content-Security-Policy forbids
+    (no 'unsafe-eval'); page.evaluate runs through the DevTools protocol, outside the page's policy."""
+    deadline = time.monotonic() + timeout / 1000
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"timed out waiting for {expression}"
+        page.wait_for_timeout(100)
+
+
 def _login(page, base, username):
     page.goto(f"{base}/login/")
     page.fill("input[name=username]", username)
@@ -145,9 +154,8 @@ def test_researcher_runs_a_study_in_the_browser(stack, browser, shots, tmp_path,
     page.fill("#id_dataset_sizes", "150, 500, 2000")
     for h in hospitals:
         page.check(f"input[name=hospitals][value='{h.pk}']")
-    page.wait_for_function("(() => { const t = document.querySelector('#privacy-preview').textContent;"
-                           " return t.includes('ε = 1.0 (chosen)') && t.includes('2 rounds') && t.includes('2000'); })()",
-                           timeout=30000)
+    _wait_js(page, "(() => { const t = document.querySelector('#privacy-preview').textContent;"
+                   " return t.includes('ε = 1.0 (chosen)') && t.includes('2 rounds') && t.includes('2000'); })()")
     page.screenshot(path=str(shots / "03_new_study_form.png"), full_page=True)
     page.click("button:has-text('Create draft study')")
     page.wait_for_url(re.compile(r".*/studies/\d+/.*"))
@@ -199,8 +207,8 @@ def test_researcher_runs_a_study_in_the_browser(stack, browser, shots, tmp_path,
     page.wait_for_selector("#download-model")
     # Charts are real images that loaded (SVG from the server).
     for img in ("#chart-metrics", "#chart-privacy"):
-        page.wait_for_function(f"document.querySelector('{img}').complete && "
-                               f"document.querySelector('{img}').naturalWidth > 0")
+        _wait_js(page, f"document.querySelector('{img}').complete && "
+                       f"document.querySelector('{img}').naturalWidth > 0")
     svg = page.request.get(f"{base}/studies/{study.pk}/charts/metrics.svg").text()
     assert "AUC · Alpha Hospital" in svg and "AUC · Beta Hospital" in svg
     svg = page.request.get(f"{base}/studies/{study.pk}/charts/privacy.svg").text()
