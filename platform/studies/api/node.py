@@ -99,7 +99,7 @@ class EnrolView(DbSlotMixin, APIView):
     throttle_classes = [EnrolThrottle]
 
     @extend_schema(request=EnrolSerializer, responses={201: S.ENROL_RESPONSE, **S._errors(403, 405, 413, 415, 422, 429)},
-                   summary="Enrol a node with a one-time enrolment token", tags=["node"], auth=[])
+                   summary="Enrol a node with a one-time enrolment token", tags=["node"])
     def post(self, request):
         s = EnrolSerializer(data=request.data)
         s.is_valid(raise_exception=True)
