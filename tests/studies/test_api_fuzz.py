@@ -47,9 +47,20 @@ def _researcher_session(world, django_user_model) -> str:
     return client.cookies["sessionid"].value
 
 
+@pytest.fixture
+def fresh_throttles():
+    """The fuzzer's enrolment attempts use up this process's enrolment throttle (the cache): give the
+    tests after it a fresh one."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()
+
+
 @pytest.mark.integration
 def test_the_api_never_answers_5xx_and_every_error_is_json(world, eager_celery, live_server, django_user_model,
-                                                          transactional_db, settings):
+                                                          transactional_db, settings, fresh_throttles):
     settings.NODE_LONGPOLL_MAX_S = 0.2  # the fuzzer's `wait` must not hold a request for 30 s
     run_setup(world)
     study = world["study"]
