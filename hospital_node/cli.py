@@ -12,7 +12,7 @@ import os
 import sys
 
 from . import NODE_VERSION
-from .config import GRAD_SAMPLE_MODES
+from .config import GRAD_SAMPLE_MODES, plain_http_warning
 from .errors import ApiError, ConfigError, FatalAuthError, NodeError, TransientError
 from .instance import InstanceLock
 
@@ -29,12 +29,19 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _warn_plain_http(url: str) -> None:
+    warning = plain_http_warning(url)
+    if warning:
+        logging.getLogger("hospital_node").warning("%s", warning)
+
+
 def cmd_enrol(args) -> int:
     from .client import PlatformClient
     from .config import load_config
     from .credentials import Credentials, new_keypair, save_credentials
 
     cfg = load_config(args.config)
+    _warn_plain_http(cfg.platform_url)
     if cfg.credentials_file.exists() and not args.force:
         print(f"error: this node is already enrolled (credentials at {cfg.credentials_file}); "
               f"use --force to replace them with a new enrolment token", file=sys.stderr)
@@ -71,6 +78,7 @@ def cmd_run(args) -> int:
     from .credentials import load_credentials
 
     cfg = load_config(args.config)
+    _warn_plain_http(cfg.platform_url)
     if args.grad_sample_mode:
         import dataclasses
 

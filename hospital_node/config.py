@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from fedproto.specs import MODEL_TYPES
 
@@ -128,3 +130,23 @@ def load_config(path: str | Path) -> NodeConfig:
         heartbeat_interval_s=float(number("node", "heartbeat_interval_s", 60, 1, 3600)),
         limits=limits,
     )
+
+
+def plain_http_warning(url: str) -> str | None:
+    """A warning when ``url`` is plain http:// to a host other than this machine, else None.
+
+    Over plain HTTP the node token (and every upload's metadata) crosses the network readable and
+    forgeable by anyone on the path; only a loopback address is safe without TLS (the local stack)."""
+    parts = urlsplit(url)
+    if parts.scheme != "http":
+        return None
+    host = (parts.hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        pass
+    return (f"platform.url {url} is plain http:// to {host or 'an unnamed host'}: the node token and the "
+            f"protocol traffic cross the network unencrypted; use the platform's https:// URL")

@@ -34,7 +34,7 @@ from .client import PlatformClient
 from .config import NodeConfig
 from .context import NodeContext
 from .credentials import Credentials
-from .errors import ApiError, DataError, FatalAuthError, TransientError
+from .errors import ApiError, DataError, FatalAuthError, TransientError, public_reason
 from .ledger import RESUMABLE_STATES, Ledger
 from .networks import build_model
 
@@ -231,7 +231,7 @@ class Node(NodeContext):
                 if job is None or job["state"] not in (*RESUMABLE_STATES, "uploaded"):
                     code = "data_error" if isinstance(e, (DataError, SpecError)) else "node_error"
                     try:
-                        self.client.refuse(item["job_id"], code, f"{type(e).__name__}: {e}"[:1000])
+                        self.client.refuse(item["job_id"], code, public_reason(e)[:1000])
                     except (TransientError, ApiError) as e2:
                         log.warning("could not report the failure of job %s: %s", item["job_id"], e2)
             return True

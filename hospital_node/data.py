@@ -48,21 +48,25 @@ def _parse(value: str, ftype: str, column: str, row: int) -> float:
     v = value.strip()
     where = f"column {column!r}, row {row} (line {row + 1} of the file)"
     if v == "" or v.lower() in ("nan", "na", "null", "none"):
-        raise DataError(f"empty or NaN value in {where}: fill it in or drop the row")
+        raise DataError(f"empty or NaN value in {where}: fill it in or drop the row",
+                        public=f"column {column!r}: a value is empty or NaN")
     if ftype == "bool":
         if v.lower() in _TRUE:
             return 1.0
         if v.lower() in _FALSE:
             return 0.0
-        raise DataError(f"value {value!r} in {where} is not boolean: use 0 or 1")
+        raise DataError(f"value {value!r} in {where} is not boolean: use 0 or 1",
+                        public=f"column {column!r}: a value is not boolean (0 or 1)")
     try:
         x = float(v)
     except ValueError:
-        raise DataError(f"value {value!r} in {where} is not numeric") from None
+        raise DataError(f"value {value!r} in {where} is not numeric",
+                        public=f"column {column!r}: a value is not numeric") from None
     if not math.isfinite(x):
-        raise DataError(f"value {value!r} in {where} is not finite")
+        raise DataError(f"value {value!r} in {where} is not finite", public=f"column {column!r}: a value is not finite")
     if ftype == "int" and x != int(x):
-        raise DataError(f"value {value!r} in {where} is not an integer (the schema says int)")
+        raise DataError(f"value {value!r} in {where} is not an integer (the schema says int)",
+                        public=f"column {column!r}: a value is not an integer (the schema says int)")
     return x
 
 
@@ -74,7 +78,8 @@ def load_csv(path: str | Path, schema: dict[str, Any]) -> tuple[np.ndarray, np.n
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"data file {path} does not exist: set [data] csv in the node config to the study's CSV")
+        raise DataError(f"data file {path} does not exist: set [data] csv in the node config to the study's CSV",
+                        public="the node's data file does not exist")
     names = feature_names(schema)
     label = schema["label"]["name"]
     types = {f["name"]: f["type"] for f in schema["features"]}
@@ -85,19 +90,21 @@ def load_csv(path: str | Path, schema: dict[str, Any]) -> tuple[np.ndarray, np.n
         try:
             header = next(reader)
         except StopIteration:
-            raise DataError(f"data file {path} is empty: it needs a header row and data rows") from None
+            raise DataError(f"data file {path} is empty: it needs a header row and data rows",
+                            public="the node's data file is empty") from None
         header = [h.strip() for h in header]
         missing = [c for c in [*names, label] if c not in header]
         if missing:
-            raise DataError(f"data file {path} has no column(s) {', '.join(repr(m) for m in missing)} "
-                            f"required by the study schema (found: {', '.join(header)})")
+            columns = ", ".join(repr(m) for m in missing)
+            raise DataError(f"data file {path} has no column(s) {columns} required by the study schema "
+                            f"(found: {', '.join(header)})", public=f"the local data has no column(s) {columns}")
         idx = {c: header.index(c) for c in [*names, label]}
         for row_no, row in enumerate(reader, start=1):
             if not row or all(not c.strip() for c in row):
                 continue  # blank line
             if len(row) < len(header):
                 raise DataError(f"row {row_no} (line {row_no + 1} of the file) has {len(row)} cells, "
-                                f"the header has {len(header)}")
+                                f"the header has {len(header)}", public="a row of the data file has fewer cells than its header")
             X_rows.append([_parse(row[idx[c]], types[c], c, row_no) for c in names])
             if schema["task"] == "binary_classification":
                 lv = row[idx[label]].strip()
@@ -107,11 +114,12 @@ def load_csv(path: str | Path, schema: dict[str, Any]) -> tuple[np.ndarray, np.n
                     y.append(0.0)
                 else:
                     raise DataError(f"label {lv!r} in column {label!r}, row {row_no} (line {row_no + 1} of the "
-                                    f"file) is not 0 or 1 (binary classification)")
+                                    f"file) is not 0 or 1 (binary classification)",
+                                    public=f"label column {label!r}: a value is not 0 or 1 (binary classification)")
             else:
                 y.append(_parse(row[idx[label]], "float", label, row_no))
     if not y:
-        raise DataError(f"data file {path} has a header but no data rows")
+        raise DataError(f"data file {path} has a header but no data rows", public="the node's data file has no data rows")
     return np.asarray(X_rows, dtype=np.float64), np.asarray(y, dtype=np.float64)
 
 
@@ -120,13 +128,15 @@ def split(X: np.ndarray, y: np.ndarray, *, seed: int, task: str, test_size: floa
     from sklearn.model_selection import train_test_split
 
     if len(y) < 5:
-        raise DataError(f"only {len(y)} data rows: at least 5 are needed for a train/test split")
+        raise DataError(f"only {len(y)} data rows: at least 5 are needed for a train/test split",
+                        public="too few data rows for a train/test split (at least 5 are needed)")
     stratify = None
     if task == "binary_classification":
         classes, counts = np.unique(y, return_counts=True)
         if len(classes) < 2:
             raise DataError(f"the label has only one class ({classes[0]:g}) in the local data: "
-                            "binary classification needs both 0 and 1")
+                            "binary classification needs both 0 and 1",
+                            public="the label has only one class in the local data (binary classification needs both)")
         if counts.min() >= 2:
             stratify = y
     return train_test_split(X, y, test_size=test_size, random_state=int(seed) % (2**32), stratify=stratify)

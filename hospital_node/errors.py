@@ -1,5 +1,7 @@
 """Errors of the node. Messages say what is wrong and how to fix it."""
 
+from fedproto.errors import SpecError
+
 
 class NodeError(Exception):
     """Base class of the node's own errors."""
@@ -10,7 +12,16 @@ class ConfigError(NodeError):
 
 
 class DataError(NodeError):
-    """The local data does not match the study's schema."""
+    """The local data does not match the study's schema.
+
+    str(error) is the whole story for the data manager (file path, row, the offending cell value) and
+    stays in the node's log. ``public`` names only the column and the kind of problem: it is what the
+    node may send to the platform (a decline or refusal reason that the consortium and the permanent
+    audit trail read), so it never carries a local path or a patient's value."""
+
+    def __init__(self, message: str, *, public: str):
+        super().__init__(message)
+        self.public = public
 
 
 class FatalAuthError(NodeError):
@@ -31,3 +42,14 @@ class ApiError(NodeError):
 
 class BudgetExceeded(NodeError):
     """Training this job would exceed the study budget or the hospital's cap."""
+
+
+def public_reason(exc: BaseException) -> str:
+    """What a node may tell the platform about a local failure: the public part of a DataError, a
+    SpecError's message (it is about the study, not the local data), and for anything else only the
+    kind of error (its message may hold a local path); the whole error goes to the node's log."""
+    if isinstance(exc, DataError):
+        return exc.public
+    if isinstance(exc, SpecError):
+        return str(exc)
+    return f"{type(exc).__name__} on the node: details are in the node's log"

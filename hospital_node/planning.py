@@ -15,7 +15,7 @@ from fedproto.study import StudyConfig
 from . import trainer
 from .config import Limits
 from .context import NodeContext
-from .errors import BudgetExceeded, DataError
+from .errors import BudgetExceeded, DataError, public_reason
 from .ledger import config_sha256
 
 log = logging.getLogger("hospital_node")
@@ -57,7 +57,8 @@ def plan_job(ctx: NodeContext, study: StudyConfig) -> tuple[trainer.NoisePlan, f
     try:
         ds = ctx.dataset(study)
     except (DataError, SpecError) as e:
-        raise Refuse("data_error", str(e)) from None
+        log.warning("study %s: local data does not match the study schema: %s", study.study_id, e)
+        raise Refuse("data_error", public_reason(e)) from None
     sid = study.study_id
     row = ctx.ledger.study(sid)
     if row is not None and row["noise_multiplier"] is not None:

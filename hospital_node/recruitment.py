@@ -10,7 +10,7 @@ from fedproto.errors import SpecError
 from fedproto.study import StudyConfig
 
 from .context import NodeContext
-from .errors import DataError
+from .errors import DataError, public_reason
 from .planning import check_local_limits, plan_ahead
 
 log = logging.getLogger("hospital_node")
@@ -25,7 +25,10 @@ def on_invitation(ctx: NodeContext, item: dict[str, Any], study: StudyConfig) ->
         try:
             ctx.dataset(study)
         except (DataError, SpecError) as e:
-            reasons.append(f"local data does not match the study schema: {e}")
+            # The reason goes to the platform (and its audit trail): only the public part of a data
+            # error; the path and the offending cell stay in this log.
+            log.warning("study %s (%s): local data does not match the study schema: %s", sid, study.name, e)
+            reasons.append(f"local data does not match the study schema: {public_reason(e)}")
     if reasons:
         decline(ctx, sid, study.name, "; ".join(reasons))
         ctx.ledger.remember_study(study, invitation_state="declined")

@@ -176,9 +176,17 @@ def build_context(study) -> dict:
     }
 
 
+REPORT_CSS = Path(__file__).parent / "static" / "reports" / "report.css"
+
+
 def render_html(study, *, for_pdf: bool = False, request=None, context: dict | None = None) -> str:
+    """The report page. For a web request the stylesheet is a static file (the Content-Security-Policy
+    allows no inline style); the PDF and the exported report.html (opened from disk) carry it inline."""
     ctx = dict(context or build_context(study))
     ctx["for_pdf"] = for_pdf
+    ctx["inline_css"] = for_pdf or request is None
+    if ctx["inline_css"]:
+        ctx["report_css"] = REPORT_CSS.read_text(encoding="utf-8")
     return render_to_string("reports/report.html", ctx, request=request)
 
 

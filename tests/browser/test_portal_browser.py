@@ -52,6 +52,31 @@ def _user(django_user_model, name, consortium, role, hospital=None, **extra):
     return u
 
 
+CSP_WATCH = ("document.addEventListener('securitypolicyviolation', e => console.error("
+             "'CSP violation: ' + e.violatedDirective + ' blocked ' + (e.blockedURI || 'inline') + ' on ' + e.documentURI));")
+
+
+def _watch_csp(context, violations: list[str]):
+    """Every page of ``context`` reports Content-Security-Policy violations (Chromium logs them to the
+    console, and the page's securitypolicyviolation event is relayed there as well)."""
+    context.add_init_script(CSP_WATCH)
+
+    def on_page(page):
+        page.on("console", lambda m: violations.append(f"{page.url}: {m.text}")
+                if "Content Security Policy" in m.text or "CSP violation" in m.text else None)
+    context.on("page", on_page)
+    return context
+
+
+def _wait_js(page, expression: str, timeout: float = 30000) -> None:
+    """page.wait_for_function polls by eval() inside the page, which the Content-Security-Policy forbids
+    (no 'unsafe-eval'); page.evaluate runs through the DevTools protocol, outside the page's policy."""
+    deadline = time.monotonic() + timeout / 1000
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"timed out waiting for {expression}"
+        page.wait_for_timeout(100)
+
+
 def _login(page, base, username):
     page.goto(f"{base}/login/")
     page.fill("input[name=username]", username)
@@ -83,8 +108,13 @@ def test_researcher_runs_a_study_in_the_browser(stack, browser, shots, tmp_path,
     def procs_tail():
         return "\n".join(f"--- {p.name} ---\n{p.tail(30)}" for p in nodes + stack.procs)
 
-    researcher = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    csp_violations: list[str] = []
+    researcher = _watch_csp(browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True),
+                            csp_violations)
     page = researcher.new_page()
+    html_policies = []
+    page.on("response", lambda r: html_policies.append((r.url, r.headers.get("content-security-policy")))
+            if r.headers.get("content-type", "").startswith("text/html") else None)
     console_errors = []
     page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
     bad_responses = []
@@ -124,9 +154,8 @@ def test_researcher_runs_a_study_in_the_browser(stack, browser, shots, tmp_path,
     page.fill("#id_dataset_sizes", "150, 500, 2000")
     for h in hospitals:
         page.check(f"input[name=hospitals][value='{h.pk}']")
-    page.wait_for_function("(() => { const t = document.querySelector('#privacy-preview').textContent;"
-                           " return t.includes('ε = 1.0 (chosen)') && t.includes('2 rounds') && t.includes('2000'); })()",
-                           timeout=30000)
+    _wait_js(page, "(() => { const t = document.querySelector('#privacy-preview').textContent;"
+                   " return t.includes('ε = 1.0 (chosen)') && t.includes('2 rounds') && t.includes('2000'); })()")
     page.screenshot(path=str(shots / "03_new_study_form.png"), full_page=True)
     page.click("button:has-text('Create draft study')")
     page.wait_for_url(re.compile(r".*/studies/\d+/.*"))
@@ -139,7 +168,7 @@ def test_researcher_runs_a_study_in_the_browser(stack, browser, shots, tmp_path,
     assert Study.objects.get(pk=study.pk).status == Study.Status.RECRUITING
 
     # --- the hospital admin approves in the inbox
-    admin_ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    admin_ctx = _watch_csp(browser.new_context(viewport={"width": 1280, "height": 900}), csp_violations)
     hp = admin_ctx.new_page()
     _login(hp, base, "hal")
     assert hp.locator("text=1 invitation waiting").is_visible()
@@ -178,8 +207,8 @@ def test_researcher_runs_a_study_in_the_browser(stack, browser, shots, tmp_path,
     page.wait_for_selector("#download-model")
     # Charts are real images that loaded (SVG from the server).
     for img in ("#chart-metrics", "#chart-privacy"):
-        page.wait_for_function(f"document.querySelector('{img}').complete && "
-                               f"document.querySelector('{img}').naturalWidth > 0")
+        _wait_js(page, f"document.querySelector('{img}').complete && "
+                       f"document.querySelector('{img}').naturalWidth > 0")
     svg = page.request.get(f"{base}/studies/{study.pk}/charts/metrics.svg").text()
     assert "AUC · Alpha Hospital" in svg and "AUC · Beta Hospital" in svg
     svg = page.request.get(f"{base}/studies/{study.pk}/charts/privacy.svg").text()
@@ -198,9 +227,14 @@ def test_researcher_runs_a_study_in_the_browser(stack, browser, shots, tmp_path,
     assert page.locator(f"text={digest}").count() >= 1
     assert page.locator("text=not shared").count() >= 1
     page.screenshot(path=str(shots / "09_model_card.png"), full_page=True)
+    # --- the study's audit report (HTML page) under the same policy: styled from its static stylesheet
+    page.goto(f"{base}/audit/studies/{study.pk}/report/", wait_until="load")
+    page.wait_for_selector("text=Audit chain verified")
+    assert page.evaluate("getComputedStyle(document.querySelector('h2')).borderBottomStyle") == "solid"
+    page.screenshot(path=str(shots / "09b_audit_report.png"), full_page=True)
 
     # --- consortium admin: hospitals and a one-time enrolment token
-    ca = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    ca = _watch_csp(browser.new_context(viewport={"width": 1280, "height": 900}), csp_violations).new_page()
     _login(ca, base, "carla")
     ca.click("header >> text=Hospitals")
     ca.screenshot(path=str(shots / "10_hospitals.png"), full_page=True)
@@ -213,7 +247,14 @@ def test_researcher_runs_a_study_in_the_browser(stack, browser, shots, tmp_path,
     assert tok and f"--token {tok}" in ca.inner_text("#node-commands")
     ca.screenshot(path=str(shots / "11_enrolment_token.png"), full_page=True)
 
+    # --- the audit trail and the Django admin, as the consortium admin
+    ca.goto(f"{base}/audit/trail/?study={study.pk}", wait_until="load")
+    ca.goto(f"{base}/admin/", wait_until="load")
+    ca.wait_for_selector("#site-name")
+
     assert not console_errors, (console_errors, bad_responses)
+    assert csp_violations == []
+    assert html_policies and all(policy and "default-src 'self'" in policy for _, policy in html_policies), html_policies
     for n in nodes:
         assert n.alive(), n.tail()
     # Under Playwright's sync API (greenlets) this body's queries get a database connection other

@@ -87,3 +87,32 @@ def test_cli_grad_sample_mode_accepts_every_engine_and_names_them_on_a_typo():
     r = subprocess.run([sys.executable, "-m", "hospital_node", "run", "--config", "n.toml", "--grad-sample-mode", "fuse"],
                        cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "invalid choice: 'fuse'" in r.stderr and "'fused'" in r.stderr
+
+
+@pytest.mark.parametrize("url, warned", [
+    ("http://fl.example.org", True),
+    ("http://10.0.0.5:8000/", True),
+    ("http://[2001:db8::1]:8000", True),
+    ("https://fl.example.org", False),
+    ("http://127.0.0.1:8000", False),
+    ("http://127.8.0.1", False),
+    ("http://localhost:8000", False),
+    ("http://[::1]:8000", False),
+])
+def test_plain_http_to_another_host_is_warned_about(url, warned):
+    from hospital_node.config import plain_http_warning
+
+    warning = plain_http_warning(url)
+    assert (warning is not None) == warned
+    if warned:
+        assert "https://" in warning and url in warning
+
+
+@pytest.mark.parametrize("url, warned", [("http://fl.example.org", True), ("https://fl.example.org", False),
+                                         ("http://127.0.0.1:9", False)])
+def test_cli_run_logs_the_plain_http_warning_at_start(tmp_path, url, warned):
+    p = _cfg(tmp_path, GOOD.replace('url = "https://fl.example.org/"', f'url = "{url}"'))
+    r = subprocess.run([sys.executable, "-m", "hospital_node", "run", "--once", "--config", str(p)],
+                       cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "enrol" in r.stderr  # no credentials: it stops right after the warning
+    assert ("WARNING" in r.stderr and "plain http://" in r.stderr) == warned, r.stderr

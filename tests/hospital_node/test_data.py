@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -80,3 +81,28 @@ def test_standardisation_reference_else_local(study, data_csv):
     # local statistics for the others: train split has mean 0, std 1
     np.testing.assert_allclose(ds.X_train[:, 1:].mean(axis=0), 0, atol=1e-5)
     np.testing.assert_allclose(ds.X_train[:, 1:].std(axis=0), 1, atol=1e-4)
+
+
+@pytest.mark.parametrize("text", [
+    "f0,f1,f3,y\n1,2,3,0\n",                          # a missing column
+    "f0,f1,f2,f3,y\n1,2,3,4,0\n1,2,Pre,4,1\n",         # a non-numeric cell
+    "f0,f1,f2,f3,y\n1,2,3,4,0\n1,Pre,3,4,1\n1,,3,4,1\n",
+    "f0,f1,f2,f3,y\n1,2,3,4,0\n1,2,3,4,Pre\n",         # a bad label
+    "f0,f1,f2,f3,y\n1,2,3,4\n",                        # a short row
+    "f0,f1,f2,f3,y\n",                                 # no rows
+    "",                                                # empty file
+])
+def test_the_public_part_of_a_data_error_has_no_path_row_or_cell_value(tmp_path, study, text):
+    p = _write(tmp_path, text)
+    with pytest.raises(DataError) as e:
+        load_csv(p, study["schema"])
+    public = e.value.public
+    assert public and str(tmp_path) not in public and p.name not in public
+    assert "Pre" not in public and not re.search(r"\b(row|line) \d", public)
+    assert str(e.value) != public  # the whole story (for the local log) has more
+
+
+def test_a_missing_file_has_a_public_part_without_its_path(tmp_path, study):
+    with pytest.raises(DataError) as e:
+        load_csv(tmp_path / "patients_2026.csv", study["schema"])
+    assert "patients_2026" not in e.value.public and "patients_2026" in str(e.value)

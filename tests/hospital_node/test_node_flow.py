@@ -4,6 +4,8 @@ Real Opacus training, real codec encryption, real SQLite ledger."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from nacl.public import PrivateKey
@@ -256,3 +258,59 @@ def test_a_release_the_platform_holds_back_is_logged_once_and_not_retried(node, 
     assert item["key"] in node.deferred  # the next polls skip it: no retry loop
     (rec,) = [r for r in caplog.records if "holds back the release" in r.getMessage()]
     assert "attestation_mismatch" in rec.getMessage()
+
+
+def _poison_data(node, cell="Pre"):
+    """The node's CSV gets a non-numeric cell in column f1, row 1 (a patient value that must stay local)."""
+    path = node.cfg.data_csv
+    lines = path.read_text().splitlines()
+    cells = lines[1].split(",")
+    cells[1] = cell
+    lines[1] = ",".join(cells)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _assert_private_parts_absent(text: str, path) -> None:
+    assert str(path) not in text and path.name not in text and str(path.parent) not in text
+    assert "Pre" not in text and "row 1" not in text
+
+
+def test_a_decline_for_bad_data_names_the_column_but_not_the_file_or_the_value(node, study, caplog):
+    path = _poison_data(node)
+    node.cfg = dataclasses.replace(node.cfg, limits=dataclasses.replace(node.cfg.limits, auto_approve=True))
+    node.handle({"kind": "invitation", "study": {**study, "id": 8}})
+    (call,) = node.client.named("decision")
+    assert call[1:3] == (8, "decline")
+    assert "column 'f1': a value is not numeric" in call[3]
+    _assert_private_parts_absent(call[3], path)
+    # the data manager still gets the whole story in the node's own log
+    assert "'Pre'" in caplog.text and "row 1" in caplog.text
+
+
+def test_a_job_refused_for_bad_data_sends_only_the_public_reason(node, study, caplog):
+    path = _poison_data(node)
+    node.handle(_train_item(study, 50, 1))
+    (call,) = node.client.named("refuse")
+    assert call[1:3] == (50, "data_error") and "column 'f1': a value is not numeric" in call[3]
+    _assert_private_parts_absent(call[3], path)
+    assert "'Pre'" in caplog.text
+
+
+def test_a_missing_data_file_is_refused_without_its_path(node, study):
+    path = node.cfg.data_csv
+    path.rename(path.with_suffix(".moved"))
+    node.handle(_train_item(study, 51, 1))
+    (call,) = node.client.named("refuse")
+    assert call[1:3] == (51, "data_error") and "data file does not exist" in call[3]
+    assert str(path) not in call[3] and path.name not in call[3]
+
+
+def test_an_unexpected_local_failure_is_reported_without_its_message(node, study, caplog):
+    path = node.cfg.data_csv
+    path.write_bytes(path.read_bytes().replace(b"\n", b"\n\xff\xfe", 1))  # not UTF-8: not a DataError
+    assert node.handle_safely(_train_item(study, 52, 1))
+    (call,) = node.client.named("refuse")
+    assert call[1:3] == (52, "node_error") and "UnicodeDecodeError" in call[3]
+    assert "0xff" not in call[3] and "position" not in call[3]  # the exception's text may quote local bytes or paths
+    assert "0xff" in caplog.text  # ...and stays in the node's log

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from helpers import create_study, setup_consortium, study_status, wait_for
 
+from audit.models import AuditEvent
 from hospital_node.instance import lock_path
 from hospital_node.ledger import Ledger
 from hospital_node.trainer import epsilon_of
@@ -56,6 +57,11 @@ def test_a_retried_round_resends_its_update_at_no_privacy_cost(stack, tmp_path):
         (spent.noise_multiplier, spent.sample_rate, spent.clip_norm, spent.accountant)
     assert EncryptedUpdate.objects.get(job=retry).sha256 != EncryptedUpdate.objects.get(job=first).sha256
     assert TrainingJob.objects.get(round__study=study, round__attempt=1, hospital=hb).reason_code == "data_error"
+    b_job = TrainingJob.objects.get(round__study=study, round__attempt=1, hospital=hb)
+    assert "data file does not exist" in b_job.reason
+    csv_path = data.hospital_csvs[hb.name]
+    assert str(csv_path.parent) not in b_job.reason and csv_path.name not in b_job.reason  # the path stays on the node
+    assert not AuditEvent.objects.filter(data_canonical__contains=csv_path.name).exists()
     assert Round.objects.filter(study=study, status=Round.Status.FAILED).count() == 2
 
     # A's ledger holds exactly the first job's spend: the retry spent nothing.

@@ -30,6 +30,7 @@ from fedproto.study import WorkKind
 from .. import selectors, services, worksignal
 from ..models import Participation, Study, TrainingJob
 from . import limits
+from . import schemas as S
 from .auth import IsNode, NodeTokenAuthentication
 from .errors import error
 from .parsers import loads_strict
@@ -112,6 +113,12 @@ class NodeView(DbSlotMixin, APIView):
     authentication_classes = [NodeTokenAuthentication]
     permission_classes = [IsNode]
 
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        # Every parsed node request body is a JSON object (streamed bodies have no parsers).
+        if self.parser_classes and request.method in ("POST", "PUT", "PATCH") and not isinstance(request.data, dict):
+            raise services.ServiceError("send the request body as a JSON object", code="invalid", status=422)
+
     @property
     def hospital(self):
         return self.request.auth
@@ -141,7 +148,8 @@ class EnrolView(DbSlotMixin, APIView):
     permission_classes = [AllowAny]
     throttle_classes = [EnrolThrottle]
 
-    @extend_schema(request=EnrolSerializer, summary="Enrol a node with a one-time enrolment token")
+    @extend_schema(request=EnrolSerializer, responses={201: S.ENROL_RESPONSE, **S._errors(403, 405, 413, 415, 422, 429)},
+                   summary="Enrol a node with a one-time enrolment token", tags=["node"])
     def post(self, request):
         s = EnrolSerializer(data=request.data)
         s.is_valid(raise_exception=True)
@@ -156,6 +164,7 @@ class EnrolView(DbSlotMixin, APIView):
 
 
 class HeartbeatView(NodeView):
+    @S.node_op(request=S.HEARTBEAT_REQUEST, response=S.HEARTBEAT_RESPONSE, summary="Report that the node is alive")
     def post(self, request):
         d = request.data if isinstance(request.data, dict) else {}
         node_heartbeat(hospital=self.hospital, node_version=limits.text(d.get("node_version"), "node_version",
@@ -167,6 +176,7 @@ class HeartbeatView(NodeView):
 class WorkView(NodeView):
     """Long-poll: returns as soon as there is work, or an empty list after `wait` seconds."""
 
+    @S.node_op(response=S.WORK_RESPONSE, parameters=S.WORK_PARAMETERS, summary="Long-poll for work items")
     def get(self, request):
         try:
             wait = float(request.query_params.get("wait", "20"))
@@ -215,6 +225,7 @@ class WorkView(NodeView):
 
 
 class DecisionView(NodeView):
+    @S.node_op(request=S.DECISION_REQUEST, response=S.DECISION_RESPONSE, summary="Approve or decline a study")
     def post(self, request, study_id: int):
         study = self.my_study(study_id)
         p = get_object_or_404(Participation, study=study, hospital=self.hospital)
@@ -226,12 +237,15 @@ class DecisionView(NodeView):
 
 
 class ContextView(NodeView):
+    @S.node_op(response=S.CONTEXT, summary="The study's public HE context")
     def get(self, request, study_id: int):
         study = self.my_study(study_id)
         ctx = services.he_context_fetch(study=study, hospital=self.hospital)
         return Response({"codec": ctx.codec, "public_params": base64.b64encode(bytes(ctx.public_params)).decode(),
                          "sha256": ctx.sha256})
 
+    @S.node_op(request=S.CONTEXT_REQUEST, response=S.SHA256_RESPONSE, status=201,
+               summary="Publish the HE context (key custodian)")
     def post(self, request, study_id: int):
         study = self.my_study(study_id)
         blob = _b64(request.data.get("public_params"), "public_params")
@@ -242,6 +256,8 @@ class ContextView(NodeView):
 
 
 class SealedKeysView(NodeView):
+    @S.node_op(request=S.SEALED_KEYS_REQUEST, response=S.SEALED_KEYS_RESPONSE, status=201,
+               summary="Store sealed study keys (key custodian)")
     def post(self, request, study_id: int):
         study = self.my_study(study_id)
         keys = request.data.get("keys")
@@ -257,6 +273,7 @@ class SealedKeysView(NodeView):
 
 
 class SealedKeyView(NodeView):
+    @S.node_op(response=S.SEALED_KEY_RESPONSE, summary="This node's sealed study key")
     def get(self, request, study_id: int):
         study = self.my_study(study_id)
         sk = services.sealed_key_fetch(study=study, hospital=self.hospital)
@@ -265,6 +282,7 @@ class SealedKeyView(NodeView):
 
 
 class KeyAckView(NodeView):
+    @S.node_op(request=S.KEY_ACK_REQUEST, response=S.OK_RESPONSE, summary="Acknowledge the study key")
     def post(self, request, study_id: int):
         study = self.my_study(study_id)
         services.key_ack(study=study, hospital=self.hospital,
@@ -280,6 +298,7 @@ class JobMixin:
 
 
 class RefuseView(JobMixin, NodeView):
+    @S.node_op(request=S.REFUSE_REQUEST, response=S.JOB_STATUS_RESPONSE, summary="Refuse a training job")
     def post(self, request, job_id: int):
         job = self.my_job(job_id)
         d = request.data if isinstance(request.data, dict) else {}
@@ -292,6 +311,8 @@ class RefuseView(JobMixin, NodeView):
 
 
 class PrivacySpendView(JobMixin, NodeView):
+    @S.node_op(request=S.PRIVACY_SPEND_REQUEST, response=S.PRIVACY_SPEND_RESPONSE, status=201,
+               summary="Record a job's privacy spend")
     def post(self, request, job_id: int):
         job = self.my_job(job_id)
         if not isinstance(request.data, dict):
@@ -303,6 +324,8 @@ class PrivacySpendView(JobMixin, NodeView):
 class UpdateView(JobMixin, NodeView):
     parser_classes: list = []  # the body is streamed to disk, never parsed in memory
 
+    @S.node_op(request={"application/octet-stream": S.BINARY}, response=S.UPDATE_RESPONSE, status=201,
+               parameters=S.UPDATE_PARAMETERS, summary="Upload an encrypted update (a fedproto.wire frame)")
     def put(self, request, job_id: int):
         job = self.my_job(job_id)
         ctype = request.META.get("CONTENT_TYPE", "")
@@ -333,6 +356,7 @@ class UpdateView(JobMixin, NodeView):
 
 
 class AggregateView(NodeView):
+    @S.node_op(response=S.BINARY, summary="A round's encrypted aggregate")
     def get(self, request, study_id: int, number: int):
         study = self.my_study(study_id)
         agg = services.aggregate_fetch(study=study, hospital=self.hospital, number=number)
@@ -376,6 +400,8 @@ class PoisonReportView(NodeView):
 
 
 class RoundReportView(NodeView):
+    @S.node_op(request=S.ROUND_REPORT_REQUEST, response=S.ROUND_REPORT_RESPONSE, status=201,
+               summary="Report a round's evaluation")
     def post(self, request, study_id: int, number: int):
         study = self.my_study(study_id)
         services.require_approved(study, self.hospital, "report on a round")
@@ -397,6 +423,8 @@ class RoundReportView(NodeView):
 class FinalModelView(NodeView):
     parser_classes: list = []
 
+    @S.node_op(request={"application/octet-stream": S.BINARY}, response=S.SHA256_RESPONSE, status=201,
+               summary="Upload the final model (key custodian)")
     def put(self, request, study_id: int):
         study = self.my_study(study_id)
         try:

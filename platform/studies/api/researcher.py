@@ -6,7 +6,6 @@ from pathlib import Path
 
 from django.conf import settings
 from django.http import FileResponse
-from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -15,6 +14,7 @@ from audit.services import actor_label
 from consortia.models import Hospital
 
 from .. import access, selectors, services
+from . import schemas as S
 from .errors import error
 
 
@@ -51,13 +51,14 @@ def study_summary(scope: access.StudyScope) -> dict:
 
 
 class StudyListView(APIView):
-    @extend_schema(summary="Studies visible to you")
+    @S.user_op(response=S.STUDY_LIST, summary="Studies visible to you", operation_id="studies_list")
     def get(self, request):
         studies = access.visible_studies(request.user).select_related("consortium")
         return Response({"studies": [{"id": s.pk, "name": s.name, "status": s.status, "consortium": s.consortium.name,
                                       "progress": selectors.study_progress(s)} for s in studies]})
 
-    @extend_schema(request=StudyCreateSerializer, summary="Define a study (draft)")
+    @S.user_op(request=StudyCreateSerializer, response=S.STUDY_SUMMARY, status=201, summary="Define a study (draft)",
+               operation_id="studies_create")
     def post(self, request):
         s = StudyCreateSerializer(data=request.data)
         s.is_valid(raise_exception=True)
@@ -76,6 +77,7 @@ class StudyListView(APIView):
 
 
 class StudyDetailView(APIView):
+    @S.user_op(response=S.STUDY_SUMMARY, summary="One study", operation_id="studies_retrieve")
     def get(self, request, study_id: int):
         return Response(study_summary(access.study_scope(request.user, study_id)))
 
@@ -87,6 +89,8 @@ class StudyActionView(APIView):
     # Resolving a blocked final-model release: consortium admins only.
     RELEASE_ACTIONS = {"rerun-evaluation": services.release_rerun_evaluation, "release-override": services.release_override}
 
+    @S.user_op(request=None, response=S.STUDY_SUMMARY, parameters=S.STUDY_ACTION_PARAMETERS,
+               operation_id="studies_action", summary="Start, pause, resume or cancel a study, or resolve a blocked release")
     def post(self, request, study_id: int, action: str):
         scope = access.study_scope(request.user, study_id)
         if action in self.RELEASE_ACTIONS:
@@ -108,6 +112,7 @@ class StudyActionView(APIView):
 
 
 class FinalModelDownloadView(APIView):
+    @S.user_op(response=S.BINARY, summary="Download the released final model (safetensors)")
     def get(self, request, study_id: int):
         scope = access.study_scope(request.user, study_id)
         study = scope.study
