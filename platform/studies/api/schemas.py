@@ -103,4 +103,6 @@ STUDY_SUMMARY = inline_serializer("StudySummary", {
 STUDY_LIST = inline_serializer("StudyList", {"studies": serializers.ListField(child=inline_serializer("StudyListItem", {
     "id": serializers.IntegerField(), "name": serializers.CharField(), "status": serializers.CharField(),
     "consortium": serializers.CharField(), "progress": serializers.DictField()}))})
-STUDY_ACTION_PARAMETERS = [OpenApiParameter("action", str, OpenApiParameter.PATH, enum=["start", "pause", "resume", "cancel", "rerun-evaluation", "release-override"])]
+STUDY_ACTION_PARAMETERS = [OpenApiParameter("action", str, OpenApiParameter.PATH,
+                                            enum=["start", "pause", "resume", "cancel", "rerun-evaluation",
+                                                  "release-override"])]
