@@ -369,6 +369,8 @@ class AggregateView(NodeView):
 class RoundUploadsView(NodeView):
     """The uploads in a round's aggregate, for a key holder whose aggregate does not decrypt."""
 
+    @S.node_op(response=S.ROUND_UPLOADS_RESPONSE, operation_id="node_round_uploads_list",
+               summary="The uploads of a round whose aggregate does not decrypt (key holders)")
     def get(self, request, study_id: int, number: int):
         study = self.my_study(study_id)
         ups = services.round_uploads(study=study, hospital=self.hospital, number=number)
@@ -379,6 +381,8 @@ class RoundUploadsView(NodeView):
 class RoundUploadView(NodeView):
     """One upload of a round's aggregate: a key holder checks its noise budget (decodes no value)."""
 
+    @S.node_op(response=S.BINARY, operation_id="node_round_upload_retrieve",
+               summary="One upload of a round, for a key holder's noise-budget check")
     def get(self, request, study_id: int, number: int, job_id: int):
         study = self.my_study(study_id)
         u = services.round_upload(study=study, hospital=self.hospital, number=number, job_id=job_id)
@@ -388,6 +392,8 @@ class RoundUploadView(NodeView):
 
 
 class PoisonReportView(NodeView):
+    @S.node_op(request=S.POISON_REPORT_REQUEST, response=S.POISON_REPORT_RESPONSE,
+               summary="Report an aggregate that does not decrypt, with each upload's noise budget")
     def post(self, request, study_id: int, number: int):
         study = self.my_study(study_id)
         d = request.data if isinstance(request.data, dict) else {}

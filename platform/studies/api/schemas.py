@@ -106,3 +106,17 @@ STUDY_LIST = inline_serializer("StudyList", {"studies": serializers.ListField(ch
 STUDY_ACTION_PARAMETERS = [OpenApiParameter("action", str, OpenApiParameter.PATH,
                                             enum=["start", "pause", "resume", "cancel", "rerun-evaluation",
                                                   "release-override"])]
+ROUND_UPLOADS_RESPONSE = inline_serializer("RoundUploads", {
+    "round": serializers.IntegerField(),
+    "uploads": serializers.ListField(child=inline_serializer("RoundUpload", {
+        "job_id": serializers.IntegerField(), "sha256": serializers.CharField(), "bytes": serializers.IntegerField()})),
+})
+POISON_REPORT_REQUEST = inline_serializer("PoisonReportRequest", {
+    "aggregate_sha256": serializers.CharField(help_text="SHA-256 (hex) of the aggregate that did not decrypt"),
+    "budgets": serializers.DictField(child=serializers.IntegerField(),
+                                     help_text="job id -> noise budget (bits) of that upload under the study key"),
+    "error": serializers.CharField(required=False, help_text="the node's decryption error, at most 500 characters"),
+})
+POISON_REPORT_RESPONSE = inline_serializer("PoisonReportResponse", {
+    "round": serializers.IntegerField(), "status": serializers.CharField(),
+    "aggregate_sha256": serializers.CharField()})
