@@ -6,12 +6,11 @@ import base64
 import binascii
 import threading
 import time
-from pathlib import Path
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.db import close_old_connections, connection
-from django.http import FileResponse, JsonResponse
+from django.http import JsonResponse
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema
@@ -353,94 +352,3 @@ class UpdateView(JobMixin, NodeView):
                                      content_length=length if length >= 0 else None)
         return Response({"job_id": job.pk, "sha256": upd.sha256, "bytes": upd.size_bytes,
                          "privacy_spend_recorded": spend_header is not None}, status=201)
-
-
-class AggregateView(NodeView):
-    @S.node_op(response=S.BINARY, summary="A round's encrypted aggregate")
-    def get(self, request, study_id: int, number: int):
-        study = self.my_study(study_id)
-        agg = services.aggregate_fetch(study=study, hospital=self.hospital, number=number)
-        resp = FileResponse(open(Path(settings.MEDIA_ROOT) / agg.path, "rb"), content_type="application/octet-stream")
-        resp["X-Contributors"] = str(agg.n_contributors)
-        resp["X-Aggregate-SHA256"] = agg.sha256
-        return resp
-
-
-class RoundUploadsView(NodeView):
-    """The uploads in a round's aggregate, for a key holder whose aggregate does not decrypt."""
-
-    @S.node_op(response=S.ROUND_UPLOADS_RESPONSE, operation_id="node_round_uploads_list",
-               summary="The uploads of a round whose aggregate does not decrypt (key holders)")
-    def get(self, request, study_id: int, number: int):
-        study = self.my_study(study_id)
-        ups = services.round_uploads(study=study, hospital=self.hospital, number=number)
-        return Response({"round": number, "uploads": [{"job_id": u.job_id, "sha256": u.sha256, "bytes": u.size_bytes}
-                                                      for u in ups]})
-
-
-class RoundUploadView(NodeView):
-    """One upload of a round's aggregate: a key holder checks its noise budget (decodes no value)."""
-
-    @S.node_op(response=S.BINARY, operation_id="node_round_upload_retrieve",
-               summary="One upload of a round, for a key holder's noise-budget check")
-    def get(self, request, study_id: int, number: int, job_id: int):
-        study = self.my_study(study_id)
-        u = services.round_upload(study=study, hospital=self.hospital, number=number, job_id=job_id)
-        resp = FileResponse(open(Path(settings.MEDIA_ROOT) / u.path, "rb"), content_type="application/octet-stream")
-        resp["X-Upload-SHA256"] = u.sha256
-        return resp
-
-
-class PoisonReportView(NodeView):
-    @S.node_op(request=S.POISON_REPORT_REQUEST, response=S.POISON_REPORT_RESPONSE,
-               summary="Report an aggregate that does not decrypt, with each upload's noise budget")
-    def post(self, request, study_id: int, number: int):
-        study = self.my_study(study_id)
-        d = request.data if isinstance(request.data, dict) else {}
-        sha = d.get("aggregate_sha256")
-        if not isinstance(sha, str) or len(sha) != 64:
-            return error("aggregate_sha256 must be the SHA-256 (hex) of the aggregate that did not decrypt", "invalid", 422)
-        out = services.poison_report_record(study=study, hospital=self.hospital, number=number, aggregate_sha256=sha,
-                                            budgets=d.get("budgets"), error=str(d.get("error", ""))[:500])
-        return Response(out)
-
-
-class RoundReportView(NodeView):
-    @S.node_op(request=S.ROUND_REPORT_REQUEST, response=S.ROUND_REPORT_RESPONSE, status=201,
-               summary="Report a round's evaluation")
-    def post(self, request, study_id: int, number: int):
-        study = self.my_study(study_id)
-        services.require_approved(study, self.hospital, "report on a round")
-        rnd = selectors.done_round(study, number)
-        if rnd is None:
-            return error(f"round {number} has no aggregate yet", "not_ready", 409)
-        d = request.data if isinstance(request.data, dict) else {}
-        eps = d.get("epsilon_spent")
-        try:
-            n_test = int(d.get("n_test", 0))
-            eps = float(eps) if eps is not None else None
-        except (TypeError, ValueError):
-            return error("n_test must be an integer and epsilon_spent a number", "invalid", 422)
-        rep = services.round_report_record(rnd=rnd, hospital=self.hospital, metrics=limits.metrics(d.get("metrics", {})),
-                                           n_test=n_test, model_sha256=d.get("model_sha256", ""), epsilon_spent=eps)
-        return Response({"round": number, "model_sha256": rep.model_sha256}, status=201)
-
-
-class FinalModelView(NodeView):
-    parser_classes: list = []
-
-    @S.node_op(request={"application/octet-stream": S.BINARY}, response=S.SHA256_RESPONSE, status=201,
-               summary="Upload the final model (key custodian)")
-    def put(self, request, study_id: int):
-        study = self.my_study(study_id)
-        try:
-            length = int(request.META.get("CONTENT_LENGTH") or -1)
-        except ValueError:
-            length = -1
-        if length < 0:
-            return error("send the model with a Content-Length header", "length_required", 411)
-        if length > settings.MAX_MODEL_BYTES:
-            return error(f"model is {length} bytes; the limit is {settings.MAX_MODEL_BYTES}", "too_large", 413)
-        data = request._request.read(length)
-        fm = services.final_model_store(study=study, hospital=self.hospital, data=data)
-        return Response({"sha256": fm.sha256}, status=201)

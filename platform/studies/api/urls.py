@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import node, researcher
+from . import node, node_rounds, researcher
 
 node_urls = [
     path("enrol", node.EnrolView.as_view()),
@@ -14,12 +14,12 @@ node_urls = [
     path("jobs/<int:job_id>/refuse", node.RefuseView.as_view()),
     path("jobs/<int:job_id>/privacy-spend", node.PrivacySpendView.as_view()),
     path("jobs/<int:job_id>/update", node.UpdateView.as_view()),
-    path("studies/<int:study_id>/rounds/<int:number>/aggregate", node.AggregateView.as_view()),
-    path("studies/<int:study_id>/rounds/<int:number>/uploads", node.RoundUploadsView.as_view()),
-    path("studies/<int:study_id>/rounds/<int:number>/uploads/<int:job_id>", node.RoundUploadView.as_view()),
-    path("studies/<int:study_id>/rounds/<int:number>/poison-report", node.PoisonReportView.as_view()),
-    path("studies/<int:study_id>/rounds/<int:number>/report", node.RoundReportView.as_view()),
-    path("studies/<int:study_id>/final-model", node.FinalModelView.as_view()),
+    path("studies/<int:study_id>/rounds/<int:number>/aggregate", node_rounds.AggregateView.as_view()),
+    path("studies/<int:study_id>/rounds/<int:number>/uploads", node_rounds.RoundUploadsView.as_view()),
+    path("studies/<int:study_id>/rounds/<int:number>/uploads/<int:job_id>", node_rounds.RoundUploadView.as_view()),
+    path("studies/<int:study_id>/rounds/<int:number>/poison-report", node_rounds.PoisonReportView.as_view()),
+    path("studies/<int:study_id>/rounds/<int:number>/report", node_rounds.RoundReportView.as_view()),
+    path("studies/<int:study_id>/final-model", node_rounds.FinalModelView.as_view()),
 ]
 
 researcher_urls = [
