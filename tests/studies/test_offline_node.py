@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from audit_support import enrolled, make_study, postgres  # noqa: F401 - fixture
+from audit_support import enrolled, make_study, mark_uploaded_with_spend, postgres  # noqa: F401 - fixture
 from django.utils import timezone
 
 from audit.models import AuditEvent
@@ -30,7 +30,7 @@ def collecting(postgres):  # noqa: F811
 
 
 def _answer(job):
-    TrainingJob.objects.filter(pk=job.pk).update(status=TrainingJob.Status.UPLOADED)
+    mark_uploaded_with_spend(job)
 
 
 def _last_seen(hospital, seconds_ago):

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from audit_support import enrolled, make_study, postgres  # noqa: F401 - fixture
+from audit_support import enrolled, make_study, mark_uploaded_with_spend, postgres  # noqa: F401 - fixture
 from django.utils import timezone
 
 from audit.models import AuditEvent
@@ -26,7 +26,7 @@ def late_round(postgres):  # noqa: F811
     now = timezone.now()
     rnd = Round.objects.create(study=study, number=1, status=Round.Status.COLLECTING,
                                collecting_at=now - timedelta(seconds=700), deadline=now - timedelta(seconds=10))
-    TrainingJob.objects.create(round=rnd, hospital=a, status=TrainingJob.Status.UPLOADED)
+    mark_uploaded_with_spend(TrainingJob.objects.create(round=rnd, hospital=a))
     TrainingJob.objects.create(round=rnd, hospital=b)
     return rnd, (a, b)
 

@@ -16,7 +16,7 @@ from nacl.public import PrivateKey, SealedBox
 
 from consortia.services import consortium_create, enrolment_token_create, hospital_create, node_enrol
 from studies import services
-from studies.models import Participation, Round, TrainingJob
+from studies.models import Participation, PrivacySpend, Round, TrainingJob
 
 SCHEMA = {"task": "binary_classification",
           "features": [{"name": f"f{i}", "type": "float"} for i in range(6)],
@@ -176,3 +176,9 @@ def run_study_end_to_end():
     study.refresh_from_db()
     services.final_model_downloaded(study=study, actor="user:1:rita")
     return {"consortium": c, "study": study, "hospitals": {"A": a, "B": b, "C": cc, "D": d}, "hashes": hashes}
+
+
+def mark_uploaded_with_spend(job) -> None:
+    """A job whose update arrived with its privacy spend (the platform aggregates no update without one)."""
+    TrainingJob.objects.filter(pk=job.pk).update(status=TrainingJob.Status.UPLOADED)
+    PrivacySpend.objects.create(job=job, **spend_for(1))
