@@ -22,7 +22,7 @@ import sys
 
 from scenario import Scenario
 
-from studies.localstack import REPO
+from devstack.localstack import REPO
 
 REL = 1e-9
 

@@ -22,8 +22,8 @@ from private_services import PrivatePostgres, PrivateRedis
 from psycopg.rows import dict_row
 
 # TODO(integrator): H3 moves these modules to devstack/ (localstack.py, demo_data.py).
-from studies.demo_data import breast_cancer_split
-from studies.localstack import REPO, Proc, Stack, child_env, free_port, write_node_config
+from devstack.demo_data import breast_cancer_split
+from devstack.localstack import REPO, Proc, Stack, child_env, free_port, write_node_config
 
 OPS = Path(__file__).resolve().parent / "platform_ops.py"
 HOSPITALS = ["Alpha Hospital", "Beta Hospital", "Gamma Hospital"]
