@@ -180,11 +180,12 @@ def test_a_retried_round_resends_the_same_update_at_no_privacy_cost(tmp_path, da
 
 class Platform(BaseHTTPRequestHandler):
     """Answers PUT .../update with 409 WITHOUT reading the body (as a server that refuses before reading
-    does), other requests with 200; records every request line and the connection it came on."""
+    does), other requests with 200; records every request line and the connection it came on (its client address and port: an
+    object id could be reused once the first connection is gone)."""
 
     protocol_version = "HTTP/1.1"
     put_code = "job_closed"
-    requests: list[tuple[str, str, int]] = []
+    requests: list[tuple[str, str, tuple]] = []
 
     def log_message(self, *args):
         pass
@@ -198,12 +199,12 @@ class Platform(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_PUT(self):
-        self.requests.append(("PUT", self.path, id(self.connection)))
+        self.requests.append(("PUT", self.path, self.client_address))
         self._answer(409, {"error": "job 5 is expired and round 1 is failed: it no longer accepts updates",
                            "code": self.put_code})
 
     def do_POST(self):
-        self.requests.append(("POST", self.path, id(self.connection)))
+        self.requests.append(("POST", self.path, self.client_address))
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         self._answer(200 if "heartbeat" in self.path else 409, {"ok": True, "error": "x", "code": "wrong_state"})
 
