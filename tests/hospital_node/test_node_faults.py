@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from nacl.public import PrivateKey
+from recording_client import RecordingClient
 
 from fedproto.codec import get_codec
 from fedproto.study import StudyConfig
@@ -116,24 +117,6 @@ def test_a_second_node_process_on_one_config_refuses_to_start(tmp_path, data_csv
 
 # ----------------------------------------------------------------------------- retries
 
-class RecordingClient:
-    """Stands in for the platform (the HTTP path is covered below and by the integration tests)."""
-
-    def __init__(self):
-        self.calls: list[tuple] = []
-
-    def __getattr__(self, name):
-        def call(*args, **kwargs):
-            self.calls.append((name, *args))
-            return {}
-        return call
-
-    def upload_update(self, job_id, frame, spend=None):
-        self.calls.append(("upload_update", job_id, frame, spend))
-        return {"job_id": job_id, "privacy_spend_recorded": spend is not None}
-
-    def named(self, name):
-        return [c for c in self.calls if c[0] == name]
 
 
 def _node(tmp_path, data_csv, study, client) -> Node:

@@ -9,6 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 from nacl.public import PrivateKey
+from recording_client import RecordingClient
 
 from fedproto.codec import get_codec
 from fedproto.errors import SpecError
@@ -18,25 +19,6 @@ from hospital_node import rounds, trainer
 from hospital_node.config import load_config
 from hospital_node.credentials import Credentials
 from hospital_node.daemon import Node
-
-
-class RecordingClient:
-    def __init__(self):
-        self.calls: list[tuple] = []
-
-    def __getattr__(self, name):
-        def call(*args, **kwargs):
-            self.calls.append((name, *args))
-            return {}
-        return call
-
-    def upload_update(self, job_id, frame, spend=None):
-        # like the platform: a spend sent with the upload is recorded first and confirmed
-        self.calls.append(("upload_update", job_id, frame, spend))
-        return {"job_id": job_id, "privacy_spend_recorded": spend is not None}
-
-    def named(self, name):
-        return [c for c in self.calls if c[0] == name]
 
 
 @pytest.fixture
