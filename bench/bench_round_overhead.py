@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchargs import int_in
+from benchargs import ensure_database, int_in
 
 from fedproto.study import MAX_LOCAL_EPOCHS, MAX_ROUNDS
 
@@ -60,15 +60,6 @@ def _env(backend: str, var: Path, db_url: str, redis_url: str) -> dict:
         env["DATABASE_URL"] = db_url
         env["REDIS_URL"] = redis_url
     return env
-
-
-def ensure_database(db_url: str) -> None:
-    import psycopg
-
-    base, name = db_url.rsplit("/", 1)
-    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
-            conn.execute(f'CREATE DATABASE "{name}"')
 
 
 def run_platform(backend: str, rounds: int, epochs: int | None, db_url: str, redis_url: str) -> dict:

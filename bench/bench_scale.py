@@ -36,7 +36,7 @@ import threading
 import time
 from pathlib import Path
 
-from benchargs import int_in, int_list
+from benchargs import ensure_database, int_in, int_list
 
 from fedproto.codec.bfv_packed import MAX_HOSPITALS_LIMIT
 
@@ -207,15 +207,6 @@ def client_main(url: str, tokens: list[str], timeout: float) -> int:
 
 
 # ----------------------------------------------------------------------------- orchestration
-
-
-def ensure_database(db_url: str) -> None:
-    import psycopg
-
-    base, name = db_url.rsplit("/", 1)
-    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
-            conn.execute(f'CREATE DATABASE "{name}"')
 
 
 def run_scale(H: int, hidden: list[int], per_proc: int, stack_env: dict, base_url: str, log_dir: Path) -> dict:

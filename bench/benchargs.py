@@ -1,5 +1,6 @@
-"""Argument types shared by the benchmarks: a bad value stops the run at once with an argparse error
-that says what to pass (not a traceback minutes later, nor a silent fall-back to the default)."""
+"""What the benchmarks share: argument types (a bad value stops the run at once with an argparse error
+that says what to pass, not a traceback minutes later, nor a silent fall-back to the default) and
+the benchmark database."""
 
 from __future__ import annotations
 
@@ -38,3 +39,13 @@ def int_list(lo: int, hi: int, example: str):
         return values
 
     return parse
+
+
+def ensure_database(db_url: str) -> None:
+    """Create the PostgreSQL database of ``db_url`` if it does not exist."""
+    import psycopg
+
+    base, name = db_url.rsplit("/", 1)
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            conn.execute(f'CREATE DATABASE "{name}"')

@@ -1,9 +1,10 @@
-"""Run every benchmark of issue #5 and print their tables: `python bench/run_all.py` (`make bench`).
+"""Run every benchmark and print their tables: `python bench/run_all.py` (`make bench`).
 
 1. encoding (bench/bench_encoding.py --quick)      3. DP overhead (bench/bench_dp_overhead.py)
 2. round overhead (bench/bench_round_overhead.py)  4. scale (bench/bench_scale.py)
+5. audit report (bench/bench_audit_report.py)
 
-Benchmarks 2 and 4 need PostgreSQL and Redis (`make services` starts them); they use the database
+Benchmarks 2, 4 and 5 need PostgreSQL (2 and 4 Redis too; `make services` starts them); they use the database
 BENCH_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/bench, created if missing) and the
 Redis BENCH_REDIS_URL (default redis://127.0.0.1:6379/9, flushed). Pass --quick for a shorter run
 (round overhead on SQLite only, DP quick, scale 10 and 50 hospitals).
@@ -30,6 +31,7 @@ def main() -> int:
         ("2. round overhead", ["bench_round_overhead.py", "--backend", "sqlite" if args.quick else "both"]),
         ("3. DP overhead", ["bench_dp_overhead.py"] + (["--quick"] if args.quick else [])),
         ("4. scale", ["bench_scale.py"] + (["--hospitals", "10,50"] if args.quick else [])),
+        ("5. audit report", ["bench_audit_report.py"] + (["--repeat", "3"] if args.quick else [])),
     ]
     try:
         import os

@@ -9,12 +9,16 @@ module does, with the same Opacus accountants (RDPAccountant / PRVAccountant) th
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import opacus
 from django.db import transaction
-from opacus.accountants import create_accountant
+from opacus.accountants import RDPAccountant, create_accountant
+from opacus.accountants.analysis import rdp as rdp_analysis
 
 from audit.services import audit_record
 
@@ -84,12 +88,18 @@ class RecomputeResult:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> RecomputeResult:
+        """The result as_dict() stored (privacy_cache keeps it on the study)."""
+        hospitals = [HospitalCheck(**{**h, "jobs": [JobCheck(**j) for j in h["jobs"]]}) for h in d["hospitals"]]
+        return cls(study_id=d["study_id"], ok=d["ok"], opacus_version=d["opacus_version"], hospitals=hospitals)
+
 
 def epsilon_for(history: list[tuple[float, float, int]], delta: float, accountant: str) -> float:
     """Cumulative epsilon of ``history`` at ``delta`` with a fresh Opacus accountant. A job of 0 steps
     (a retry attempt that re-sent an earlier attempt's update) adds nothing: it is left out, as the
     PRV accountant would otherwise change its numeric domain for it."""
-    history = [(float(s), float(q), int(n)) for s, q, n in history if int(n) > 0]
+    history = _steps_only(history)
     if not history:
         return 0.0
     acc = create_accountant(mechanism=accountant)
@@ -97,14 +107,62 @@ def epsilon_for(history: list[tuple[float, float, int]], delta: float, accountan
     return float(acc.get_epsilon(delta=delta))
 
 
+def _steps_only(history) -> list[tuple[float, float, int]]:
+    return [(float(s), float(q), int(n)) for s, q, n in history if int(n) > 0]
+
+
+class Accountants:
+    """Cumulative epsilons of growing histories, as a fresh Opacus accountant gives them (epsilon_for),
+    without paying for the whole history again at every job.
+
+    RDP: the accountant sums, over its history, ``compute_rdp(q, sigma, steps)`` = the RDP of one
+    step at each order times ``steps``; the one-step RDP of each distinct (sigma, q) is computed
+    once (Opacus' own compute_rdp) and the sum is taken in the accountant's order with the same
+    operations, so every number is bit for bit the accountant's. PRV composes numerically over the
+    whole history: a prefix is computed by a fresh accountant once, then remembered by its inputs.
+    ``memo`` (JSON-able) carries what was computed to the next recomputation (see privacy_cache)."""
+
+    def __init__(self, memo: dict | None = None):
+        self.memo = memo if memo is not None else {}
+        self._unstorable: dict[str, list[float]] = {}
+        self.computed = 0  # accountant evaluations this object paid for (not found in the memo)
+
+    def epsilon(self, history: list[tuple[float, float, int]], delta: float, accountant: str) -> float:
+        history = _steps_only(history)
+        if not history:
+            return 0.0
+        if accountant == "rdp":
+            rdp = sum([self._unit_rdp(s, q) * n for s, q, n in history])
+            eps, _ = rdp_analysis.get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta)
+            return float(eps)
+        key = hashlib.sha256(json.dumps([accountant, delta, history]).encode()).hexdigest()
+        if key not in self.memo:
+            self.memo[key] = epsilon_for(history, delta, accountant)
+            self.computed += 1
+        return self.memo[key]
+
+    def _unit_rdp(self, sigma: float, q: float):
+        key = f"rdp1:{sigma!r}:{q!r}"
+        unit = self.memo.get(key, self._unstorable.get(key))
+        if unit is None:
+            unit = [float(x) for x in rdp_analysis.compute_rdp(q=q, noise_multiplier=sigma, steps=1,
+                                                                orders=RDPAccountant.DEFAULT_ALPHAS)]
+            # JSON (and the jsonb column the memo is kept in) has no Infinity: such orders stay here
+            (self.memo if all(math.isfinite(x) for x in unit) else self._unstorable)[key] = unit
+            self.computed += 1
+        return np.array(unit)
+
+
 def _close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=REL_TOL, abs_tol=ABS_TOL)
 
 
-def recompute_study(study) -> RecomputeResult:
-    """Rebuild each hospital's accountant job by job and compare with every reported cumulative epsilon."""
+def recompute_study(study, *, accountants: Accountants | None = None, spends: dict | None = None) -> RecomputeResult:
+    """Rebuild each hospital's accountant job by job and compare with every reported cumulative epsilon.
+    ``spends``: selectors.privacy_spends(study), when the caller read it already."""
+    acc = accountants or Accountants()
     hospitals: list[HospitalCheck] = []
-    for name, row in privacy_spends(study).items():
+    for name, row in (spends if spends is not None else privacy_spends(study)).items():
         history: list[tuple[float, float, int]] = []
         jobs: list[JobCheck] = []
         recomputed: float | None = 0.0
@@ -115,7 +173,7 @@ def recompute_study(study) -> RecomputeResult:
                 recomputed, problem = None, f"unknown accountant {ps.accountant!r}"
             else:
                 try:
-                    recomputed = epsilon_for(history, ps.delta, ps.accountant)
+                    recomputed = acc.epsilon(history, ps.delta, ps.accountant)
                 except Exception as exc:  # a history the accountant cannot evaluate is itself a finding
                     recomputed, problem = None, f"accountant failed on the reported inputs: {exc}"
             if not problem and not _close(ps.epsilon, recomputed):

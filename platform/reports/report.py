@@ -21,7 +21,8 @@ from fedproto.codec import get_codec
 from studies.models import FinalModel, HEContext, Participation, SealedKey
 
 from . import selectors
-from .epsilon_check import recompute_study
+from .epsilon_check import Accountants, recompute_study
+from .privacy_cache import cached_recompute
 
 # Encryption parameters shown first, in this order; the rest follow alphabetically.
 ENC_FIRST = ("codec", "scheme", "security_level_bits", "poly_modulus_degree", "plain_modulus", "plain_modulus_bits",
@@ -68,10 +69,10 @@ def _participants(study) -> list[dict]:
     return rows
 
 
-def _privacy(study, recomputed) -> list[dict]:
+def _privacy(study, recomputed, spends: dict) -> list[dict]:
     checks = {h.hospital: h for h in recomputed.hospitals}
     rows = []
-    for name, row in selectors.privacy_spends(study).items():
+    for name, row in spends.items():
         spends = row["spends"]
         last = spends[-1] if spends else None
         chk = checks.get(name)
@@ -132,9 +133,19 @@ def _describe_problem(ev) -> str:
     return " ".join(parts) if parts else "—"
 
 
-def build_context(study) -> dict:
+def build_context(study, *, cached: bool = True, accountants: Accountants | None = None) -> dict:
+    """Everything the report shows. The epsilon recomputation is the one kept on the study
+    (privacy_cache: recomputed only if an input changed since); ``cached=False`` recomputes it
+    here without touching the stored one (``accountants``: how, for the benchmark's baseline)."""
     chain = verify_study_chain(study.pk)
-    recomputed = recompute_study(study)
+    spends = selectors.privacy_spends(study)
+    if cached:
+        recomputed, row = cached_recompute(study, spends=spends)
+        recomputed_at, recompute_seconds = row.computed_at, row.seconds
+    else:
+        t0 = timezone.now()
+        recomputed = recompute_study(study, accountants=accountants, spends=spends)
+        recomputed_at, recompute_seconds = timezone.now(), (timezone.now() - t0).total_seconds()
     events = study_events(study.pk)
     problems = [{"seq": ev.seq, "at": ev.created_at, "action": ev.action, "actor": ev.actor,
                  "what": _describe_problem(ev)} for ev in selectors.problem_events(study.pk)]
@@ -162,8 +173,11 @@ def build_context(study) -> dict:
         ],
         "participants": _participants(study),
         "rounds": selectors.round_participation(study),
-        "privacy": _privacy(study, recomputed),
+        "privacy": _privacy(study, recomputed, spends),
         "recompute": recomputed,
+        "recomputed_at": recomputed_at,
+        "recompute_seconds": recompute_seconds,
+        "n_spends": sum(len(r["spends"]) for r in spends.values()),
         "encryption": _encryption(study),
         "attestations": atts,
         "attestation_mismatch": any(a["mismatch"] for a in atts),

@@ -24,16 +24,20 @@ def attestations(study) -> list[dict]:
     """
     approved = dict(Participation.objects.filter(study=study, state=Participation.State.APPROVED)
                     .values_list("hospital_id", "hospital__name"))
+    # Reports superseded by a re-run of the evaluation (a resolved blocked release) are on record in
+    # the trail (model.evaluation_rerun); the current ones attest the round. One query for all rounds.
+    by_round: dict[int, list] = {}
+    for rep in (RoundReport.objects.filter(round__study=study, round__status=Round.Status.DONE,
+                                           superseded_at__isnull=True)
+                .values_list("round_id", "model_sha256", "hospital_id", "hospital__name").order_by("hospital__name")):
+        by_round.setdefault(rep[0], []).append(rep[1:])
     out = []
     for rnd in Round.objects.filter(study=study, status=Round.Status.DONE).order_by("number", "attempt"):
         hashes: dict[str, list[str]] = {}
         seen = set()
-        # Reports superseded by a re-run of the evaluation (a resolved blocked release) are on
-        # record in the trail (model.evaluation_rerun); the current ones attest the round.
-        for rep in (RoundReport.objects.filter(round=rnd, superseded_at__isnull=True).select_related("hospital")
-                    .order_by("hospital__name")):
-            hashes.setdefault(rep.model_sha256, []).append(rep.hospital.name)
-            seen.add(rep.hospital_id)
+        for sha, hid, name in by_round.get(rnd.pk, []):
+            hashes.setdefault(sha, []).append(name)
+            seen.add(hid)
         out.append({"round": rnd.number, "attempt": rnd.attempt, "hashes": hashes, "mismatch": len(hashes) > 1,
                     "not_attested": sorted(name for hid, name in approved.items() if hid not in seen)})
     return out
@@ -41,10 +45,15 @@ def attestations(study) -> list[dict]:
 
 def round_participation(study) -> list[dict]:
     """Per round attempt: status, and for each invited hospital what happened to its job."""
+    jobs_of: dict[int, list] = {}
+    for j in TrainingJob.objects.filter(round__study=study).select_related("hospital").order_by("hospital__name"):
+        jobs_of.setdefault(j.round_id, []).append(j)
+    aggs = {a.round_id: a for a in Aggregate.objects.filter(round__study=study).only(
+        "round_id", "n_contributors", "sha256")}
     rows = []
     for rnd in Round.objects.filter(study=study).order_by("number", "attempt"):
-        jobs = list(TrainingJob.objects.filter(round=rnd).select_related("hospital").order_by("hospital__name"))
-        agg = Aggregate.objects.filter(round=rnd).first()
+        jobs = jobs_of.get(rnd.pk, [])
+        agg = aggs.get(rnd.pk)
         rows.append({
             "round": rnd.number, "attempt": rnd.attempt, "status": rnd.status, "reason": rnd.status_reason,
             "opened_at": rnd.opened_at, "done_at": rnd.done_at,

@@ -25,7 +25,9 @@ CLOSE_ROUND = "studies.close_round"
 CLOSE_ROUND_AT_DEADLINE = "studies.close_round_at_deadline"
 AGGREGATE_CHUNK = "studies.aggregate_chunk"
 AGGREGATE_ROUND = "studies.aggregate_round"
-TASK_NAMES = (ADVANCE_STUDY, CLOSE_ROUND, CLOSE_ROUND_AT_DEADLINE, AGGREGATE_CHUNK, AGGREGATE_ROUND)
+# The reports app's: keep the study's epsilon recomputation (the audit report's) up to date.
+RECOMPUTE_PRIVACY = "reports.recompute_privacy"
+TASK_NAMES = (ADVANCE_STUDY, CLOSE_ROUND, CLOSE_ROUND_AT_DEADLINE, AGGREGATE_CHUNK, AGGREGATE_ROUND, RECOMPUTE_PRIVACY)
 
 
 def enqueue(task_name: str, *args) -> None:

@@ -18,7 +18,7 @@ from fedproto.study import validate_study
 
 from ..models import HEContext, Participation, Round, Study, TrainingJob
 from ..selectors import study_config
-from .common import ADVANCE_STUDY, CLOSE_ROUND, _study_audit, enqueue, enqueue_on_commit
+from .common import ADVANCE_STUDY, CLOSE_ROUND, RECOMPUTE_PRIVACY, _study_audit, enqueue, enqueue_on_commit
 from .errors import ServiceError
 from .rounds import round_open
 
@@ -84,6 +84,8 @@ def _set_status(study: Study, *, frm: Iterable[str], to: str, actor: str, action
     n = Study.objects.filter(pk=study.pk, status__in=list(frm)).update(**fields)
     if n:
         _study_audit(study, action, actor, data={"from": list(frm), "to": to, "reason": reason})
+        if to in TERMINAL:
+            enqueue_on_commit(RECOMPUTE_PRIVACY, study.pk)  # the audit report's, final from now on
         study.refresh_from_db()
     return bool(n)
 

@@ -20,7 +20,7 @@ from audit.services import actor_label
 from consortia.models import Hospital
 
 from ..models import PrivacySpend, Study, TrainingJob
-from .common import _audit_refusal, _study_audit
+from .common import RECOMPUTE_PRIVACY, _audit_refusal, _study_audit, enqueue_on_commit
 from .errors import ServiceError
 
 DP_ENGINE_RE = re.compile(r"[A-Za-z0-9._-]{0,32}")
@@ -145,6 +145,7 @@ def privacy_spend_record(*, job: TrainingJob, hospital: Hospital, spend: dict) -
         _study_audit(study, "privacy.spent", actor_label(hospital=hospital), obj=ps, hospital_id=hospital.pk,
                      data={"round": job.round.number, **vals, "budget": study.epsilon, "over_budget": False,
                            "late": late, "job_status": job.status, "reuses_job": reuses})
+        enqueue_on_commit(RECOMPUTE_PRIVACY, study.pk)
     return ps
 
 
