@@ -6,8 +6,9 @@ The password is asked twice on the terminal, or read from the first line of --pa
 secret mounted by an orchestrator, say); never from the command line, where other users of the
 machine and the shell history would see it. The admin gets a consortium-admin membership and is a
 Django superuser; the next people are invited on the portal's People page (the portal's first-run
-page, /setup/, does the same as this command from a browser). Everything happens in one transaction, with the audit events written by consortia.services;
-an existing consortium or username is refused and nothing is changed.
+page, /setup/, does the same as this command from a browser). Everything happens in one
+transaction, with the audit events written by consortia.services; an existing consortium or
+username is refused and nothing is changed.
 """
 
 from __future__ import annotations
