@@ -11,7 +11,8 @@ from typing import Any
 
 from .errors import SpecError
 
-TASKS = ("binary_classification", "regression")
+# The tasks a study can have (the schema's "task"); each model type in MODEL_TYPES serves one.
+TASKS = ("binary_classification", "regression", "multiclass_classification", "survival")
 
 MODEL_TYPES: dict[str, dict[str, Any]] = {
     "logistic_regression": {"task": "binary_classification", "mlp": False,

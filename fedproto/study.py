@@ -21,7 +21,7 @@ from . import PROTOCOL_VERSION
 from .codec import DEFAULT_CODEC, get_codec
 from .errors import SpecError
 from .privacy import DEFAULT_ACCOUNTANT, validate_privacy
-from .schema import validate_schema
+from .schema import n_inputs, validate_schema
 from .specs import n_params as spec_n_params
 from .specs import validate_model_spec
 
@@ -136,7 +136,9 @@ class StudyConfig:
 
     @property
     def n_features(self) -> int:
-        return len(self.schema["features"])
+        """The model's number of inputs: the width of the encoded features (a categorical feature
+        is one input per category, a missing-value indicator one more; fedproto.schema)."""
+        return n_inputs(self.schema)
 
     @property
     def codec(self) -> str:
@@ -208,7 +210,7 @@ def _validate(raw: Any, *, n_hospitals: int | None, wire: bool) -> StudyConfig:
     quorum_hint = (" (the number of invited hospitals)" if n_hospitals is not None
                    else " (encryption.max_hospitals)" if max_hospitals is not None else "")
 
-    n_features = len(schema["features"])
+    n_features = n_inputs(schema)
     expected_params = spec_n_params(model, n_features)
     given = raw.get("n_params", expected_params)
     if isinstance(given, bool) or not isinstance(given, int) or given != expected_params:

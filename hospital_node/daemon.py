@@ -205,7 +205,13 @@ class Node(NodeContext):
         if not force and now - self._last_heartbeat < self.cfg.heartbeat_interval_s:
             return None
         pending = len(self.ledger.jobs(states=RESUMABLE_STATES))
-        resp = self.client.heartbeat({"studies": len(self.ledger.studies()), "pending_uploads": pending})
+        lim = self.cfg.limits
+        # The node's own limits travel with each heartbeat so the portal can show what this node
+        # enforces next to what is declared there (the node checks its own, whatever is declared).
+        resp = self.client.heartbeat({"studies": len(self.ledger.studies()), "pending_uploads": pending,
+                                      "limits": {"max_epsilon": lim.max_epsilon, "max_delta": lim.max_delta,
+                                                 "max_rounds": lim.max_rounds, "allowed_models": list(lim.allowed_models),
+                                                 "auto_approve": lim.auto_approve}})
         self._last_heartbeat = now
         return resp
 

@@ -32,3 +32,15 @@ class NodeTokenScheme(OpenApiAuthenticationExtension):
         return {"type": "apiKey", "in": "header", "name": "Authorization",
                 "description": "'Token <node token>': the token a hospital node received at enrolment "
                                "(POST /api/node/enrol); see docs/PROTOCOL.md."}
+
+
+class ApiTokenScheme(OpenApiAuthenticationExtension):
+    """Documents studies.api.auth.ApiTokenAuthentication on the researcher endpoints."""
+
+    target_class = "studies.api.auth.ApiTokenAuthentication"
+    name = "apiToken"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer",
+                "description": "'Bearer <API token>': a personal token created in the portal (your account page); "
+                               "it acts with your roles."}

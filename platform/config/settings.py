@@ -58,8 +58,12 @@ if envbool("FEDPLATFORM_PORTAL", True):
         pass
     else:
         INSTALLED_APPS.append("portal")
+        PORTAL_CONTEXT = ["portal.context_processors.portal"]
+        # A refused CSRF check shows the portal's page, which keeps what was typed (portal/views/errors.py).
+        CSRF_FAILURE_VIEW = "portal.views.errors.csrf_failure"
         # Django admin's login then goes through the portal's throttle and audit (config/admin_site.py).
         INSTALLED_APPS[INSTALLED_APPS.index("django.contrib.admin")] = "config.apps.PlatformAdminConfig"
+PORTAL_CONTEXT = locals().get("PORTAL_CONTEXT", [])
 if importlib.util.find_spec("devstack") is not None:  # the dev harness (`manage.py demo`): not in the production image
     INSTALLED_APPS.append("devstack")
 
@@ -75,6 +79,9 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+if "portal" in INSTALLED_APPS:
+    # A bare 405 (a plain view refusing a method) gets the portal's error page outside /api/.
+    MIDDLEWARE.append("portal.middleware.ErrorPagesMiddleware")
 
 ROOT_URLCONF = "config.urls"
 TEMPLATES = [
@@ -87,6 +94,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                *PORTAL_CONTEXT,
             ],
         },
     },
@@ -200,7 +208,9 @@ AGGREGATION_GRACE_S = envint("FEDPLATFORM_AGGREGATION_GRACE_S", 60, lo=1, hi=24 
 
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
+    # Researchers: the portal's session, or a personal API token (Authorization: Bearer, studies/api/auth.py).
+    "DEFAULT_AUTHENTICATION_CLASSES": ["studies.api.auth.ApiTokenAuthentication",
+                                       "rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "EXCEPTION_HANDLER": "studies.api.errors.exception_handler",
     # JSON bodies with NaN/Infinity or a number beyond float range are a 422 (the audit trail cannot record them).
@@ -277,6 +287,35 @@ PORTAL_LOGIN_MAX_FAILURES = envint("FEDPLATFORM_LOGIN_MAX_FAILURES", 5, lo=1, hi
 PORTAL_LOGIN_MAX_FAILURES_PER_USER = envint("FEDPLATFORM_LOGIN_MAX_FAILURES_PER_USER", 20, lo=1, hi=100_000)
 PORTAL_LOGIN_WINDOW_MINUTES = envint("FEDPLATFORM_LOGIN_WINDOW_MINUTES", 15, lo=1, hi=7 * 24 * 60)
 PORTAL_LOGIN_LOCK_MINUTES = envint("FEDPLATFORM_LOGIN_LOCK_MINUTES", 15, lo=1, hi=7 * 24 * 60)
+
+# E-mail (invitations, password resets): Django's console backend (the message is printed in the
+# web server's log) unless FEDPLATFORM_EMAIL_BACKEND says otherwise. `smtp` sends through
+# FEDPLATFORM_SMTP_*; `file` writes each message to a file in FEDPLATFORM_EMAIL_FILE_PATH.
+_email_backends = {"console": "django.core.mail.backends.console.EmailBackend",
+                   "smtp": "django.core.mail.backends.smtp.EmailBackend",
+                   "file": "django.core.mail.backends.filebased.EmailBackend",
+                   "none": "django.core.mail.backends.dummy.EmailBackend"}
+EMAIL_BACKEND = _email_backends[envstr("FEDPLATFORM_EMAIL_BACKEND", "console", choices=tuple(_email_backends))]
+EMAIL_FILE_PATH = str(REPO_DIR / envstr("FEDPLATFORM_EMAIL_FILE_PATH", str(VAR_DIR / "mail")))
+EMAIL_HOST = envstr("FEDPLATFORM_SMTP_HOST", "localhost")
+EMAIL_PORT = envint("FEDPLATFORM_SMTP_PORT", 25, lo=1, hi=65535)
+EMAIL_HOST_USER = envstr("FEDPLATFORM_SMTP_USER", "")
+EMAIL_HOST_PASSWORD = envstr("FEDPLATFORM_SMTP_PASSWORD", "", secret=True)
+EMAIL_USE_TLS = envbool("FEDPLATFORM_SMTP_STARTTLS", False)
+EMAIL_USE_SSL = envbool("FEDPLATFORM_SMTP_SSL", False)
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise ImproperlyConfigured("FEDPLATFORM_SMTP_STARTTLS and FEDPLATFORM_SMTP_SSL are exclusive: set one of them "
+                               "(STARTTLS on port 587, SSL on port 465)")
+EMAIL_TIMEOUT = envint("FEDPLATFORM_SMTP_TIMEOUT_S", 10, lo=1, hi=300)
+DEFAULT_FROM_EMAIL = envstr("FEDPLATFORM_EMAIL_FROM", "fedplatform@localhost", pattern=r"[^@\s]+@[^@\s]+",
+                            accepts="an e-mail address such as studies@hospital-consortium.org")
+# Where the portal is published, for links in e-mails (e.g. https://studies.example.org); empty:
+# the host the requesting person used.
+PUBLIC_URL = envstr("FEDPLATFORM_PUBLIC_URL", "", pattern=r"https?://[^\s/]+(/\S*)?",
+                    accepts="a URL with its scheme, e.g. https://studies.example.org").rstrip("/")
+# The first-run page (/setup/) creates the first consortium and its admin while none exists. With
+# this set, it also asks for this code (for an install reachable by others before it is set up).
+SETUP_CODE = envstr("FEDPLATFORM_SETUP_CODE", "", secret=True)
 
 # Written by a Celery worker once it consumes tasks (config/celery.py): the local stack and
 # container health checks wait for it. Empty: not written.

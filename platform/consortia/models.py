@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
+from django.utils import timezone
 
 
 class Consortium(models.Model):
@@ -33,6 +34,7 @@ class Hospital(models.Model):
     # The hospital's own limits, as declared in the portal (the node enforces its own config too).
     max_epsilon = models.FloatField(null=True, blank=True)
     allowed_models = models.JSONField(default=list, blank=True)
+    max_rounds = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -56,6 +58,15 @@ class EnrolmentToken(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     expires_at = models.DateTimeField()
     used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    @property
+    def state(self) -> str:
+        if self.used_at is not None:
+            return "used"
+        if self.revoked_at is not None:
+            return "revoked"
+        return "expired" if self.expires_at <= timezone.now() else "unused"
 
 
 class Membership(models.Model):
@@ -98,3 +109,42 @@ class Membership(models.Model):
         # Every code path (services, Django admin, shell) goes through this check.
         self.check_hospital_in_consortium()
         super().save(*args, **kwargs)
+
+
+class PasswordLink(models.Model):
+    """A one-time link that sets a user's password: sent with an invitation, or asked for on the
+    'forgot your password' page. Only the SHA-256 of its token is stored; it expires and is used once."""
+
+    class Purpose(models.TextChoices):
+        INVITATION = "invitation", "Invitation"
+        RESET = "reset", "Password reset"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="password_links")
+    purpose = models.CharField(max_length=16, choices=Purpose.choices)
+    token_hash = models.CharField(max_length=64, unique=True)
+    consortium = models.ForeignKey(Consortium, null=True, blank=True, on_delete=models.CASCADE)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+
+
+class ApiToken(models.Model):
+    """A personal token for the researcher REST API (`Authorization: Bearer fpt_...`). It acts as
+    its user, with the user's roles at the time of each request; only its SHA-256 is stored."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100)
+    token_hash = models.CharField(max_length=64, unique=True)
+    prefix = models.CharField(max_length=16)  # the first characters, to recognise a token in a list
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    @property
+    def state(self) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        return "expired" if self.expires_at is not None and self.expires_at <= timezone.now() else "active"

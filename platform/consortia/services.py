@@ -32,10 +32,11 @@ def consortium_create(*, name: str, description: str = "", actor: str = "system"
 
 
 def hospital_create(*, consortium: Consortium, name: str, actor: str = "system",
-                    max_epsilon: float | None = None, allowed_models: list | None = None) -> Hospital:
+                    max_epsilon: float | None = None, allowed_models: list | None = None,
+                    max_rounds: int | None = None) -> Hospital:
     with transaction.atomic():
         h = Hospital.objects.create(consortium=consortium, name=name, max_epsilon=max_epsilon,
-                                    allowed_models=allowed_models or [])
+                                    allowed_models=allowed_models or [], max_rounds=max_rounds)
         audit_record(action="hospital.created", actor=actor, obj=h, consortium_id=consortium.pk,
                      hospital_id=h.pk, data={"name": name})
     return h
@@ -90,6 +91,37 @@ def enrolment_token_create(*, hospital: Hospital, user=None, ttl_hours: int = 72
     return et, token
 
 
+def enrolment_token_revoke(*, token: EnrolmentToken, actor: str) -> bool:
+    """Revoke one unused enrolment token (False when it was already used, revoked or expired)."""
+    now = timezone.now()
+    with transaction.atomic():
+        updated = EnrolmentToken.objects.filter(pk=token.pk, used_at__isnull=True, revoked_at__isnull=True,
+                                                expires_at__gt=now).update(revoked_at=now)
+        if updated:
+            audit_record(action="enrolment_token.revoked", actor=actor, obj=token,
+                         consortium_id=token.hospital.consortium_id, hospital_id=token.hospital_id, data={})
+    return bool(updated)
+
+
+HOSPITAL_LIMIT_FIELDS = ("max_epsilon", "allowed_models", "max_rounds")
+
+
+def hospital_limits_update(*, hospital: Hospital, max_epsilon: float | None, allowed_models: list[str],
+                           max_rounds: int | None, actor: str) -> Hospital:
+    """Declare the hospital's own limits in the portal (hospital.limits_changed, before and after).
+    The node enforces its own node.toml [limits] whatever is declared here."""
+    with transaction.atomic():
+        h = Hospital.objects.select_for_update().get(pk=hospital.pk)
+        before = {f: getattr(h, f) for f in HOSPITAL_LIMIT_FIELDS}
+        h.max_epsilon, h.allowed_models, h.max_rounds = max_epsilon, list(allowed_models), max_rounds
+        after = {f: getattr(h, f) for f in HOSPITAL_LIMIT_FIELDS}
+        if after != before:
+            h.save(update_fields=list(HOSPITAL_LIMIT_FIELDS))
+            audit_record(action="hospital.limits_changed", actor=actor, obj=h, consortium_id=h.consortium_id,
+                         hospital_id=h.pk, data={"before": before, "after": after})
+    return h
+
+
 def node_enrol(*, enrolment_token: str, public_key: str, node_version: str) -> tuple[Hospital, str]:
     """Bind a node to its hospital: consume the one-time token, store the node's public key and
     the hash of a fresh node API token. Returns the clear node token (shown once).
@@ -124,12 +156,16 @@ def _node_enrol(*, enrolment_token: str, public_key: str, node_version: str) -> 
         if et is None:
             raise EnrolmentError("unknown enrolment token: ask your consortium admin for a new one in the portal "
                                  "(Hospitals page)")
+        if et.revoked_at is not None:
+            raise EnrolmentError("this enrolment token was revoked in the portal; ask your consortium admin for a "
+                                 "new one")
         if et.used_at is not None:
             raise EnrolmentError("this enrolment token was already used; each token enrols one node once — "
                                  "create a new one in the portal")
         if et.expires_at < now:
             raise EnrolmentError("this enrolment token has expired; create a new one in the portal")
-        updated = EnrolmentToken.objects.filter(pk=et.pk, used_at__isnull=True).update(used_at=now)
+        updated = EnrolmentToken.objects.filter(pk=et.pk, used_at__isnull=True, revoked_at__isnull=True) \
+            .update(used_at=now)
         if not updated:
             raise EnrolmentError("this enrolment token was already used")
         h = et.hospital
@@ -152,9 +188,10 @@ def node_revoke(*, hospital: Hospital, actor: str) -> list[str]:
     now = timezone.now()
     with transaction.atomic():
         Hospital.objects.filter(pk=hospital.pk).update(revoked_at=now, token_hash="")
-        unused = EnrolmentToken.objects.filter(hospital=hospital, used_at__isnull=True, expires_at__gt=now)
+        unused = EnrolmentToken.objects.filter(hospital=hospital, used_at__isnull=True, revoked_at__isnull=True,
+                                               expires_at__gt=now)
         token_ids = list(unused.values_list("pk", flat=True))
-        unused.update(expires_at=now)
+        unused.update(revoked_at=now)
         audit_record(action="node.revoked", actor=actor, obj=hospital, consortium_id=hospital.consortium_id,
                      hospital_id=hospital.pk, data={"enrolment_tokens_revoked": token_ids})
         notes = [f"{len(token_ids)} unused enrolment token(s) revoked."] if token_ids else []

@@ -9,6 +9,7 @@ import re
 from django import forms
 
 from consortia.models import Consortium, Hospital
+from consortia.selectors import limits_summary, study_limit_conflicts
 from fedproto.codec import CODECS, get_codec
 from fedproto.errors import SpecError
 from fedproto.privacy import MAX_CLIP_NORM, MAX_DELTA, MAX_EPSILON
@@ -125,8 +126,9 @@ class StudyForm(forms.Form):
         self.fields["consortium"].queryset = consortia
         self.fields["hospitals"].queryset = (Hospital.objects.filter(consortium__in=consortia, revoked_at__isnull=True)
                                              .select_related("consortium").order_by("consortium__name", "name"))
+        many = consortia.count() > 1
         self.fields["hospitals"].label_from_instance = (
-            lambda h: h.name if consortia.count() == 1 else f"{h.name} ({h.consortium.name})")
+            lambda h: (f"{h.name} ({h.consortium.name})" if many else h.name) + f" — {limits_summary(h)}")
         self.presets = encryption_presets()
         self.fields["encryption_preset"].choices = [(k, label) for k, label, _ in self.presets]
 
@@ -160,6 +162,13 @@ class StudyForm(forms.Form):
             foreign = [h.name for h in hospitals if h.consortium_id != consortium.pk]
             if foreign:
                 errors["hospitals"] = f"{', '.join(foreign)} not in consortium {consortium.name}"
+            if not foreign and "model_spec" in d and all(d.get(k) is not None for k in ("epsilon", "delta", "rounds")):
+                conflicts = study_limit_conflicts(hospitals, epsilon=d["epsilon"], delta=d["delta"], rounds=d["rounds"],
+                                                  model_type=d["model_spec"]["type"])
+                if conflicts:
+                    errors["hospitals"] = ("these hospitals would refuse this study (their nodes decline what exceeds "
+                                           "their limits): " + " | ".join(conflicts)
+                                           + ". Change the study, or leave those hospitals out.")
             if d.get("quorum") and d["quorum"] > len(hospitals):
                 errors["quorum"] = f"the quorum ({d['quorum']}) cannot exceed the number of invited hospitals ({len(hospitals)})"
         for k, v in errors.items():
@@ -171,6 +180,7 @@ class HospitalForm(forms.Form):
     consortium = forms.ModelChoiceField(queryset=Consortium.objects.none(), empty_label=None)
     name = forms.CharField(max_length=200)
     max_epsilon = forms.FloatField(required=False, min_value=1e-6, max_value=MAX_EPSILON, label="Max ε (hospital's own cap)")
+    max_rounds = forms.IntegerField(required=False, min_value=1, max_value=MAX_ROUNDS, label="Max rounds per study")
     allowed_models = forms.MultipleChoiceField(required=False, choices=[(k, k) for k in MODEL_TYPES],
                                                widget=forms.CheckboxSelectMultiple,
                                                help_text="None ticked: any model type from the registry.")

@@ -13,6 +13,10 @@ Rules:
 - The final model is for the study's researchers, admins, auditors and the hospitals that approved
   the study (a hospital that declined does not get it).
 - Auditors read; they never change state. Superusers hold every role everywhere.
+- Consortium admins manage people (invite, change and remove roles) and hospitals; a hospital's
+  limits are declared by the consortium admin or that hospital's own admins.
+- Every member may hold personal API tokens: a token acts with its user's roles at each request.
+- Menus show exactly what these rules let the user open (``menu_for``).
 """
 
 from __future__ import annotations
@@ -78,6 +82,58 @@ def consortium_for_new_study(user, consortium_id: int) -> Consortium:
 def admin_hospital_ids(user) -> set[int]:
     """Hospitals the user administers as a hospital admin."""
     return set(Membership.objects.filter(user=user, role=Role.HOSPITAL_ADMIN).values_list("hospital_id", flat=True))
+
+
+def first_run_open() -> bool:
+    """A fresh install: no consortium has an admin yet, so the first-run page may create one."""
+    return not Membership.objects.filter(role=Role.CONSORTIUM_ADMIN).exists()
+
+
+def people_consortia(user) -> QuerySet[Consortium]:
+    """Consortia whose members the user manages (consortium admins)."""
+    return consortia_with_role(user, {Role.CONSORTIUM_ADMIN})
+
+
+def membership_for_admin(user, membership_id: int) -> Membership:
+    """A membership the user may change or remove: 404 outside their consortia, 403 for a member
+    who is not that consortium's admin."""
+    m = Membership.objects.select_related("user", "consortium", "hospital").filter(pk=membership_id).first()
+    if m is None or not roles_in(user, m.consortium_id):
+        raise Http404("no such member")
+    if Role.CONSORTIUM_ADMIN not in roles_in(user, m.consortium_id):
+        raise PermissionDenied("only consortium admins change roles")
+    return m
+
+
+def consortium_for_people(user, consortium_id: int) -> Consortium:
+    """A consortium whose people the user manages: 404 for non-members, 403 for other roles."""
+    c = Consortium.objects.filter(pk=consortium_id).first()
+    roles = roles_in(user, consortium_id) if c is not None else set()
+    if not roles:
+        raise Http404("no such consortium")
+    if Role.CONSORTIUM_ADMIN not in roles:
+        raise PermissionDenied("only consortium admins invite people and change roles")
+    return c
+
+
+@dataclass(frozen=True)
+class Menu:
+    """The links the header shows a user: each one opens without a 403 for them."""
+
+    new_study: bool
+    hospitals: bool
+    inbox: bool
+    audit: bool
+    people: bool
+    api_tokens: bool
+
+
+def menu_for(user) -> Menu:
+    if not getattr(user, "is_authenticated", False):
+        return Menu(False, False, False, False, False, False)
+    roles = roles_anywhere(user)
+    return Menu(new_study=bool(roles & MANAGE_STUDY_ROLES), hospitals=bool(roles), inbox=Role.HOSPITAL_ADMIN in roles,
+                audit=bool(roles & AUDIT_ROLES), people=Role.CONSORTIUM_ADMIN in roles, api_tokens=bool(roles))
 
 
 # ---------------------------------------------------------------- studies
@@ -206,6 +262,12 @@ def hospital_for_admin_page(user, hospital_id: int) -> tuple[Hospital, bool]:
     if roles == {Role.HOSPITAL_ADMIN}:
         raise Http404
     raise PermissionDenied("only the consortium admin and this hospital's admins can open this page")
+
+
+def can_edit_limits(user, hospital: Hospital) -> bool:
+    """The consortium admin and the hospital's own admins declare its limits in the portal."""
+    return (Role.CONSORTIUM_ADMIN in roles_in(user, hospital.consortium_id) or user.is_superuser
+            or hospital.pk in admin_hospital_ids(user))
 
 
 def inbox_hospital_ids(user) -> set[int]:

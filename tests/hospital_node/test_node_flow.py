@@ -288,11 +288,22 @@ def test_a_missing_data_file_is_refused_without_its_path(node, study):
     assert str(path) not in call[3] and path.name not in call[3]
 
 
-def test_an_unexpected_local_failure_is_reported_without_its_message(node, study, caplog):
+def test_a_data_file_that_is_not_utf8_is_a_data_error_without_its_bytes(node, study, caplog):
     path = node.cfg.data_csv
-    path.write_bytes(path.read_bytes().replace(b"\n", b"\n\xff\xfe", 1))  # not UTF-8: not a DataError
+    path.write_bytes(path.read_bytes().replace(b"\n", b"\n\xff\xfe", 1))
     assert node.handle_safely(_train_item(study, 52, 1))
     (call,) = node.client.named("refuse")
-    assert call[1:3] == (52, "node_error") and "UnicodeDecodeError" in call[3]
-    assert "0xff" not in call[3] and "position" not in call[3]  # the exception's text may quote local bytes or paths
+    assert call[1:3] == (52, "data_error") and call[3] == "the node's data file is not UTF-8 text"
+    assert str(path) in caplog.text  # the path stays in the node's log
+
+
+def test_an_unexpected_local_failure_is_reported_without_its_message(node, study, caplog, monkeypatch):
+    def broken(*_a, **_k):
+        raise RuntimeError(f"cannot map {node.cfg.data_csv} at byte 0xff")  # its text quotes a local path
+
+    monkeypatch.setattr("hospital_node.context.load_study_data", broken)
+    assert node.handle_safely(_train_item(study, 52, 1))
+    (call,) = node.client.named("refuse")
+    assert call[1:3] == (52, "node_error") and "RuntimeError" in call[3]
+    assert "0xff" not in call[3] and str(node.cfg.data_csv) not in call[3]
     assert "0xff" in caplog.text  # ...and stays in the node's log

@@ -56,7 +56,7 @@ def test_get_matrix(world, client, path):
 
 POST_MATRIX = {
     # state-changing endpoints; 302 = allowed (redirect after the service call)
-    "/hospitals/{h1}/token/":         [200, 403, 403, 403, 404, 404, 404],
+    "/hospitals/{h1}/token/":         [302, 403, 403, 403, 404, 404, 404],   # redirect to the page showing it once
     "/hospitals/{h3}/revoke/":        [404, 404, 404, 404, 404, 403, 403],   # a hospital admin reads, never revokes
     "/studies/{s1}/pause/":           [302, 302, 403, 403, 404, 404, 404],   # allowed, but a recruiting study cannot pause
     "/studies/{s3}/cancel/":          [404, 404, 404, 404, 404, 302, 403],   # outsider owns the South consortium study
@@ -152,16 +152,59 @@ def test_study_actions_for_managers(world, client):
 
 
 def test_enrolment_token_shown_once_with_commands(world, client):
+    """POST-redirect-GET: the POST mints one token and redirects; the page shows it once; reloading
+    it shows it no more and mints nothing; a direct GET of the URL is no blank 405."""
+    import re
+
     client.force_login(world.users["cadmin"])
     r = client.post(f"/hospitals/{world.h1.pk}/token/")
-    html = r.content.decode()
-    assert r.status_code == 200 and r["Cache-Control"] == "no-store"
-    import re
+    assert r.status_code == 302 and "reveal=" in r["Location"]
+    assert world.h1.enrolment_tokens.count() == 1
+    page = client.get(r["Location"])
+    html = page.content.decode()
+    assert page.status_code == 200 and page["Cache-Control"] == "no-store"
     tok = re.search(r'id="enrol-token">([^<]+)<', html).group(1)
     assert f"python -m hospital_node enrol --config node.toml --token {tok}" in html
     assert "python -m hospital_node run --config node.toml" in html
     assert "[limits]" in html and "credentials_file" in html
+    again = client.get(r["Location"], follow=True)
+    assert tok not in again.content.decode() and "shown once" in again.content.decode()
+    assert world.h1.enrolment_tokens.count() == 1   # the reload minted nothing
     assert tok not in client.get(f"/hospitals/{world.h1.pk}/").content.decode()
+    direct = client.get(f"/hospitals/{world.h1.pk}/token/", follow=True)
+    assert direct.status_code == 200 and "Create an enrolment token" in direct.content.decode()
+    # The session never holds the token in the clear.
+    from django.contrib.sessions.models import Session
+
+    assert not any(tok in str(s.get_decoded()) for s in Session.objects.all())
+
+
+def test_unused_enrolment_tokens_are_listed_and_revoked(world, client):
+    from consortia.services import enrolment_token_create, node_enrol
+
+    client.force_login(world.users["cadmin"])
+    t1, clear1 = enrolment_token_create(hospital=world.h1)
+    t2, clear2 = enrolment_token_create(hospital=world.h1)
+    html = client.get(f"/hospitals/{world.h1.pk}/").content.decode()
+    assert "2 unused" in html and html.count("tok-unused") == 2
+    r = client.post(f"/hospitals/{world.h1.pk}/tokens/{t1.pk}/revoke/")
+    assert r.status_code == 302
+    t1.refresh_from_db()
+    assert t1.state == "revoked"
+    import pytest as _pytest
+
+    from consortia.services import EnrolmentError
+
+    with _pytest.raises(EnrolmentError, match="revoked"):
+        node_enrol(enrolment_token=clear1, public_key="A" * 43 + "=", node_version="t")
+    # Another consortium's admin cannot revoke it (404), a hospital admin neither (403).
+    client.force_login(world.users["outsider"])
+    assert client.post(f"/hospitals/{world.h1.pk}/tokens/{t2.pk}/revoke/").status_code == 404
+    t2.refresh_from_db()
+    assert t2.state == "unused"
+    from audit.models import AuditEvent
+
+    assert AuditEvent.objects.filter(action="enrolment_token.revoked", object_id=str(t1.pk)).count() == 1
 
 
 def test_django_admin_for_staff_consortium_admin(world, client):

@@ -37,8 +37,10 @@ def test_create_draft_from_json_schema(world, client):
 
 def test_create_from_csv_header(world, client):
     client.force_login(world.users["cadmin"])
+    # Beta only: Alpha allows logistic regression only (the form would refuse to invite it for an MLP).
     r = client.post("/studies/new/", form_data(world, name="CSV study", schema_text="age,bmi,sbp,outcome",
-                                               model_type="mlp_classifier", hidden="8,4", quorum=1))
+                                               model_type="mlp_classifier", hidden="8,4", quorum=1,
+                                               hospitals=[world.h2.pk]))
     assert r.status_code == 302
     s = Study.objects.get(name="CSV study")
     assert [f["name"] for f in s.schema["features"]] == ["age", "bmi", "sbp"] and s.schema["label"]["name"] == "outcome"

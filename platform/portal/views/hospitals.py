@@ -10,17 +10,21 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.shortcuts import redirect, render
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from audit.services import actor_label
 from consortia import services as consortia_services
-from consortia.models import Hospital
+from consortia.models import EnrolmentToken, Hospital
+from consortia.selectors import limits_summary, node_reported_limits
 from studies import access
 from studies.models import Participation, Study
 
+from .. import reveal
 from ..forms import HospitalForm
+from ..people_forms import HospitalLimitsForm
 
 Role = access.Role
 
@@ -44,7 +48,7 @@ def hospitals(request):
     user = request.user
     admin_of = access.consortia_with_role(user, {Role.CONSORTIUM_ADMIN})
     if not access.member_consortia(user).exists():
-        raise PermissionDenied("you are not a member of any consortium")
+        raise PermissionDenied("you are not a member of any consortium yet: ask a consortium admin to invite you")
     form = HospitalForm(request.POST or None, consortia=admin_of)
     if request.method == "POST":
         if not admin_of.exists():
@@ -53,10 +57,12 @@ def hospitals(request):
             d = form.cleaned_data
             h = consortia_services.hospital_create(consortium=d["consortium"], name=d["name"],
                                                    actor=actor_label(user=user), max_epsilon=d["max_epsilon"],
-                                                   allowed_models=list(d["allowed_models"]))
+                                                   allowed_models=list(d["allowed_models"]),
+                                                   max_rounds=d["max_rounds"])
             messages.success(request, f"Hospital {h.name} created. Create an enrolment token for its node below.")
             return redirect("portal:hospital", hospital_id=h.pk)
-    rows = [{"h": h, "state": node_state(h)} for h in access.visible_hospitals(user).select_related("consortium")]
+    rows = [{"h": h, "state": node_state(h), "limits": limits_summary(h)}
+            for h in access.visible_hospitals(user).select_related("consortium")]
     return render(request, "portal/hospitals.html", {"rows": rows, "form": form, "can_create": admin_of.exists()},
                   status=422 if request.method == "POST" else 200)
 
@@ -79,7 +85,7 @@ def _node_toml_example(request, h: Hospital) -> str:
         "max_delta = 1e-5\n"
         f"allowed_models = {json.dumps(models)}\n"
         "auto_approve = false                    # approve each study in the portal\n"
-        "max_rounds = 100\n")
+        f"max_rounds = {h.max_rounds or 100}\n")
 
 
 @login_required
@@ -89,27 +95,103 @@ def hospital_detail(request, hospital_id: int):
     return _render_hospital(request, h, manage)
 
 
-def _render_hospital(request, h, manage, token: str = "", status: int = 200):
+def node_limits(h: Hospital) -> dict | None:
+    """The limits the node reports in its heartbeats (its node.toml [limits]), if it does."""
+    return node_reported_limits(h) or None
+
+
+def limit_differences(h: Hospital) -> list[str]:
+    """Where what is declared in the portal and what the node enforces differ (the node wins)."""
+    node = node_limits(h)
+    if node is None:
+        return []
+    out = []
+    ne, nr, nm = node.get("max_epsilon"), node.get("max_rounds"), node.get("allowed_models")
+    if h.max_epsilon is not None and isinstance(ne, (int, float)) and ne != h.max_epsilon:
+        out.append(f"max ε: {h.max_epsilon:g} declared here, {ne:g} on the node")
+    if h.max_rounds is not None and isinstance(nr, int) and nr != h.max_rounds:
+        out.append(f"max rounds: {h.max_rounds} declared here, {nr} on the node")
+    if h.allowed_models and isinstance(nm, list) and set(nm) != set(h.allowed_models):
+        out.append(f"models: {', '.join(h.allowed_models)} declared here, {', '.join(map(str, nm))} on the node")
+    return out
+
+
+def _render_hospital(request, h, manage, token: str = "", status: int = 200, limits_form=None):
     parts = Participation.objects.filter(hospital=h).select_related("study").order_by("-study__created_at")
     if not manage:
         parts = parts.exclude(study__status=Study.Status.DRAFT)   # drafts are not sent to hospitals yet
     parts = parts[:50]
-    return render(request, "portal/hospital.html", {
+    can_edit = access.can_edit_limits(request.user, h)
+    if can_edit and limits_form is None:
+        limits_form = HospitalLimitsForm(initial={"max_epsilon": h.max_epsilon, "max_rounds": h.max_rounds,
+                                                  "allowed_models": h.allowed_models})
+    tokens = list(h.enrolment_tokens.order_by("-created_at")[:20]) if manage else []
+    resp = render(request, "portal/hospital.html", {
         "h": h, "manage": manage, "state": node_state(h), "token": token, "parts": parts,
         "node_toml": _node_toml_example(request, h) if token else "",
-        "tokens": h.enrolment_tokens.order_by("-created_at")[:10] if manage else []}, status=status)
+        "tokens": tokens, "unused_tokens": [t for t in tokens if t.state == "unused"],
+        "limits_form": limits_form if can_edit else None, "node_limits": node_limits(h),
+        "limit_differences": limit_differences(h)}, status=status)
+    if token:
+        resp["Cache-Control"] = "no-store"   # the token is shown once; never cache the page holding it
+    return resp
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def hospital_token(request, hospital_id: int):
+    """POST: create a one-time enrolment token, then redirect to GET, which shows it once
+    (POST-redirect-GET: reloading shows it no more and mints nothing). A GET without a token
+    waiting goes back to the hospital's page."""
+    h, manage = access.hospital_for_admin_page(request.user, hospital_id)
+    if not manage:
+        raise PermissionDenied("only consortium admins create enrolment tokens")
+    if request.method == "POST":
+        _, token = consortia_services.enrolment_token_create(hospital=h, user=request.user)
+        key = reveal.stash(request, f"enrolment:{h.pk}", token)
+        return redirect(reverse("portal:hospital_token", args=[h.pk]) + f"?reveal={key}")
+    token = reveal.take(request, f"enrolment:{h.pk}", request.GET.get("reveal", ""))
+    if token is None:
+        if request.GET.get("reveal"):
+            messages.info(request, "That enrolment token was shown once and is not shown again (the platform keeps "
+                                   "only its hash). If it was not copied, revoke it below and create a new one.")
+        else:
+            messages.info(request, "Create an enrolment token with the button below.")
+        return redirect("portal:hospital", hospital_id=h.pk)
+    return _render_hospital(request, h, manage, token=token)
 
 
 @login_required
 @require_POST
-def hospital_token(request, hospital_id: int):
+def hospital_token_revoke(request, hospital_id: int, token_id: int):
     h, manage = access.hospital_for_admin_page(request.user, hospital_id)
     if not manage:
-        raise PermissionDenied("only consortium admins create enrolment tokens")
-    _, token = consortia_services.enrolment_token_create(hospital=h, user=request.user)
-    resp = _render_hospital(request, h, manage, token=token)
-    resp["Cache-Control"] = "no-store"   # the token is shown once; never cache the page holding it
-    return resp
+        raise PermissionDenied("only consortium admins revoke enrolment tokens")
+    t = get_object_or_404(EnrolmentToken, pk=token_id, hospital=h)
+    if consortia_services.enrolment_token_revoke(token=t, actor=actor_label(user=request.user)):
+        messages.success(request, f"Enrolment token created {t.created_at:%Y-%m-%d %H:%M} revoked: it can no longer "
+                                  "enrol a node.")
+    else:
+        messages.info(request, f"That token was already {t.state}: nothing to revoke.")
+    return redirect("portal:hospital", hospital_id=h.pk)
+
+
+@login_required
+@require_POST
+def hospital_limits(request, hospital_id: int):
+    h, manage = access.hospital_for_admin_page(request.user, hospital_id)
+    if not access.can_edit_limits(request.user, h):
+        raise PermissionDenied("only the consortium admin and this hospital's admins declare its limits")
+    form = HospitalLimitsForm(request.POST)
+    if not form.is_valid():
+        return _render_hospital(request, h, manage, status=422, limits_form=form)
+    d = form.cleaned_data
+    consortia_services.hospital_limits_update(hospital=h, max_epsilon=d["max_epsilon"], max_rounds=d["max_rounds"],
+                                              allowed_models=list(d["allowed_models"]),
+                                              actor=actor_label(user=request.user))
+    messages.success(request, f"Limits of {h.name} saved. New studies are checked against them; the node still "
+                              "enforces its own node.toml [limits].")
+    return redirect("portal:hospital", hospital_id=h.pk)
 
 
 @login_required

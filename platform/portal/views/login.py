@@ -9,6 +9,8 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
+from studies import access
+
 from ..auth import attempt_login
 
 
@@ -25,8 +27,9 @@ def login_view(request):
             login(request, user)
             return redirect(nxt or settings.LOGIN_REDIRECT_URL)
         status = 429 if "locked" in error else 200
-    return render(request, "portal/login.html", {"error": error, "next": nxt,
-                                                 "username": request.POST.get("username", "")}, status=status)
+    return render(request, "portal/login.html", {"error": error, "next": nxt, "first_run": access.first_run_open(),
+                                                 "username": request.POST.get("username", request.GET.get("username", ""))[:150]},
+                  status=status)
 
 
 @require_POST

@@ -20,7 +20,7 @@ from audit.services import actor_label
 from fedproto.codec import get_codec
 from fedproto.errors import SpecError
 from fedproto.study import MAX_BATCH_SIZE, MAX_LOCAL_EPOCHS, MAX_ROUNDS, Privacy
-from studies import access, selectors, services
+from studies import access, results, selectors, services
 from studies.models import Participation, PrivacySpend, Round, RoundReport, Study, TrainingJob
 
 from .. import charts, noise_preview
@@ -273,3 +273,17 @@ def model_card(request, study_id: int):
         return HttpResponse(text, content_type="text/markdown; charset=utf-8", headers={
             "Content-Disposition": f'attachment; filename="study_{scope.study.pk}_model_card.md"'})
     return render(request, "portal/model_card.html", ctx)
+
+
+@login_required
+@require_GET
+def study_results(request, study_id: int, fmt: str):
+    """The study's results (round reports) as CSV or JSON, as this viewer may see them."""
+    scope = access.study_scope(request.user, study_id)
+    name = f"study-{scope.study.pk}-results.{fmt}"
+    if fmt == "csv":
+        resp = HttpResponse(results.results_csv(scope), content_type="text/csv; charset=utf-8")
+    else:
+        resp = HttpResponse(json.dumps(results.results_json(scope), indent=1), content_type="application/json")
+    resp["Content-Disposition"] = f'attachment; filename="{name}"'
+    return resp

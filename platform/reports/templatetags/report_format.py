@@ -5,6 +5,8 @@ from __future__ import annotations
 from django import template
 from django.utils.safestring import mark_safe
 
+from consortia.people import actor_display, display_name
+
 register = template.Library()
 
 
@@ -43,11 +45,12 @@ def css_string(value) -> str:
 
 @register.filter
 def actor(value) -> str:
-    """'user:3:alice' -> 'alice (user #3)', 'node:5:Hospital B' -> 'Hospital B (node)'; others unchanged."""
-    kind, _, rest = str(value or "").partition(":")
-    ident, _, name = rest.partition(":")
-    if kind == "user" and ident.isdigit() and name:
-        return f"{name} (user #{ident})"
-    if kind == "node" and ident.isdigit() and name:
-        return f"{name} (node)"
-    return str(value or "—")
+    """'user:3:alice' -> the person's display name ('Alice Martin'), 'node:5:Hospital B' -> 'Hospital B (node)';
+    others unchanged (consortia.people.actor_display)."""
+    return actor_display(str(value)) if value else "—"
+
+
+@register.filter
+def person(user) -> str:
+    """A user as shown: full name, else username."""
+    return display_name(user)

@@ -12,8 +12,9 @@ from rest_framework.views import APIView
 
 from audit.services import actor_label
 from consortia.models import Hospital
+from consortia.selectors import study_limit_conflicts
 
-from .. import access, selectors, services
+from .. import access, results, selectors, services
 from . import schemas as S
 from .errors import error
 
@@ -67,6 +68,15 @@ class StudyListView(APIView):
         hospitals = list(Hospital.objects.filter(pk__in=d["hospital_ids"], consortium=consortium))
         if len(hospitals) != len(set(d["hospital_ids"])):
             return error("hospital_ids must all be hospitals of this consortium", "invalid", 422)
+        privacy, model = d["privacy"], d["model"]
+        if isinstance(privacy, dict) and isinstance(model, dict) and isinstance(model.get("type"), str) \
+                and all(isinstance(privacy.get(k, 0.0), (int, float)) for k in ("epsilon", "delta")):
+            conflicts = study_limit_conflicts(hospitals, epsilon=float(privacy.get("epsilon", 0.0)),
+                                              delta=float(privacy.get("delta", 0.0)), rounds=d["rounds"],
+                                              model_type=model["type"])
+            if conflicts:
+                return error("these hospitals would refuse this study (their nodes decline what exceeds their "
+                             "limits): " + " | ".join(conflicts), "exceeds_hospital_limits", 422)
         study = services.study_create(
             consortium=consortium, name=d["name"], purpose=d["purpose"], hospitals=hospitals, schema=d["schema"],
             model_spec=d["model"], rounds=d["rounds"], local_epochs=d["local_epochs"], batch_size=d["batch_size"],
@@ -127,3 +137,10 @@ class FinalModelDownloadView(APIView):
                             filename=f"study_{study.pk}_model.safetensors", content_type="application/octet-stream")
         resp["X-Model-SHA256"] = fm.sha256
         return resp
+
+
+class StudyResultsView(APIView):
+    @S.user_op(response=S.STUDY_RESULTS, summary="The study's results: one row per round report (metrics, ε spent)",
+               operation_id="studies_results")
+    def get(self, request, study_id: int):
+        return Response(results.results_json(access.study_scope(request.user, study_id)))

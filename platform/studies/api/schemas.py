@@ -120,3 +120,10 @@ POISON_REPORT_REQUEST = inline_serializer("PoisonReportRequest", {
 POISON_REPORT_RESPONSE = inline_serializer("PoisonReportResponse", {
     "round": serializers.IntegerField(), "status": serializers.CharField(),
     "aggregate_sha256": serializers.CharField()})
+STUDY_RESULTS = inline_serializer("StudyResults", {
+    "study": serializers.DictField(help_text="id, name, status, rounds, epsilon, delta, model"),
+    "final_model_sha256": serializers.CharField(allow_null=True),
+    "columns": serializers.ListField(child=serializers.CharField(),
+                                     help_text="round, attempt, hospital, n_test, epsilon_spent, metric.<name>..., "
+                                               "model_sha256, reported_at"),
+    "rows": serializers.ListField(child=serializers.DictField(), help_text="one per round report, keyed by column")})

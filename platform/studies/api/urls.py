@@ -26,5 +26,6 @@ researcher_urls = [
     path("studies/", researcher.StudyListView.as_view()),
     path("studies/<int:study_id>/", researcher.StudyDetailView.as_view()),
     path("studies/<int:study_id>/model", researcher.FinalModelDownloadView.as_view()),
+    path("studies/<int:study_id>/results", researcher.StudyResultsView.as_view()),
     path("studies/<int:study_id>/<str:action>", researcher.StudyActionView.as_view()),
 ]

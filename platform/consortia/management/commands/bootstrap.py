@@ -5,9 +5,10 @@
 The password is asked twice on the terminal, or read from the first line of --password-file (a
 secret mounted by an orchestrator, say); never from the command line, where other users of the
 machine and the shell history would see it. The admin gets a consortium-admin membership and is a
-Django superuser: on a fresh install /admin/ is the only place to add the next users and grant their
-roles. Everything happens in one transaction, with the audit events written by consortia.services;
-an existing consortium or username is refused and nothing is changed.
+Django superuser; the next people are invited on the portal's People page (the portal's first-run
+page, /setup/, does the same as this command from a browser). Everything happens in one
+transaction, with the audit events written by consortia.services; an existing consortium or
+username is refused and nothing is changed.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class Command(BaseCommand):
                                "name, or sign in to the portal as its admin to add hospitals and users.")
         if user_model.objects.filter(username__iexact=username).exists():
             raise CommandError(f"a user named {username!r} already exists: nothing was changed. Choose another "
-                               "--admin, or grant the existing user a role in /admin/ (Memberships).")
+                               "--admin, or invite the existing user on the portal's People page.")
         password = self._password(opts["password_file"])
         try:
             validate_password(password, user=user_model(username=username, email=email))
