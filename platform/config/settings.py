@@ -276,9 +276,10 @@ WEB_DB_SLOTS = envint("FEDPLATFORM_WEB_DB_SLOTS", 16, lo=1, hi=1000)
 # Enrolment attempts per client address (DRF throttle rate: N per second/minute/hour/day).
 ENROL_RATE = envstr("FEDPLATFORM_ENROL_RATE", "30/min", pattern=r"[1-9][0-9]*/(s|sec|second|m|min|minute|h|hour|d|day)",
                     accepts="a rate like 30/min (N per s, min, hour or day)")
-# A node counts as online in the portal when its last heartbeat is at most this old (nodes beat
-# every 60 s by default).
-NODE_ONLINE_WINDOW_S = 90
+# A node counts as online when its last contact (heartbeat or work poll) is at most this old (nodes
+# beat every 60 s by default): the portal shows it, a round does not wait for an offline node once
+# its quorum is in, and an offline key custodian's final-model upload is asked of another key holder.
+NODE_ONLINE_WINDOW_S = envint("FEDPLATFORM_NODE_ONLINE_WINDOW_S", 90, lo=5, hi=7 * 24 * 3600)
 
 # Portal sign-in throttling (portal/auth.py): a (username, address) pair is locked for
 # LOCK_MINUTES after MAX_FAILURES failures within WINDOW_MINUTES; a username from any address

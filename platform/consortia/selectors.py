@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from .models import Membership
+from datetime import timedelta
+
+from django.conf import settings
+from django.utils import timezone
+
+from .models import Hospital, Membership
 
 Role = Membership.Role
 
@@ -14,6 +19,14 @@ def roles_in(user, consortium_id: int) -> set[str]:
     if user.is_superuser:
         return set(Role.values)
     return set(Membership.objects.filter(user=user, consortium_id=consortium_id).values_list("role", flat=True))
+
+
+def online_hospital_ids(hospital_ids) -> set[int]:
+    """Those of ``hospital_ids`` whose node was in contact (heartbeat or work poll) within
+    settings.NODE_ONLINE_WINDOW_S."""
+    since = timezone.now() - timedelta(seconds=settings.NODE_ONLINE_WINDOW_S)
+    return set(Hospital.objects.filter(pk__in=list(hospital_ids), last_heartbeat__gte=since, revoked_at__isnull=True)
+               .values_list("pk", flat=True))
 
 
 def node_reported_limits(hospital) -> dict:

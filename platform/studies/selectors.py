@@ -10,6 +10,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from consortia.models import Hospital
+from consortia.selectors import online_hospital_ids
 from fedproto import PROTOCOL_VERSION
 from fedproto.study import Privacy, StudyConfig, WorkKind
 
@@ -100,8 +101,9 @@ def _work_items(hospital: Hospital) -> list[dict]:
             key = f"evaluate:{study.pk}:{rnd.number}" + (gen if rnd.number >= study.rounds else "")
             items.append({"kind": WorkKind.EVALUATE, "key": key, "study_id": study.pk,
                           "study": study_config(study), "round": rnd.number})
-        if (custodian and study.status == Study.Status.COMPLETED and done and done[-1].pk in reported
-                and not FinalModel.objects.filter(study=study).exists() and release_block(study) is None):
+        if (study.status == Study.Status.COMPLETED and done and done[-1].pk in reported
+                and not FinalModel.objects.filter(study=study).exists() and release_block(study) is None
+                and final_model_releaser(study) == hospital.pk):
             items.append({"kind": WorkKind.UPLOAD_FINAL_MODEL, "key": f"upload_final_model:{study.pk}{gen}",
                           "study_id": study.pk, "study": study_config(study), "round": done[-1].number})
     return items
@@ -114,6 +116,25 @@ def round_contributors(rnd: Round) -> set[int]:
     if agg is not None:
         return set(agg.contributors)
     return set(TrainingJob.objects.filter(round=rnd, status=TrainingJob.Status.UPLOADED).values_list("hospital_id", flat=True))
+
+
+def final_model_releaser(study: Study) -> int | None:
+    """The hospital asked to upload a completed study's final model: its key custodian; while the
+    custodian's node is offline (no contact within NODE_ONLINE_WINDOW_S), the first other key
+    holder (by hospital id) whose node is online and that attested the final round, so a custodian
+    gone for good does not leave the study without its model. Every such holder has the key and
+    the aggregates, and the model it uploads must still have an attested SHA-256."""
+    last = Round.objects.filter(study=study, status=Round.Status.DONE).order_by("-number", "-attempt").first()
+    if study.custodian_id is None or last is None:
+        return study.custodian_id
+    if online_hospital_ids([study.custodian_id]):
+        return study.custodian_id
+    holders = (Participation.objects.filter(study=study, state=Participation.State.APPROVED, key_acked_at__isnull=False,
+                                            hospital__round_reports__round=last,
+                                            hospital__round_reports__superseded_at__isnull=True)
+               .exclude(hospital_id=study.custodian_id).values_list("hospital_id", flat=True))
+    online = online_hospital_ids(holders)
+    return min(online) if online else study.custodian_id
 
 
 def release_block(study: Study) -> dict | None:

@@ -7,7 +7,9 @@ ledgers (the nodes are stopped first, so their ledgers are at rest):
    round is UPLOADED (no accepted update lost, none counted twice), and each round number is
    done at most once;
 3. each node's ledger equals the platform's record of its privacy spend: the same jobs, the same
-   (sigma, q, steps) per job, the same cumulative epsilon, and one history entry per spent job;
+   (sigma, q, steps) per job, the same cumulative epsilon, and one history entry per job that cost
+   privacy (a retry attempt that re-sends an earlier job's update records steps 0 and names that
+   job, reuses_job: it costs nothing and adds no history entry);
 4. `manage.py audit_verify` exits 0;
 5. the platform's web server and Celery worker are still running.
 """
@@ -91,7 +93,8 @@ def _aggregates(scn: Scenario) -> list[str]:
 def _ledger_matches_platform(scn: Scenario, hid: int, *, undelivered_ok: bool) -> list[str]:
     tag = f"hospital {hid}"
     platform = {r["job_id"]: r for r in scn.q(
-        "SELECT ps.job_id, ps.epsilon, ps.noise_multiplier, ps.sample_rate, ps.steps FROM studies_privacyspend ps "
+        "SELECT ps.job_id, ps.epsilon, ps.noise_multiplier, ps.sample_rate, ps.steps, ps.reuses_job_id "
+        "FROM studies_privacyspend ps "
         "JOIN studies_trainingjob j ON j.id = ps.job_id JOIN studies_round r ON r.id = j.round_id "
         "WHERE r.study_id = %s AND j.hospital_id = %s ORDER BY ps.job_id", scn.study_id, hid)}
     path = scn.configs[hid].parent / "ledger.sqlite3"
@@ -107,9 +110,15 @@ def _ledger_matches_platform(scn: Scenario, hid: int, *, undelivered_ok: bool) -
     ledger_eps = float(study["epsilon_spent"]) if study else 0.0
     spent = {j["job_id"]: json.loads(j["spend_json"]) for j in jobs}
     problems = []
-    if len(history) != len(spent):
-        problems.append(f"{tag}: the ledger's privacy history has {len(history)} entries for {len(spent)} spent "
-                        f"job(s) {sorted(spent)} (a job counted twice?)")
+    reused = {job_id: r["reuses_job_id"] for job_id, r in platform.items() if r["reuses_job_id"] is not None}
+    for job_id, earlier in reused.items():
+        if int(platform[job_id]["steps"]) != 0 or earlier not in platform or int(platform[earlier]["steps"]) == 0:
+            problems.append(f"{tag}: job {job_id} reuses job {earlier}'s update but is not a zero-cost re-send of a "
+                            f"job that was spent ({platform[job_id]['steps']} steps)")
+    costing = sorted(j for j, s in spent.items() if int(s["steps"]) > 0)
+    if len(history) != len(costing):
+        problems.append(f"{tag}: the ledger's privacy history has {len(history)} entries for {len(costing)} "
+                        f"job(s) that cost privacy {costing} (a job counted twice?)")
     undelivered = {j["job_id"] for j in jobs if j["state"] == "spend_recorded" and j["job_id"] not in platform}
     extra = set(spent) - set(platform) - (undelivered if undelivered_ok else set())
     if extra:
@@ -129,7 +138,7 @@ def _ledger_matches_platform(scn: Scenario, hid: int, *, undelivered_ok: bool) -
             problems.append(f"{tag}: the ledger says epsilon {ledger_eps} spent, the platform's last record {last}")
         entries = sorted((round(float(s), 12), round(float(q), 12), int(n)) for s, q, n in history)
         recorded = sorted((round(float(r["noise_multiplier"]), 12), round(float(r["sample_rate"]), 12), int(r["steps"]))
-                          for r in platform.values())
+                          for r in platform.values() if int(r["steps"]) > 0)
         if entries != recorded:
             problems.append(f"{tag}: ledger history {entries} != platform spends {recorded}")
     return problems

@@ -87,11 +87,12 @@ class Scenario:
 
     # ------------------------------------------------------------------ platform processes
 
-    def start(self, *, nodes: int | None = None, **study) -> None:
+    def start(self, *, nodes: int | None = None, env: dict[str, str] | None = None, **study) -> None:
         """The platform's processes, a consortium with a study in recruitment and its hospitals'
         nodes enrolled, all started side by side (the nodes warm up while the web server starts);
         with `nodes` None every node runs and this returns once the study runs, else only the
-        first `nodes` nodes start."""
+        first `nodes` nodes start. `env`: platform settings of this scenario (FEDPLATFORM_*)."""
+        self.env.update(env or {})
         port = free_port()
         self.stack.base_url = f"http://127.0.0.1:{port}"
         setup = self._setup_process(**study)

@@ -73,3 +73,16 @@ def test_a_node_online_or_busy_training_is_waited_for(collecting, settings, seco
     services.round_try_close(round_id=rnd.pk)
     assert Round.objects.get(pk=rnd.pk).status == Round.Status.COLLECTING
     assert TrainingJob.objects.get(pk=jobs["Hospital Gone"].pk).status == TrainingJob.Status.DISPATCHED
+
+
+def test_a_node_that_received_its_job_is_waited_for_even_when_quiet(collecting, settings):
+    """Its last contact is older than the window and than the round (it fetched the job in a long
+    poll that started before the round opened), but the platform delivered the job to it."""
+    rnd, jobs, (_, _, gone) = collecting
+    settings.NODE_ONLINE_WINDOW_S = 90
+    _last_seen(gone, 600)
+    TrainingJob.objects.filter(pk=jobs["Hospital Gone"].pk).update(claimed_at=timezone.now())
+    _answer(jobs["Hospital A"])
+    _answer(jobs["Hospital B"])
+    services.round_try_close(round_id=rnd.pk)
+    assert Round.objects.get(pk=rnd.pk).status == Round.Status.COLLECTING

@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from datetime import timedelta
 
 import numpy as np
 import pytest
 from django.core.cache import cache
+from django.utils import timezone
 from nacl.public import SealedBox
 from nodeclient import encrypted_frame, enrol, run_setup
 from rest_framework.test import APIClient
 from safetensors.numpy import save as st_save
 
 from audit.models import AuditEvent
-from consortia.models import Membership
+from consortia.models import Hospital, Membership
 from consortia.services import consortium_create, enrolment_token_create, hospital_create, membership_grant, node_revoke
 from devstack.demo_data import breast_cancer_split
 from studies import services
@@ -236,3 +238,28 @@ def test_revoking_a_node_below_the_quorum_fails_the_study_with_a_clear_reason(tr
     assert "B was withdrawn" in study.status_reason and "the quorum is 2" in study.status_reason
     assert not TrainingJob.objects.filter(round__study=study, status=TrainingJob.Status.DISPATCHED).exists()
     assert b"failed: B was withdrawn" in r.content and b"keeps its copy of the key" in r.content
+
+
+def test_while_the_custodian_is_offline_another_key_holder_releases_the_final_model(trio, settings):
+    """A custodian gone for good must not leave a completed study without its model: the platform
+    asks another key holder that attested the final round; any other hospital is still refused."""
+    study, a, b, c = trio["study"], trio["a"], trio["b"], trio["c"]
+    assert c.post(f"studies/{study.pk}/decision", {"decision": "decline"}).status_code == 200
+    _train_round(trio)
+    for node in (a, b):
+        assert node.post(f"studies/{study.pk}/rounds/1/report", {"model_sha256": MODEL_SHA, "metrics": {}}).status_code == 201
+    assert [i["kind"] for i in a.work()] == ["upload_final_model"]
+    assert not [i for i in b.work() if i["kind"] == "upload_final_model"]  # the custodian is online
+    r = b.put_bytes(f"studies/{study.pk}/final-model", MODEL)
+    assert r.status_code == 403 and r.json()["code"] == "not_custodian"
+    assert _refusals(study, b.hospital, "model.release_refused").filter(data__code="not_custodian").count() == 1
+
+    settings.NODE_ONLINE_WINDOW_S = 90
+    Hospital.objects.filter(pk=a.hospital.pk).update(last_heartbeat=timezone.now() - timedelta(seconds=600))
+    (item,) = [i for i in b.work() if i["kind"] == "upload_final_model"]
+    assert item["round"] == 1
+    assert b.put_bytes(f"studies/{study.pk}/final-model", MODEL).status_code == 201
+    fm = FinalModel.objects.get(study=study)
+    assert fm.sha256 == MODEL_SHA and fm.uploaded_by_id == b.hospital.pk
+    ev = AuditEvent.objects.get(study_id=study.pk, action="model.released")
+    assert ev.data["custodian_offline"] == a.hospital.pk

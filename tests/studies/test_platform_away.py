@@ -69,3 +69,17 @@ def test_with_the_platform_up_a_passed_deadline_closes_the_round(late_round):
     services.round_try_close(round_id=rnd.pk)
     assert Round.objects.get(pk=rnd.pk).status == Round.Status.AGGREGATING
     assert not AuditEvent.objects.filter(action="round.deadline_extended").exists()
+
+
+def test_a_gap_of_a_few_reconciler_intervals_counts_as_away(late_round, settings):
+    """With the reconciler every second, a 20 s database outage (shorter than a minute) is a gap."""
+    rnd, _ = late_round
+    settings.CELERY_BEAT_SCHEDULE = {**settings.CELERY_BEAT_SCHEDULE,
+                                     "reconcile-studies": {**settings.CELERY_BEAT_SCHEDULE["reconcile-studies"],
+                                                           "schedule": 1.0}}
+    _last_beat(20)
+    services.round_try_close(round_id=rnd.pk)
+    assert Round.objects.get(pk=rnd.pk).status == Round.Status.COLLECTING
+    assert 19 < services.platform_beat() < 60
+    _last_beat(4)  # a busy worker's late run is not an outage
+    assert services.platform_beat() == 0.0

@@ -21,9 +21,12 @@ from .common import _study_audit
 
 
 def platform_gap_s() -> float:
-    """A gap between two reconciler runs longer than this counts as the platform being away."""
+    """A gap between two reconciler runs longer than this counts as the platform being away: five
+    intervals (a busy worker may delay a run or two), and at least 10 s. Short on purpose: an
+    outage shorter than the threshold could still expire a deadline that falls inside it, while a
+    busy spell mistaken for an outage only gives the open rounds a few seconds more."""
     interval = float(settings.CELERY_BEAT_SCHEDULE["reconcile-studies"]["schedule"])
-    return max(60.0, 10 * interval)
+    return max(10.0, 5 * interval)
 
 
 def platform_away(now: datetime) -> bool:

@@ -82,9 +82,11 @@ def _refuse_release_once(study: Study, hospital: Hospital, reason: str, **data) 
 
 def final_model_store(*, study: Study, hospital: Hospital, data: bytes) -> FinalModel:
     require_approved(study, hospital, "upload the final model")
-    if study.custodian_id != hospital.pk:
-        raise ServiceError("only the study's key custodian uploads the released model", code="not_custodian", status=403)
     study = Study.objects.get(pk=study.pk)  # the release resolution as committed now
+    if hospital.pk not in (study.custodian_id, selectors.final_model_releaser(study)):
+        _audit_refusal(study, "model.release_refused", hospital, "not the study's key custodian", code="not_custodian")
+        raise ServiceError("only the study's key custodian uploads the released model (or, while the custodian's node "
+                           "is offline, the key holder the platform asks)", code="not_custodian", status=403)
     last = Round.objects.filter(study=study, status=Round.Status.DONE).order_by("-number", "-attempt").first()
     if study.status != Study.Status.COMPLETED or last is None:
         raise ServiceError("the final model can be released only after the study completed", code="not_ready")
@@ -120,6 +122,7 @@ def final_model_store(*, study: Study, hospital: Hospital, data: bytes) -> Final
                                        size_bytes=len(data), uploaded_by=hospital, round_number=last.number)
         _study_audit(study, "model.released", actor_label(hospital=hospital), obj=fm, hospital_id=hospital.pk,
                      data={"sha256": sha, "bytes": len(data), "round": last.number,
+                           **({"custodian_offline": study.custodian_id} if hospital.pk != study.custodian_id else {}),
                            **({"disagreement": sorted(attested), "override_by": study.release_override_by}
                               if len(attested) > 1 else {})})
     return fm

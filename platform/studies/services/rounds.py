@@ -227,7 +227,9 @@ def round_try_close(*, round_id: int, force_deadline: bool = False, inline_aggre
         offline = set()
         if pending and not past_deadline and not force_deadline and not away:
             # Not worth waiting for: the quorum is in and every job still out belongs to a node gone offline.
-            offline = _offline_hospitals(rnd, {j.hospital_id for j in pending}, now) if len(uploaded) >= study.quorum else set()
+            # A node that received its job (claimed_at) was seen since the round opened: it is waited for.
+            unclaimed = {j.hospital_id for j in pending if j.claimed_at is None}
+            offline = _offline_hospitals(rnd, unclaimed, now) if len(uploaded) >= study.quorum else set()
             if not offline or len(offline) < len({j.hospital_id for j in pending}):
                 return False
         elif pending and not past_deadline and not force_deadline:
