@@ -16,6 +16,11 @@ _HEAD = struct.Struct(">4sI")
 _LEN = struct.Struct(">Q")
 
 
+def frame_overhead(n_parts: int) -> int:
+    """Bytes of a frame of ``n_parts`` parts that are not part bytes (its header and length prefixes)."""
+    return _HEAD.size + n_parts * _LEN.size
+
+
 def frame_part_header(length: int) -> bytes:
     """The length prefix that precedes each part inside a frame."""
     return _LEN.pack(length)

@@ -10,6 +10,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from .. import wire
 from ..errors import CodecError, SpecError
 
 
@@ -114,6 +115,25 @@ class Codec:
 
     def inspect_part(self, ctx: Any, blob: bytes) -> None:  # pragma: no cover
         raise NotImplementedError
+
+    def max_part_bytes(self) -> int:  # pragma: no cover - interface
+        """The largest ciphertext part this codec produces or accepts: the platform refuses a longer
+        one from its length prefix, before reading it."""
+        raise NotImplementedError
+
+    def part_bytes(self) -> int | None:
+        """The exact size of every part when the codec's parts all have one; None when it varies
+        (compressed serialisations)."""
+        return None
+
+    def update_size(self, enc: dict, n_params: int) -> tuple[int, int]:
+        """The smallest and the largest size in bytes of one update frame (fedproto.wire) of a model
+        with ``n_params`` parameters: equal when the parts have a fixed size (part_bytes)."""
+        n = self.n_parts(enc, n_params)
+        exact = self.part_bytes()
+        if exact is not None:
+            return wire.frame_overhead(n) + n * exact, wire.frame_overhead(n) + n * exact
+        return wire.frame_overhead(n) + n, wire.frame_overhead(n) + n * self.max_part_bytes()
 
     def accumulate(self, ctx: Any, acc: Any, upload: list[bytes], index: int) -> Any:  # pragma: no cover
         """Check upload #``index`` in full and add it to ``acc`` (None before the first upload);

@@ -347,14 +347,14 @@ class BfvPackedCodec(Codec):
         ctx = seal_context(parms)
         return BfvPlatformContext(ctx, sealapi.Evaluator(ctx), list(ctx.first_parms_id()), public_params_sha256(public))
 
-    def _max_part_bytes(self) -> int:
+    def max_part_bytes(self) -> int:
         return seal_io.SEAL_HEADER_SIZE + CT_META.size + 64 + 2 * POLY_DEGREE * len(COEFF_MODULUS) * 8 + 4096
 
     def inspect_part(self, ctx: BfvPlatformContext, blob: bytes) -> None:
         if not isinstance(blob, (bytes, bytearray, memoryview)):
             raise CodecError(f"a ciphertext part must be bytes, got {type(blob).__name__}")
-        if len(blob) > self._max_part_bytes():
-            raise CodecError(f"ciphertext part of {len(blob)} bytes exceeds the {self._max_part_bytes()} a {NAME} "
+        if len(blob) > self.max_part_bytes():
+            raise CodecError(f"ciphertext part of {len(blob)} bytes exceeds the {self.max_part_bytes()} a {NAME} "
                              "ciphertext can take")
         try:
             _, _, compr, _ = seal_io.parse_header(blob)
@@ -381,7 +381,7 @@ class BfvPackedCodec(Codec):
             try:
                 # inspect_part already ran on the request path; here SEAL's full load validates
                 # the data (coefficients < q) and we re-check what the load does not.
-                if not isinstance(blob, (bytes, bytearray, memoryview)) or len(blob) > self._max_part_bytes():
+                if not isinstance(blob, (bytes, bytearray, memoryview)) or len(blob) > self.max_part_bytes():
                     raise CodecError("not a ciphertext part (wrong type or too large)")
                 try:
                     seal_io.parse_header(blob)

@@ -251,6 +251,12 @@ class BfvPackedRawCodec(BfvPackedCodec):
         return ct
 
     # ---------------------------------------------------------------- platform side
+    def max_part_bytes(self) -> int:
+        return PART_BYTES
+
+    def part_bytes(self) -> int:
+        return PART_BYTES
+
     def inspect_part(self, ctx: BfvPlatformContext, blob: bytes) -> None:
         parse_part(blob, _pid_bytes(ctx.parms_id))
 

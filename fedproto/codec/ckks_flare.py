@@ -116,7 +116,15 @@ class CkksFlareCodec(Codec):
             raise CodecError("refused: the context holds key material; publish codec.public_params(secret)")
         return ctx
 
+    def max_part_bytes(self) -> int:
+        # One CKKS vector: a size-2 ciphertext of N coefficients per modulus, 8 bytes each (the
+        # serialisation compresses it), plus TenSEAL's framing.
+        return 2 * POLY_DEGREE * len(COEFF_BITS) * 8 + 64 * 1024
+
     def inspect_part(self, ctx, blob: bytes) -> None:
+        if len(blob) > self.max_part_bytes():
+            raise CodecError(f"ciphertext part of {len(blob)} bytes exceeds the {self.max_part_bytes()} a {NAME} "
+                             "vector can take")
         try:
             ts.ckks_vector_from(ctx, bytes(blob))
         except Exception as exc:

@@ -77,10 +77,10 @@ def test_postgres_down_longer_than_a_round_deadline(scn):
     while PostgreSQL is down for longer than the round's deadline. The platform's deadlines do not
     run while it cannot reach its database: the first reconciler run after the gap extends them
     by it (round.deadline_extended), so the late uploads are taken and no round is retried."""
-    deadline = 15
+    deadline = 10  # the platform counts a gap over 10 s (5 reconciler intervals, at least 10 s) as away
     scn.start(deadline=deadline, **SLOW_JOB)
     scn.wait_for(lambda: len(scn.in_job(2)) >= 2, 240, "two nodes to be training round 2", interval=0.005)
-    scn.pg.stop_for(deadline + 5, mode="immediate")
+    scn.pg.stop_for(deadline + 4, mode="immediate")
     scn.wait_finished()
     check_invariants(scn)
     assert [(r["number"], r["attempt"]) for r in scn.rounds()] == [(1, 1), (2, 1), (3, 1)], scn.describe([])

@@ -35,14 +35,14 @@ def test_a_second_node_process_on_one_config_exits_on_the_lock(scn):
 
 def test_key_custodian_gone_for_good(scn):
     """The key custodian's node is killed after round 1 and never comes back. Later rounds do not
-    wait for it once it is offline (no contact within FEDPLATFORM_NODE_ONLINE_WINDOW_S, 10 s here,
+    wait for it once it is offline (no contact within FEDPLATFORM_NODE_ONLINE_WINDOW_S, 5 s here,
     shorter than the deadline): round 2 may wait its whole deadline (the node may have received
     that job before it died), round 3 must not. The study completes, and since only the
     custodian used to be asked to upload the final model, another key holder now releases it."""
     deadline = 20
-    scn.start(deadline=deadline, env={"FEDPLATFORM_NODE_ONLINE_WINDOW_S": "10", "FEDPLATFORM_LONGPOLL_RECHECK_S": "1"})
+    scn.start(deadline=deadline, env={"FEDPLATFORM_NODE_ONLINE_WINDOW_S": "5", "FEDPLATFORM_LONGPOLL_RECHECK_S": "1"})
     custodian = scn.custodian()
-    scn.wait_for(lambda: scn.round_status(1) == "done", 240, "round 1 to finish")
+    scn.wait_for(lambda: scn.round_status(1) == "done", 240, "round 1 to finish", interval=0.005)
     scn.kill_node(custodian)  # never restarted
     scn.wait_for(lambda: scn.study()["status"] in ("completed", "failed", "cancelled"), 300, "the study to end")
     scn.wait_for(scn.finished, 60, "another key holder to release the final model")

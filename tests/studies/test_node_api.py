@@ -97,7 +97,9 @@ def test_upload_validation(world, eager_celery):
     enc = ckks.validate_config({"codec": "ckks-flare"})
     foreign = ckks.encrypt_update(ckks.generate_secret(enc), enc, np.zeros(study.n_params), 10, np.random.default_rng(1))
     r = a.put_bytes(f"jobs/{ja}/update", wire.pack_parts(foreign[:1]))
-    assert r.status_code == 422, r.content
+    # Larger than any update of this study's model can be: refused from its Content-Length.
+    assert r.status_code == 413 and r.json()["code"] == "too_large", r.content
+    assert "an update of this study's model" in r.json()["error"]
     # Wrong number of parts.
     good = encrypted_frame(a, study)
     parts = wire.unpack_parts(good)

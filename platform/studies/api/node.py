@@ -187,7 +187,6 @@ class WorkView(NodeView):
         if len(skip) > 1000:
             return error("skip lists at most 1000 item keys", "invalid", 422)
         deadline = time.monotonic() + wait
-        Hospital.objects.filter(pk=self.hospital.pk).update(last_heartbeat=timezone.now())
         # Recompute the items only when a state change was committed since the last look (the work
         # signal), or every NODE_LONGPOLL_RECHECK_S as a safety net; between looks the poll holds
         # no database connection and costs nothing.
@@ -195,6 +194,8 @@ class WorkView(NodeView):
         seen = worksignal.current(sig_key)
         last_full = time.monotonic()
         while True:
+            # Each look is a contact: a node waiting in a long poll is online (NODE_ONLINE_WINDOW_S).
+            Hospital.objects.filter(pk=self.hospital.pk).update(last_heartbeat=timezone.now())
             items = selectors.work_items_for(self.hospital, skip)
             if items:
                 selectors.jobs_mark_claimed([i["job_id"] for i in items if i["kind"] == WorkKind.TRAIN])

@@ -92,7 +92,7 @@ def _inspect_upload(received: storage.Received, codec, ctx, *, expected_parts: i
             raise CodecError(f"update has {n} ciphertext parts; this study's model ({n_params} parameters) "
                              f"needs exactly {expected_parts}")
         indexer = storage.ChunkIndexer(chunk_parts=int(settings.AGGREGATE_CHUNK_PARTS), offset=fh.tell())
-        for i, part in enumerate(wire.iter_frame_parts(fh, n)):
+        for i, part in enumerate(wire.iter_frame_parts(fh, n, max_part_bytes=codec.max_part_bytes())):
             try:
                 codec.inspect_part(ctx, part)
             except CodecError as exc:
@@ -133,9 +133,17 @@ def update_accept(*, job: TrainingJob, hospital: Hospital, stream: BinaryIO, con
     if content_length > settings.MAX_UPDATE_BYTES:
         _reject_update(study, job, hospital, f"update is {content_length} bytes; the limit is {settings.MAX_UPDATE_BYTES}",
                        "too_large", 413)
-    ctx_row = HEContext.objects.filter(study=study).first()
     codec = get_codec(study.encryption["codec"])
     expected_parts = codec.n_parts(study.encryption, study.n_params)
+    # The size is known from the codec and the model: a body that cannot be this update is refused
+    # from its Content-Length, before a byte of it is read.
+    smallest, largest = codec.update_size(study.encryption, study.n_params)
+    if not smallest <= content_length <= largest:
+        need = (f"exactly {smallest}" if smallest == largest else f"{smallest} to {largest}")
+        _reject_update(study, job, hospital, f"update is {content_length} bytes; an update of this study's model "
+                       f"({study.n_params} parameters, {expected_parts} {codec.name} parts) is {need} bytes",
+                       "too_large" if content_length > largest else "wrong_size", 413 if content_length > largest else 422)
+    ctx_row = HEContext.objects.filter(study=study).first()
     ctx = codec.load_params(bytes(ctx_row.public_params))
     received = storage.receive(storage.updates_dir(rnd), f".job_{job.pk}_", stream, content_length)
     try:
