@@ -1,6 +1,6 @@
 """HTTP client of the platform's node API (/api/node/). Outbound HTTPS only.
 
-401/403 -> FatalAuthError (stop, do not retry); network errors and 5xx -> TransientError
+401, and 403 but for a study-scoped refusal -> FatalAuthError (stop, do not retry); network errors and 5xx -> TransientError
 (retry with backoff); other 4xx -> ApiError carrying the platform's {"error", "code"}; a 409 where the
 caller allows it -> Conflict (the platform's code says whether it was already done or discarded).
 """
@@ -20,6 +20,10 @@ from . import NODE_VERSION
 from .errors import ApiError, FatalAuthError, TransientError
 
 log = logging.getLogger("hospital_node.client")
+
+
+# 403 codes that refuse one action in one study, not the node's credentials.
+STUDY_SCOPED_REFUSALS = frozenset({"not_approved", "not_contributor", "not_custodian"})
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,10 @@ class PlatformClient:
             self.session.close()
         if resp.status_code in (401, 403):
             code, msg = _error_body(resp)
+            if resp.status_code == 403 and code in STUDY_SCOPED_REFUSALS:
+                # The token is fine; this hospital may not do this in this study (e.g. it was excluded
+                # or withdrawn). The other studies go on: an ApiError, not a reason to stop the node.
+                raise ApiError(resp.status_code, code, msg, method, path)
             raise FatalAuthError(f"{method} {path} -> {resp.status_code} {code}: {msg}")
         if resp.status_code >= 500 or resp.status_code == 429:
             code, msg = _error_body(resp)
