@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -263,3 +265,40 @@ def test_while_the_custodian_is_offline_another_key_holder_releases_the_final_mo
     assert fm.sha256 == MODEL_SHA and fm.uploaded_by_id == b.hospital.pk
     ev = AuditEvent.objects.get(study_id=study.pk, action="model.released")
     assert ev.data["custodian_offline"] == a.hospital.pk
+
+
+class _Untouchable(io.RawIOBase):
+    def read(self, n=-1):
+        raise AssertionError("the final model's body was read")
+
+
+def test_the_final_model_upload_checks_caller_and_state_before_reading_and_streams(trio, settings, tmp_path):
+    study, a, b, c = trio["study"], trio["a"], trio["b"], trio["c"]
+    assert c.post(f"studies/{study.pk}/decision", {"decision": "decline"}).status_code == 200
+
+    def store(node, stream, length):
+        with pytest.raises(services.ServiceError) as err:
+            services.final_model_store(study=study, hospital=node.hospital, stream=stream, content_length=length)
+        return err.value
+
+    big = 400 * 1024 ** 2
+    assert store(a, _Untouchable(), big).code == "not_ready"  # the study is still running: nothing read
+    _train_round(trio)
+    for node in (a, b):
+        assert node.post(f"studies/{study.pk}/rounds/1/report", {"model_sha256": MODEL_SHA, "metrics": {}}).status_code == 201
+    assert store(b, _Untouchable(), big).code == "not_custodian"  # not the custodian: nothing read
+    assert store(c, _Untouchable(), big).code == "not_approved"
+    err = store(a, _Untouchable(), big)  # far larger than a model of this study can be
+    assert (err.code, err.status) == ("too_large", 413) and f"({study.n_params} parameters)" in str(err)
+    r = a.client.put(f"/api/node/studies/{study.pk}/final-model", data=b"", content_type="application/octet-stream",
+                     CONTENT_LENGTH=str(big))
+    assert r.status_code == 413 and r.json()["code"] == "too_large"
+    # A body shorter than its Content-Length: refused, nothing left behind.
+    err = store(a, io.BytesIO(MODEL), len(MODEL) + 10)
+    assert err.code == "truncated" and not FinalModel.objects.exists()
+    models_dir = Path(settings.MEDIA_ROOT) / "models"
+    assert not list(models_dir.glob(".*")), list(models_dir.iterdir())
+    # The attested model, streamed in small reads.
+    fm = services.final_model_store(study=study, hospital=a.hospital, stream=io.BufferedReader(io.BytesIO(MODEL), 7),
+                                    content_length=len(MODEL))
+    assert fm.sha256 == MODEL_SHA and (Path(settings.MEDIA_ROOT) / fm.path).read_bytes() == MODEL

@@ -172,7 +172,7 @@ def run_study_end_to_end():
                                          model_sha256=hashes[number], epsilon_spent=None)
     study.refresh_from_db()
     assert study.status == Study.Status.COMPLETED, (study.status, study.status_reason)
-    services.final_model_store(study=study, hospital=a, data=model)
+    services.final_model_store(study=study, hospital=a, stream=io.BytesIO(model), content_length=len(model))
     study.refresh_from_db()
     services.final_model_downloaded(study=study, actor="user:1:rita")
     return {"consortium": c, "study": study, "hospitals": {"A": a, "B": b, "C": cc, "D": d}, "hashes": hashes}

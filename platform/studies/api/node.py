@@ -122,6 +122,10 @@ class NodeView(DbSlotMixin, APIView):
     def hospital(self):
         return self.request.auth
 
+    def streamed_body(self, length: int) -> _SlotFreeBody:
+        """The request body of a view without parsers, read as a stream without a database slot."""
+        return _SlotFreeBody(self.request._request, self.request._request.db_slot, length)
+
     def my_study(self, study_id: int) -> Study:
         """A study this node participates in; 404 otherwise (no existence leak)."""
         return get_object_or_404(Study.objects.select_related("consortium"), pk=study_id,
@@ -348,8 +352,7 @@ class UpdateView(JobMixin, NodeView):
                 return error("X-Privacy-Spend must be a JSON object with the fields of POST jobs/{id}/privacy-spend",
                              "invalid", 422)
             services.privacy_spend_record(job=job, hospital=self.hospital, spend=spend)
-        body = _SlotFreeBody(request._request, request._request.db_slot, length)
-        upd = services.update_accept(job=job, hospital=self.hospital, stream=body,
+        upd = services.update_accept(job=job, hospital=self.hospital, stream=self.streamed_body(length),
                                      content_length=length if length >= 0 else None)
         return Response({"job_id": job.pk, "sha256": upd.sha256, "bytes": upd.size_bytes,
                          "privacy_spend_recorded": spend_header is not None}, status=201)

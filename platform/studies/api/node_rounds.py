@@ -102,6 +102,7 @@ class FinalModelView(NodeView):
             return error("send the model with a Content-Length header", "length_required", 411)
         if length > settings.MAX_MODEL_BYTES:
             return error(f"model is {length} bytes; the limit is {settings.MAX_MODEL_BYTES}", "too_large", 413)
-        data = request._request.read(length)
-        fm = services.final_model_store(study=study, hospital=self.hospital, data=data)
+        # The service checks the caller and the study's state before it reads a byte, then streams.
+        fm = services.final_model_store(study=study, hospital=self.hospital, stream=self.streamed_body(length),
+                                        content_length=length)
         return Response({"sha256": fm.sha256}, status=201)

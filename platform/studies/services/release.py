@@ -3,12 +3,13 @@ final model (only the attested one), and its downloads."""
 
 from __future__ import annotations
 
-import hashlib
+from pathlib import Path
+from typing import BinaryIO
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
-from safetensors import SafetensorError
-from safetensors.numpy import load as st_load
+from safetensors import safe_open
 
 from audit.models import AuditEvent
 from audit.services import actor_label
@@ -80,7 +81,16 @@ def _refuse_release_once(study: Study, hospital: Hospital, reason: str, **data) 
         _audit_refusal(study, "model.release_refused", hospital, reason, **data)
 
 
-def final_model_store(*, study: Study, hospital: Hospital, data: bytes) -> FinalModel:
+def final_model_max_bytes(study: Study) -> int:
+    """The largest final model a study's upload may be: float32 safetensors of its n_params
+    parameters (with room for float64, buffers and the header), and never over MAX_MODEL_BYTES."""
+    return min(int(settings.MAX_MODEL_BYTES), 8 * int(study.n_params or 0) + 1024 * 1024)
+
+
+def final_model_store(*, study: Study, hospital: Hospital, stream: BinaryIO, content_length: int) -> FinalModel:
+    """Check the caller and the study's state, then stream the model to storage (never whole in
+    memory), check it is the attested safetensors file, and release it. Nothing of the body is read
+    before the caller and the state are checked."""
     require_approved(study, hospital, "upload the final model")
     study = Study.objects.get(pk=study.pk)  # the release resolution as committed now
     if hospital.pk not in (study.custodian_id, selectors.final_model_releaser(study)):
@@ -90,7 +100,27 @@ def final_model_store(*, study: Study, hospital: Hospital, data: bytes) -> Final
     last = Round.objects.filter(study=study, status=Round.Status.DONE).order_by("-number", "-attempt").first()
     if study.status != Study.Status.COMPLETED or last is None:
         raise ServiceError("the final model can be released only after the study completed", code="not_ready")
-    sha = hashlib.sha256(data).hexdigest()
+    limit = final_model_max_bytes(study)
+    if content_length > limit:
+        _audit_refusal(study, "model.release_refused", hospital, "too large", code="too_large", bytes=content_length)
+        raise ServiceError(f"model is {content_length} bytes; the final model of this study ({study.n_params} parameters) "
+                           f"is at most {limit}", code="too_large", status=413)
+    path = storage.final_model_path(study)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    received = storage.receive(path.parent, f".study_{study.pk}_final_", stream, content_length)
+    try:
+        return _release_received(study, hospital, last, received, content_length, path)
+    finally:
+        if received.path.exists():
+            storage.discard(received)
+
+
+def _release_received(study: Study, hospital: Hospital, last: Round, received: storage.Received, content_length: int,
+                      path: Path) -> FinalModel:
+    if received.size != content_length:
+        raise ServiceError(f"model upload truncated: received {received.size} of {content_length} bytes",
+                           code="truncated", status=400)
+    sha = received.sha256
     attested = set(RoundReport.objects.filter(round=last, superseded_at__isnull=True).values_list("model_sha256", flat=True))
     blocked = selectors.release_block(study) is not None
     if sha not in attested or blocked:
@@ -105,8 +135,9 @@ def final_model_store(*, study: Study, hospital: Hospital, data: bytes) -> Final
                            "admin resolves it (re-run the final evaluation, or release with the disagreement on record)",
                            code="attestation_mismatch")
     try:
-        st_load(data)
-    except (SafetensorError, Exception):
+        with safe_open(str(received.path), framework="numpy") as f:
+            list(f.keys())
+    except Exception:  # noqa: BLE001 - any parse failure means: not a safetensors file
         raise ServiceError("the final model must be a safetensors file", code="invalid_model", status=422) from None
     with transaction.atomic():
         # Overlapping uploads take turns (both would write the same file, then one insert would fail).
@@ -116,12 +147,11 @@ def final_model_store(*, study: Study, hospital: Hospital, data: bytes) -> Final
             if existing.sha256 == sha:
                 return existing
             raise ServiceError("a different final model was already released", code="already_released")
-        path = storage.final_model_path(study)
-        storage.atomic_write(path, data)
+        storage.place(received, path)
         fm = FinalModel.objects.create(study=study, path=storage.relative(path), sha256=sha,
-                                       size_bytes=len(data), uploaded_by=hospital, round_number=last.number)
+                                       size_bytes=received.size, uploaded_by=hospital, round_number=last.number)
         _study_audit(study, "model.released", actor_label(hospital=hospital), obj=fm, hospital_id=hospital.pk,
-                     data={"sha256": sha, "bytes": len(data), "round": last.number,
+                     data={"sha256": sha, "bytes": received.size, "round": last.number,
                            **({"custodian_offline": study.custodian_id} if hospital.pk != study.custodian_id else {}),
                            **({"disagreement": sorted(attested), "override_by": study.release_override_by}
                               if len(attested) > 1 else {})})
