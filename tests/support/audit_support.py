@@ -159,7 +159,8 @@ def run_study_end_to_end():
                                     code="budget_exceeded")
                 continue
             if number == 1 and h is b:  # a bad upload first: rejected with its reason, then the good one
-                bad = b"FLW1" + b"\x00" * 12
+                # The size of a real update, but a frame of 0 parts: refused for its part count.
+                bad = b"FLW1" + b"\x00" * (codec.update_size(study.encryption, study.n_params)[0] - 4)
                 with pytest.raises(services.ServiceError):
                     services.update_accept(job=job, hospital=h, stream=io.BytesIO(bad), content_length=len(bad))
             services.privacy_spend_record(job=job, hospital=h, spend=spend_for(number))
