@@ -115,7 +115,13 @@ def parse_cell(value: str, feature: dict[str, Any], row: int) -> float:
         raise DataError(f"value {value!r} in {_where(column, row)} is not one of the declared categories "
                         f"({', '.join(cats)}); declare it, or set \"other\": true in the schema",
                         public=f"column {column!r}: a value is not one of the declared categories")
-    return _number(v, value, column, row, integer=ftype == "int")
+    x = _number(v, value, column, row, integer=ftype == "int")
+    if "range" in feature and not feature["range"][0] <= x <= feature["range"][1]:
+        lo, hi = feature["range"]
+        raise DataError(f"value {value!r} in {_where(column, row)} is outside the declared range [{lo:g}, {hi:g}]: "
+                        "correct the value, or widen the schema's range",
+                        public=f"column {column!r}: a value is outside the declared range")
+    return x
 
 
 def _label(row: list[str], idx: dict[str, int], schema: dict[str, Any], row_no: int) -> float | tuple[float, float]:
@@ -187,6 +193,11 @@ def load_csv(path: str | Path, schema: dict[str, Any], *, labels: bool = True) -
             except StopIteration:
                 raise DataError(f"data file {path} is empty: it needs a header row and data rows",
                                 public="the node's data file is empty") from None
+            dupes = sorted({c for c in header if header.count(c) > 1 and c in needed})
+            if dupes:
+                columns = ", ".join(repr(c) for c in dupes)
+                raise DataError(f"data file {path} has column(s) {columns} more than once in its header: keep one",
+                                public=f"the local data has column(s) {columns} more than once")
             missing = [c for c in needed if c not in header]
             if missing:
                 columns = ", ".join(repr(m) for m in missing)
