@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from fedproto import preprocessing
+from fedproto.evaluation import holdout_rows
 from fedproto.schema import label_columns, required_columns
 from fedproto.study import StudyConfig
 
@@ -220,24 +221,28 @@ def _stratify_on(y: np.ndarray, task: str) -> np.ndarray | None:
     return None
 
 
-def split(X: np.ndarray, y: np.ndarray, *, seed: int, task: str, test_size: float = 0.2):
-    """80/20 split seeded by the study seed; stratified on the class (classification) or the event
+def split(X: np.ndarray, y: np.ndarray, *, seed: int, task: str, test_size: float | int = 0.2):
+    """Train/test split seeded by the study seed (``test_size``: a fraction, or a number of rows;
+    0: no test split, every row trains); stratified on the class (classification) or the event
     (survival) when every group has two rows or more."""
     from sklearn.model_selection import train_test_split
 
     if len(y) < 5:
-        raise DataError(f"only {len(y)} data rows: at least 5 are needed for a train/test split",
-                        public="too few data rows for a train/test split (at least 5 are needed)")
+        raise DataError(f"only {len(y)} data rows: at least 5 are needed to train",
+                        public="too few data rows to train (at least 5 are needed)")
     if task == "binary_classification":
         classes = np.unique(y)
         if len(classes) < 2:
             raise DataError(f"the label has only one class ({classes[0]:g}) in the local data: "
                             "binary classification needs both 0 and 1",
                             public="the label has only one class in the local data (binary classification needs both)")
+    if not test_size:
+        return X, X[:0], y, y[:0]
     strata = _stratify_on(y, task)
     if strata is not None:
         _, counts = np.unique(strata, return_counts=True)
-        if len(counts) < 2 or counts.min() < 2:
+        n_test = test_size if isinstance(test_size, int) else round(test_size * len(y))
+        if len(counts) < 2 or counts.min() < 2 or n_test < len(counts) or len(y) - n_test < len(counts):
             strata = None
     return train_test_split(X, y, test_size=test_size, random_state=int(seed) % (2**32), stratify=strata)
 
@@ -250,7 +255,8 @@ def prepare(study: StudyConfig, X: np.ndarray, y: np.ndarray, statistics: dict[s
     """Split and encode already-loaded arrays for ``study``. ``statistics``: the study's global
     statistics (fedproto.statistics.derive), needed when the schema standardises or imputes with
     federated values."""
-    X_tr, X_te, y_tr, y_te = split(X, y, seed=study.seed, task=study.task)
+    n_test = holdout_rows(len(y), study.evaluation["holdout"])
+    X_tr, X_te, y_tr, y_te = split(X, y, seed=study.seed, task=study.task, test_size=n_test)
     doc = preprocessing.build(study.schema, statistics)
     local = local_constants(doc, X_tr)
     center = np.full(X.shape[1], np.nan)

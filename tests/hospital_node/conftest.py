@@ -25,6 +25,9 @@ def make_study(n_features: int = 4, **over) -> dict:
         "encryption": {"codec": "bfv-packed-v1", "max_hospitals": 200, "quant_bits": 12,
                        "update_clip": 1.0, "weight_cap_samples": 1000},
         "quorum": 2, "round_deadline_s": 600, "seed": 1234, "custodian_hospital_id": None,
+        # a fixed 20 % split and no baseline: the node's behaviour these tests were written for
+        # (the defaults, "auto" and the local-only baseline: tests/hospital_node/test_evaluation.py)
+        "evaluation": {"holdout": 0.2, "local_baseline": False},
     }
     study.update(over)
     study.setdefault("n_params", n_params(study["model"], len(study["schema"]["features"])))

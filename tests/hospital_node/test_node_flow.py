@@ -199,7 +199,7 @@ def test_warm_up_trains_with_opacus_when_the_fused_check_cannot_run(node, monkey
 
 def test_a_study_the_node_cannot_read_declines_the_invitation_and_refuses_the_job(node, study):
     node.handle({"kind": "invitation", "study": {**study, "id": 8, "protocol_version": 2}})
-    node.handle({"kind": "invitation", "study": {**study, "id": 9, "batch_size": 0}})
+    node.handle({"kind": "invitation", "study": {**study, "id": 9, "batch_size": -1}})
     (v2, bad) = node.client.named("decision")
     assert v2[1:3] == (8, "decline") and "protocol version 2 is not supported by this node" in v2[3]
     assert bad[1:3] == (9, "decline") and "invalid study configuration: batch_size must be an integer" in bad[3]
