@@ -53,11 +53,11 @@ def local_baseline(ctx: NodeContext, study: StudyConfig, ds: Dataset) -> dict[st
     model, entry = trainer.local_only_run(study, ds.X_train, ds.y_train, noise_multiplier=sigma,
                                           grad_sample_mode=ctx.cfg.grad_sample_mode, should_stop=ctx.stop.is_set)
     eps = trainer.epsilon_of([*history, entry], privacy.delta, privacy.accountant)
-    result = {"metrics": finite_metrics(trainer.evaluate(model, ds.X_test, ds.y_test, study.task)),
-              "n_train": ds.n_train, "n_test": ds.n_test, "epsilon": eps, "noise_multiplier": entry[0],
-              "sample_rate": entry[1], "steps": entry[2]}
+    metrics = finite_metrics(trainer.evaluate(model, ds.X_test, ds.y_test, study.task))
+    result: dict[str, Any] = {"metrics": metrics, "n_train": ds.n_train, "n_test": ds.n_test, "epsilon": eps,
+                              "noise_multiplier": entry[0], "sample_rate": entry[1], "steps": entry[2]}
     result = ctx.ledger.record_baseline(sid, entry, eps, result)
     log.info("study %s: local-only baseline trained on %d rows (%d steps, sigma %.3f): %s on %d held-out rows; "
              "epsilon spent %.4f of %g", sid, ds.n_train, entry[2], sigma,
-             ", ".join(f"{k}={v:.4f}" for k, v in result["metrics"].items()), ds.n_test, eps, privacy.epsilon)
+             ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()), ds.n_test, eps, privacy.epsilon)
     return result

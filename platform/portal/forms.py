@@ -191,7 +191,9 @@ class StudyForm(forms.Form):
             d["evaluation"] = validate_evaluation({"holdout": holdout if holdout == AUTO else float(holdout),
                                                    "local_baseline": d.get("local_baseline") != "no"})
         except (SpecError, ValueError) as exc:
-            errors["holdout"] = str(exc) if isinstance(exc, SpecError) else '"auto" or a number between 0 and 0.5'
+            # a form-level error: the field may not be on the page (the template lists its fields one by one)
+            errors[None] = "Local test split: " + (str(exc) if isinstance(exc, SpecError)
+                                                   else '"auto" or a number between 0 and 0.5')
         if d.get("settings") != "auto" or "model_spec" not in d:
             return
         sizes = [int(t) for t in re.split(r"[,;\s]+", d.get("dataset_sizes") or "") if t.isdigit()]
