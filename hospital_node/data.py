@@ -244,7 +244,29 @@ def split(X: np.ndarray, y: np.ndarray, *, seed: int, task: str, test_size: floa
         n_test = test_size if isinstance(test_size, int) else round(test_size * len(y))
         if len(counts) < 2 or counts.min() < 2 or n_test < len(counts) or len(y) - n_test < len(counts):
             strata = None
-    return train_test_split(X, y, test_size=test_size, random_state=int(seed) % (2**32), stratify=strata)
+    idx = np.arange(len(y))
+    tr, te = train_test_split(idx, test_size=test_size, random_state=int(seed) % (2**32), stratify=strata)
+    if strata is not None:
+        tr, te = _every_group_in_test(tr, te, strata)
+    return X[tr], X[te], y[tr], y[te]
+
+
+def _every_group_in_test(tr: np.ndarray, te: np.ndarray, strata: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A small stratified test split can miss a rare class (its share rounds to 0 rows), and then its
+    AUC is undefined: swap one row of each missing class in (the first, in split order) for a row of
+    the test's largest class. Same sizes, deterministic."""
+    tr, te = tr.copy(), te.copy()
+    for g in np.unique(strata):
+        if (strata[te] == g).any():
+            continue
+        values, counts = np.unique(strata[te], return_counts=True)
+        big = values[np.argmax(counts)]
+        if counts.max() < 2:
+            break
+        i = int(np.flatnonzero(strata[tr] == g)[0])
+        j = int(np.flatnonzero(strata[te] == big)[0])
+        tr[i], te[j] = te[j], tr[i]
+    return tr, te
 
 
 def _label_dtype(task: str, y: np.ndarray) -> np.ndarray:

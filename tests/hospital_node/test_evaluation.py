@@ -127,3 +127,13 @@ def test_a_plan_without_room_for_the_baseline_reports_none_and_spends_nothing(no
     n.handle({"kind": "evaluate", "study_id": study["id"], "study": no_room, "round": study["rounds"]})
     body = n.client.named("report")[-1][3]
     assert "local_only" not in body and n.ledger.history(study["id"]) == hist
+
+
+def test_a_small_test_split_keeps_a_rare_class(tmp_path):
+    from hospital_node.data import split
+
+    X = np.arange(150, dtype=float).reshape(150, 1)
+    y = np.r_[np.ones(4), np.zeros(146)]  # 4 events in 150 rows: 10 % stratified would hold none of them
+    X_tr, X_te, y_tr, y_te = split(X, y, seed=3, task="binary_classification", test_size=15)
+    assert len(y_te) == 15 and set(y_te) == {0.0, 1.0} and y_tr.sum() == 3
+    assert sorted(np.r_[X_tr[:, 0], X_te[:, 0]]) == list(range(150))  # a partition of the rows
