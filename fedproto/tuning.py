@@ -81,18 +81,24 @@ def scaled_preset(key: str, sizes: Iterable[Any] | None) -> dict[str, Any]:
 AUTO_FIELDS = ("rounds", "local_epochs", "batch_size", "learning_rate")
 
 
-def apply_auto(fields: dict[str, Any], privacy: Any, sizes: Any, model_type: Any) -> tuple[dict[str, Any], Any]:
-    """The API's ``"settings": "auto"``: (fields with rounds, local_epochs, batch_size and
-    learning_rate chosen, privacy with clip_norm chosen). A value the request gave for one of them
-    is an error (auto chooses it), as is a missing list of declared sizes."""
+def apply_auto(fields: dict[str, Any], privacy: Any, sizes: Any, model_type: Any,
+               settings: str = "auto") -> tuple[dict[str, Any], Any]:
+    """The API's ``"settings": "auto"`` (or a preset name): (fields with rounds, local_epochs,
+    batch_size and learning_rate chosen, privacy with clip_norm chosen). A value the request gave
+    for one of them is an error (the setting chooses it), as is, for "auto", a missing list of
+    declared sizes (a preset without sizes keeps its own batch)."""
     given = [k for k in AUTO_FIELDS if fields.get(k) is not None]
     if isinstance(privacy, dict) and privacy.get("clip_norm") is not None:
         given.append("privacy.clip_norm")
     if given:
-        raise SpecError(f'"settings": "auto" chooses {", ".join(given)} itself from the declared data set sizes; '
-                        'leave them out, or use "settings": "manual"')
-    if not isinstance(sizes, list):
-        raise SpecError('"settings": "auto" needs "dataset_sizes": the expected rows of each hospital, e.g. [120, 300, 80]')
-    chosen = auto_settings(sizes, model_type if isinstance(model_type, str) else "")
+        raise SpecError(f'"settings": "{settings}" chooses {", ".join(given)} itself from the declared data set '
+                        'sizes; leave them out, or use "settings": "manual"')
+    if settings == "auto":
+        if not isinstance(sizes, list):
+            raise SpecError('"settings": "auto" needs "dataset_sizes": the expected rows of each hospital, '
+                            "e.g. [120, 300, 80]")
+        chosen = auto_settings(sizes, model_type if isinstance(model_type, str) else "")
+    else:
+        chosen = scaled_preset(settings, sizes)
     out = {**fields, **{k: chosen[k] for k in AUTO_FIELDS}}
     return out, ({**privacy, "clip_norm": chosen["clip_norm"]} if isinstance(privacy, dict) else privacy)

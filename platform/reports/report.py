@@ -9,6 +9,7 @@ and failure, software versions and the chain verification result with its head h
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import opacus
@@ -153,7 +154,7 @@ def build_context(study, *, cached: bool = True, accountants: Accountants | None
                  "what": _describe_problem(ev)} for ev in selectors.problem_events(study.pk)]
     fm = FinalModel.objects.filter(study=study).select_related("uploaded_by").first()
     atts = selectors.attestations(study)
-    benefit = benefit_rows(study)
+    benefit = _benefit_checked(study, spends)
     schema = study.schema or {}
     return {
         "study": study,
@@ -194,6 +195,24 @@ def build_context(study, *, cached: bool = True, accountants: Accountants | None
         "chain": chain,
         "n_events": events.count(),
     }
+
+
+def _benefit_checked(study, spends: dict) -> list[dict]:
+    """The collaboration benefit rows, each baseline's reported epsilon recomputed by Opacus' accountant
+    from the hospital's job spends plus the baseline run (docs/privacy.md: it is inside the budget)."""
+    rows = benefit_rows(study)
+    acc = Accountants()
+    for r in rows:
+        row = spends.get(r["hospital"])
+        r["epsilon_recomputed"], r["epsilon_ok"] = None, None
+        if r["entry"] is None:
+            continue
+        jobs = [(ps.noise_multiplier, ps.sample_rate, ps.steps) for ps in row["spends"]] if row else []
+        eps = acc.epsilon([*jobs, tuple(r["entry"])], study.delta, study.accountant)
+        cap = min([study.epsilon] + ([row["max_epsilon"]] if row and row["max_epsilon"] else []))
+        r["epsilon_recomputed"] = eps
+        r["epsilon_ok"] = math.isclose(eps, r["epsilon_local_only"], rel_tol=1e-6, abs_tol=1e-9) and eps <= cap + 1e-9
+    return rows
 
 
 REPORT_CSS = Path(__file__).parent / "static" / "reports" / "report.css"

@@ -27,7 +27,8 @@ def _metric(fed: dict, local: dict) -> str | None:
 def benefit_rows(study: Study, scope: StudyScope | None = None) -> list[dict[str, Any]]:
     """One row per hospital that reported on the final round: {"hospital", "metric", "federated",
     "local_only", "difference" (federated - local-only, sign so that > 0 is better for the federated
-    model), "worse", "n_train", "n_test", "epsilon_local_only"}; hospitals without a baseline have
+    model), "worse", "n_train", "n_test", "epsilon_local_only" (the hospital's cumulative epsilon after the
+    baseline), "entry" (the baseline's sigma, q, steps)}; hospitals without a baseline have
     local_only None. ``scope``: a hospital admin sees their own hospital's row only."""
     qs = RoundReport.objects.filter(round__study=study, round__number=study.rounds, superseded_at__isnull=True)
     if scope is not None:
@@ -43,7 +44,8 @@ def benefit_rows(study: Study, scope: StudyScope | None = None) -> list[dict[str
         row = {"hospital": rep.hospital.name, "metric": name, "federated": fed.get(name) if name else None,
                "local_only": local.get(name) if name else None, "difference": None, "worse": False,
                "n_test": rep.n_test, "n_train": base.get("n_train") if base else None,
-               "epsilon_local_only": base.get("epsilon") if base else None}
+               "epsilon_local_only": base.get("epsilon") if base else None,
+               "entry": (base["noise_multiplier"], base["sample_rate"], base["steps"]) if base else None}
         if row["federated"] is not None and row["local_only"] is not None:
             d = float(row["federated"]) - float(row["local_only"])
             row["difference"] = -d if name in LOWER_IS_BETTER else d

@@ -9,6 +9,7 @@ from audit_support import SCHEMA, done_round_with_jobs, light_world, postgres  #
 from django.contrib.auth import get_user_model
 
 from consortia.models import Membership
+from reports.epsilon_check import epsilon_for
 from reports.report import render_html
 from studies import services
 from studies.api.limits import local_only as check_local_only
@@ -50,6 +51,13 @@ def test_auto_settings_are_chosen_from_the_declared_sizes(client, researcher):
     assert r.json()["collaboration_benefit"] == []
 
 
+def test_a_preset_batch_scales_with_the_declared_sizes(client, researcher):
+    r = _create(client, researcher, settings="standard", dataset_sizes=[50, 140])
+    assert r.status_code == 201, r.content
+    s = Study.objects.get(pk=r.json()["id"])
+    assert (s.rounds, s.local_epochs, s.batch_size, s.learning_rate) == (10, 2, 12, 0.1)  # not 64: a quarter of 50
+
+
 @pytest.mark.parametrize("fields, message", [
     ({"settings": "auto", "dataset_sizes": [60], "rounds": 3}, "chooses rounds itself"),
     ({"settings": "auto"}, "dataset_sizes"),
@@ -86,10 +94,13 @@ def test_local_only_rides_with_the_final_round_only(light_world):  # noqa: F811
 def test_each_hospital_sees_the_federated_model_against_its_local_only_one(client, light_world):  # noqa: F811
     study, (a, b, _) = light_world["study"], light_world["hospitals"]
     final, _ = done_round_with_jobs(study, [a, b], study.rounds)
-    for h, fed, local in ((a, 0.81, 0.70), (b, 0.66, 0.72)):
+    true_eps = epsilon_for([(8.0, 1.0, 10)], study.delta, study.accountant)  # no job spends recorded here
+    assert true_eps < study.epsilon
+    # B's node reports less than its baseline cost: the audit report's recomputation says so
+    for h, fed, local, eps in ((a, 0.81, 0.70, true_eps), (b, 0.66, 0.72, true_eps / 2)):
         services.round_report_record(rnd=final, hospital=h, metrics={"auc": fed, "accuracy": 0.7}, n_test=10,
-                                     model_sha256=SHA, epsilon_spent=0.99,
-                                     local_only=check_local_only(_baseline(local)))
+                                     model_sha256=SHA, epsilon_spent=eps,
+                                     local_only=check_local_only(_baseline(local, epsilon=eps, noise_multiplier=8.0)))
     rows = {r["hospital"]: r for r in benefit_rows(study)}
     assert rows["Hospital A"]["difference"] == pytest.approx(0.11) and not rows["Hospital A"]["worse"]
     assert rows["Hospital B"]["difference"] == pytest.approx(-0.06) and rows["Hospital B"]["worse"]
@@ -98,6 +109,7 @@ def test_each_hospital_sees_the_federated_model_against_its_local_only_one(clien
                        "at: Hospital B.")
     html = render_html(study)
     assert 'id="benefit"' in html and "federated worse" in html and summary in html
+    assert html.count("MISMATCH or over budget") == 1 and f"{true_eps:.4f} / {true_eps:.4f} <span class=\"ok\">ok" in html
     user = get_user_model().objects.create_user("rita", password="x")
     Membership.objects.create(user=user, consortium=light_world["consortium"], role=Membership.Role.RESEARCHER)
     client.force_login(user)

@@ -13,7 +13,7 @@ from rest_framework.views import APIView
 from audit.services import actor_label
 from consortia.models import Hospital
 from consortia.selectors import study_limit_conflicts
-from fedproto.tuning import AUTO_FIELDS, apply_auto
+from fedproto.tuning import AUTO_FIELDS, STUDY_PRESETS, apply_auto
 
 from .. import access, results, selectors, services
 from ..benefit import benefit_rows
@@ -33,9 +33,10 @@ class StudyCreateSerializer(serializers.Serializer):
     batch_size = serializers.IntegerField(required=False, allow_null=True, default=None,
                                          help_text="rows per DP-SGD step; 0: all of each hospital's rows")
     learning_rate = serializers.FloatField(required=False, allow_null=True, default=None)
-    settings = serializers.ChoiceField(choices=["manual", "auto"], required=False, default="manual",
+    settings = serializers.ChoiceField(choices=["manual", "auto", *STUDY_PRESETS], required=False, default="manual",
                                        help_text="auto: rounds, local epochs, batch size, learning rate and clip "
-                                                 "norm chosen from dataset_sizes (fedproto.tuning)")
+                                                 "norm chosen from dataset_sizes (fedproto.tuning); a preset: its "
+                                                 "values, the batch scaled to dataset_sizes")
     dataset_sizes = serializers.ListField(child=serializers.IntegerField(), required=False, allow_null=True,
                                           default=None, help_text="the hospitals' expected rows (settings auto)")
     evaluation = serializers.JSONField(required=False, default=None,
@@ -76,9 +77,9 @@ class StudyListView(APIView):
         s.is_valid(raise_exception=True)
         d = dict(s.validated_data)
         consortium = access.consortium_for_new_study(request.user, d["consortium_id"])
-        if d["settings"] == "auto":
+        if d["settings"] != "manual":
             model_type = d["model"].get("type") if isinstance(d["model"], dict) else None
-            d, privacy = apply_auto(d, d["privacy"], d["dataset_sizes"], model_type)
+            d, privacy = apply_auto(d, d["privacy"], d["dataset_sizes"], model_type, d["settings"])
             d["privacy"] = privacy
         missing = [k for k in AUTO_FIELDS if d.get(k) is None]
         if missing:
