@@ -28,7 +28,8 @@ def study_definition(study: Study) -> StudyConfig:
         privacy=Privacy(epsilon=study.epsilon, delta=study.delta, clip_norm=study.clip_norm,
                         accountant=study.accountant),
         encryption=study.encryption, quorum=study.quorum, round_deadline_s=study.round_deadline_s,
-        seed=study.seed, custodian_hospital_id=study.custodian_id, n_params=study.n_params)
+        seed=study.seed, custodian_hospital_id=study.custodian_id, n_params=study.n_params,
+        evaluation=study.evaluation)
 
 
 def study_config(study: Study) -> dict:
