@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .codec import get_codec
+from .codec.bfv_packed import BfvPackedCodec
 from .codec.bfv_params import HEADER_SLOTS, PLAIN_MODULUS, SLOTS, layout
 from .dp import DistributedNoisePlan, plan_distributed_noise
 from .errors import SpecError
@@ -49,6 +51,14 @@ def check_distributed(privacy: Privacy, quorum: int, n_hospitals: int | None, en
     if quorum < thr:
         raise SpecError(f"with {n_hospitals} hospitals and collusion T = {t} the Shamir threshold is {thr} "
                         f"(more than (K + T) / 2); the quorum {quorum} must be at least that: raise the quorum or lower T")
+
+
+def bfv_codec(study: StudyConfig) -> BfvPackedCodec:
+    """The study's codec, which distributed mode requires to be a BFV batching codec."""
+    codec = get_codec(study.codec)
+    if not isinstance(codec, BfvPackedCodec):
+        raise SpecError(f"distributed DP needs a BFV batching codec ({', '.join(DDP_CODECS)}), not {study.codec!r}")
+    return codec
 
 
 def public_normaliser(study: StudyConfig) -> int:
