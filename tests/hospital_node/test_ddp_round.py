@@ -249,3 +249,14 @@ def test_the_statement_gives_the_model_t_and_an_epsilon_an_auditor_can_recompute
     eps1, _ = ddg_epsilon(sigma=plan.local_sigma, honest_shares=1, l2_sensitivity=plan.l2_sensitivity,
                           dim=study.n_params, rounds=study.rounds, delta=plan.delta - plan.sampler_delta)
     assert eps1 > 1.3 * eps
+
+
+def test_the_refusal_rule_states_the_model_and_the_threshold_behind_the_epsilon():
+    from hospital_node.config import Limits
+    from hospital_node.planning import check_local_limits
+
+    study = ddp_study()
+    assert check_local_limits(study, Limits(max_epsilon=1.0), for_training=True) == []
+    reasons = check_local_limits(study, Limits(max_epsilon=0.5), for_training=True)
+    assert any("distributed DP (collusion threshold T = 1, 2 honest noise shares" in r and "above this hospital's "
+               "max_epsilon 0.5" in r for r in reasons), reasons
