@@ -66,7 +66,12 @@ def validate_privacy(p: Any) -> dict:
 # realises for a loader of ceil(n / batch_size) batches). The node plans and accounts with these,
 # and the portal's preview and the auditor's recomputation use the same numbers.
 
+FULL_BATCH = 0  # a study's batch_size 0: each step uses all of the hospital's training rows
+
+
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    if int(batch_size) == FULL_BATCH:
+        return 1
     return -(-int(n_train) // int(batch_size))
 
 

@@ -16,6 +16,7 @@ from fedproto.study import StudyConfig
 from . import trainer
 from .config import Limits
 from .context import NodeContext
+from .data import Dataset
 from .errors import BudgetExceeded, DataError, public_reason
 from .ledger import config_sha256
 
@@ -89,10 +90,12 @@ def plan_job(ctx: NodeContext, study: StudyConfig) -> tuple[trainer.NoisePlan, f
             raise Refuse("local_limit", "the study's training or privacy configuration changed after this "
                                         "hospital started training it; its privacy plan no longer applies")
         bs, ep = study.batch_size, study.local_epochs
+        per_job = trainer.job_steps(ds.n_train, bs, ep)
         plan = trainer.NoisePlan(float(row["noise_multiplier"]), trainer.sample_rate_for(ds.n_train, bs),
-                                 trainer.job_steps(ds.n_train, bs, ep), float(row["target_epsilon"]), ds.n_train)
+                                 per_job, float(row["target_epsilon"]), ds.n_train,
+                                 baseline_steps=study.rounds * per_job if wants_baseline(study, ds) else 0)
     else:
-        plan = trainer.plan_noise(study, ds.n_train, ctx.cfg.limits.max_epsilon)
+        plan = trainer.plan_noise(study, ds.n_train, ctx.cfg.limits.max_epsilon, baseline=wants_baseline(study, ds))
     try:
         after, before = trainer.check_budget(study, ctx.ledger.history(sid), plan, ctx.cfg.limits.max_epsilon)
     except BudgetExceeded as e:
@@ -107,9 +110,16 @@ def plan_ahead(ctx: NodeContext, study: StudyConfig) -> None:
     acknowledgements), and after fetching a key if not done yet. Pure arithmetic: no ledger
     write, no spend."""
     try:
-        trainer.plan_noise(study, ctx.dataset(study).n_train, ctx.cfg.limits.max_epsilon)
+        ds = ctx.dataset(study)
+        trainer.plan_noise(study, ds.n_train, ctx.cfg.limits.max_epsilon, baseline=wants_baseline(study, ds))
     except Exception as e:  # noqa: BLE001 - the first job plans again and reports any problem
         log.debug("study %s: planning ahead failed (%s); the first job will plan", study.id, e)
+
+
+def wants_baseline(study: StudyConfig, ds: Dataset) -> bool:
+    """Whether this hospital trains the study's local-only baseline (and its plan reserves the
+    budget for it): the study asks for one and the hospital has held-out rows to compare on."""
+    return bool(study.evaluation["local_baseline"]) and ds.n_test > 0
 
 
 def plan_dict(plan: trainer.NoisePlan) -> dict[str, float | int]:

@@ -18,6 +18,8 @@ from django.utils import timezone
 import fedproto
 from audit.selectors import study_events, verify_study_chain
 from fedproto.codec import get_codec
+from fedproto.evaluation import describe as describe_evaluation
+from studies.benefit import benefit_rows, benefit_summary
 from studies.models import FinalModel, HEContext, Participation, SealedKey
 
 from . import selectors
@@ -152,6 +154,7 @@ def build_context(study, *, cached: bool = True, accountants: Accountants | None
                  "what": _describe_problem(ev)} for ev in selectors.problem_events(study.pk)]
     fm = FinalModel.objects.filter(study=study).select_related("uploaded_by").first()
     atts = selectors.attestations(study)
+    benefit = benefit_rows(study)
     schema = study.schema or {}
     return {
         "study": study,
@@ -166,6 +169,7 @@ def build_context(study, *, cached: bool = True, accountants: Accountants | None
             ("Rounds", study.rounds),
             ("Local epochs × batch size", f"{study.local_epochs} × {study.batch_size}"),
             ("Learning rate", _fmt_value(study.learning_rate)),
+            ("Evaluation", describe_evaluation(study.evaluation)),
             ("Quorum", f"{study.quorum} updates per round; {study.max_round_attempts} attempts per round"),
             ("Round deadline", f"{study.round_deadline_s} s"),
             ("Privacy budget", f"ε = {study.epsilon:g}, δ = {study.delta:g}, clip norm {study.clip_norm:g}, "
@@ -183,6 +187,8 @@ def build_context(study, *, cached: bool = True, accountants: Accountants | None
         "encryption": _encryption(study),
         "attestations": atts,
         "attestation_mismatch": any(a["mismatch"] for a in atts),
+        "benefit": benefit,
+        "benefit_summary": benefit_summary(benefit),
         "final_model": fm,
         "downloads": events.filter(action="model.downloaded").count(),
         "problems": problems,

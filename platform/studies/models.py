@@ -6,6 +6,11 @@ from django.conf import settings
 from django.db import models
 
 from consortia.models import Consortium, Hospital
+from fedproto.evaluation import DEFAULT_EVALUATION
+
+
+def default_evaluation() -> dict:
+    return dict(DEFAULT_EVALUATION)
 
 
 class Study(models.Model):
@@ -45,6 +50,8 @@ class Study(models.Model):
     round_deadline_s = models.PositiveIntegerField()
     max_round_attempts = models.PositiveIntegerField(default=2)
     seed = models.BigIntegerField()
+    # each hospital's held-out share and local-only baseline (fedproto.evaluation)
+    evaluation = models.JSONField(default=default_evaluation)
     custodian = models.ForeignKey(Hospital, null=True, blank=True, on_delete=models.PROTECT, related_name="custodian_of")
     n_params = models.PositiveIntegerField()
     created_at = models.DateTimeField(auto_now_add=True)
@@ -224,6 +231,9 @@ class RoundReport(models.Model):
     n_test = models.PositiveIntegerField(default=0)
     model_sha256 = models.CharField(max_length=64)
     epsilon_spent = models.FloatField(null=True, blank=True)
+    # the final round only: the hospital's local-only baseline on the same held-out rows (metrics,
+    # n_train, n_test, and the (sigma, q, steps) its epsilon is recomputed from); null: none
+    local_only = models.JSONField(null=True, blank=True)
     reported_at = models.DateTimeField(auto_now_add=True)
     # Set when a consortium admin had the round evaluated again: the report is kept, not counted.
     superseded_at = models.DateTimeField(null=True, blank=True)

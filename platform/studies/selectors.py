@@ -29,7 +29,8 @@ def study_definition(study: Study) -> StudyConfig:
                         accountant=study.accountant, mode=study.privacy_mode, collusion=study.collusion,
                         quant_step=study.quant_step),
         encryption=study.encryption, quorum=study.quorum, round_deadline_s=study.round_deadline_s,
-        seed=study.seed, custodian_hospital_id=study.custodian_id, n_params=study.n_params)
+        seed=study.seed, custodian_hospital_id=study.custodian_id, n_params=study.n_params,
+        evaluation=study.evaluation)
 
 
 def study_config(study: Study) -> dict:

@@ -224,6 +224,8 @@ def test_distributed_mode_requirements_are_checked_with_clear_errors():
         ddp_study(4, quant_bits=12)  # 17-bit digits: noise of bound ~9e4 does not fit beside a record
     with pytest.raises(SpecError, match="too wide for the table sampler"):
         ddp_study(4, quant_step=1e-6)
+    with pytest.raises(SpecError, match="public normaliser"):
+        validate_study({**ddp_study().to_wire(), "batch_size": 0}, n_hospitals=4)
     with pytest.raises(SpecError, match="unknown field"):
         validate_study({**ddp_study().to_wire(), "privacy": {"epsilon": 1.0, "delta": 1e-5, "clip_norm": 1.0,
                                                              "collusion": 1}}, n_hospitals=4)

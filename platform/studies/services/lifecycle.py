@@ -32,7 +32,8 @@ TERMINAL = {Study.Status.COMPLETED, Study.Status.FAILED, Study.Status.CANCELLED}
 def study_create(*, consortium: Consortium, name: str, hospitals: Iterable[Hospital], schema: dict,
                  model_spec: dict, rounds: int, local_epochs: int, batch_size: int, learning_rate: float,
                  privacy: dict, encryption: dict, quorum: int, round_deadline_s: int, owner=None,
-                 purpose: str = "", seed: int | None = None, actor: str = "system") -> Study:
+                 purpose: str = "", seed: int | None = None, evaluation: dict | None = None,
+                 actor: str = "system") -> Study:
     """Define a study (a draft). Its definition is checked by fedproto.study.validate_study, the one
     owner of a study's bounds (the node parses what it receives with the same rules)."""
     hospitals = list(hospitals)
@@ -44,7 +45,8 @@ def study_create(*, consortium: Consortium, name: str, hospitals: Iterable[Hospi
     cfg = validate_study({"name": name, "consortium": consortium.name, "schema": schema, "model": model_spec,
                           "rounds": rounds, "local_epochs": local_epochs, "batch_size": batch_size,
                           "learning_rate": learning_rate, "privacy": privacy, "encryption": encryption,
-                          "quorum": quorum, "round_deadline_s": round_deadline_s, "seed": seed},
+                          "quorum": quorum, "round_deadline_s": round_deadline_s, "seed": seed,
+                          **({} if evaluation is None else {"evaluation": evaluation})},
                          n_hospitals=len(hospitals))
     with transaction.atomic():
         if Study.objects.filter(consortium=consortium, name=name).exists():
@@ -57,6 +59,7 @@ def study_create(*, consortium: Consortium, name: str, hospitals: Iterable[Hospi
             privacy_mode=cfg.privacy.mode, collusion=cfg.privacy.collusion, quant_step=cfg.privacy.quant_step,
             encryption=cfg.encryption,
             quorum=cfg.quorum, round_deadline_s=cfg.round_deadline_s, seed=cfg.seed, n_params=cfg.n_params,
+            evaluation=cfg.evaluation,
         )
         for h in hospitals:
             Participation.objects.create(study=study, hospital=h)

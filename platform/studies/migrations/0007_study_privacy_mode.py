@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('studies', '0005_merge'),
+        ('studies', '0006_study_evaluation_local_only'),
     ]
 
     operations = [
