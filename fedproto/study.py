@@ -20,9 +20,10 @@ from typing import Any, Mapping
 
 from . import PROTOCOL_VERSION
 from .codec import DEFAULT_CODEC, get_codec
+from .ddp_config import check_distributed, packing
 from .errors import SpecError
 from .evaluation import DEFAULT_EVALUATION, validate_evaluation
-from .privacy import DEFAULT_ACCOUNTANT, FULL_BATCH, validate_privacy
+from .privacy import DEFAULT_ACCOUNTANT, DEFAULT_MODE, FULL_BATCH, validate_privacy
 from .schema import n_inputs, validate_schema
 from .specs import n_params as spec_n_params
 from .specs import validate_model_spec
@@ -72,15 +73,26 @@ class Privacy:
     delta: float
     clip_norm: float
     accountant: str = DEFAULT_ACCOUNTANT
+    mode: str = DEFAULT_MODE  # "local" or "distributed" (fedproto/privacy.py)
+    collusion: int = 0  # T, distributed mode only
+    quant_step: float = 0.0  # gamma, distributed mode only
 
     @classmethod
     def parse(cls, raw: Any) -> Privacy:
         p = validate_privacy(raw)
-        return cls(epsilon=p["epsilon"], delta=p["delta"], clip_norm=p["clip_norm"], accountant=p["accountant"])
+        return cls(epsilon=p["epsilon"], delta=p["delta"], clip_norm=p["clip_norm"], accountant=p["accountant"],
+                   mode=p.get("mode", DEFAULT_MODE), collusion=p.get("collusion", 0), quant_step=p.get("quant_step", 0.0))
+
+    @property
+    def distributed(self) -> bool:
+        return self.mode == "distributed"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"epsilon": self.epsilon, "delta": self.delta, "clip_norm": self.clip_norm,
-                "accountant": self.accountant}
+        out: dict[str, Any] = {"epsilon": self.epsilon, "delta": self.delta, "clip_norm": self.clip_norm,
+                               "accountant": self.accountant}
+        if self.distributed:  # a local-mode study's wire form is unchanged
+            out.update(mode=self.mode, collusion=self.collusion, quant_step=self.quant_step)
+        return out
 
 
 @dataclass(frozen=True)
@@ -244,7 +256,14 @@ def _validate(raw: Any, *, n_hospitals: int | None, wire: bool) -> StudyConfig:
     if custodian is not None:
         custodian = _int_in("custodian_hospital_id", custodian, 1, _MAX_ID, " or null")
 
-    return StudyConfig(
+    quorum = _int_in("quorum", raw.get("quorum"), MIN_QUORUM, quorum_max, quorum_hint)
+    if privacy.distributed:
+        check_distributed(privacy, quorum, n_hospitals, enc)
+        if raw.get("batch_size") == FULL_BATCH:
+            raise SpecError("distributed DP divides the summed gradients by batch_size, a public normaliser: full batch "
+                            "(0) would need each hospital's record count, which this mode never sends; set batch_size "
+                            ">= 1")
+    cfg = StudyConfig(
         id=study_id, name=name, consortium=consortium, protocol_version=PROTOCOL_VERSION,
         schema=schema, model=model,
         rounds=_int_in("rounds", raw.get("rounds"), 1, MAX_ROUNDS),
@@ -253,13 +272,16 @@ def _validate(raw: Any, *, n_hospitals: int | None, wire: bool) -> StudyConfig:
                            " (0: all of each hospital's rows in every step)"),
         learning_rate=_float_in("learning_rate", raw.get("learning_rate"), 0.0, MAX_LEARNING_RATE),
         privacy=privacy, encryption=enc,
-        quorum=_int_in("quorum", raw.get("quorum"), MIN_QUORUM, quorum_max, quorum_hint),
+        quorum=quorum,
         round_deadline_s=_int_in("round_deadline_s", raw.get("round_deadline_s"), MIN_ROUND_DEADLINE_S,
                                  MAX_ROUND_DEADLINE_S, " seconds"),
         seed=_int_in("seed", seed, MIN_SEED, MAX_SEED), custodian_hospital_id=custodian,
         n_params=expected_params,
         evaluation=validate_evaluation(raw.get("evaluation", DEFAULT_EVALUATION)),
     )
+    if privacy.distributed and n_hospitals is not None:
+        packing(cfg)  # the noise plan exists and its noise fits the codec's digits (SpecError otherwise)
+    return cfg
 
 
 __all__ = ["FULL_BATCH", "MAX_BATCH_SIZE", "MAX_LEARNING_RATE", "MAX_LOCAL_EPOCHS", "MAX_NAME_LENGTH",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from fedproto import ddp_config
 from fedproto.errors import SpecError
 from fedproto.study import StudyConfig
 
@@ -47,7 +48,24 @@ def check_local_limits(study: StudyConfig, limits: Limits, *, for_training: bool
         reasons.append(f"study delta {study.privacy.delta:g} exceeds this hospital's max_delta {limits.max_delta:g}")
     if study.rounds > limits.max_rounds:
         reasons.append(f"study rounds {study.rounds} exceeds this hospital's max_rounds {limits.max_rounds}")
+    if study.privacy.distributed:
+        reasons.extend(distributed_limits(study, limits))
     return reasons
+
+
+def distributed_limits(study: StudyConfig, limits: Limits) -> list[str]:
+    """The refusal rule of distributed mode: the noise is planned study-wide (every share must match),
+    so a hospital cannot lower its own epsilon; it refuses a plan that buys more than its max_epsilon,
+    stating the model and the collusion threshold the epsilon rests on."""
+    try:
+        s = ddp_config.statement(study)
+    except SpecError as e:
+        return [f"distributed-DP study has no valid noise plan: {e}"]
+    if s["epsilon"] > limits.max_epsilon:
+        return [f"distributed DP (collusion threshold T = {s['collusion']}, {s['honest_shares']} honest noise shares per "
+                f"released sum) spends epsilon {s['epsilon']:.4g}, above this hospital's max_epsilon "
+                f"{limits.max_epsilon:g}"]
+    return []
 
 
 def plan_job(ctx: NodeContext, study: StudyConfig) -> tuple[trainer.NoisePlan, float, float]:
@@ -55,6 +73,11 @@ def plan_job(ctx: NodeContext, study: StudyConfig) -> tuple[trainer.NoisePlan, f
     reasons = check_local_limits(study, ctx.cfg.limits, for_training=True)
     if reasons:
         raise Refuse("local_limit", "; ".join(reasons))
+    if study.privacy.distributed:
+        # Training a distributed-DP study with local DP-SGD and an unmasked upload would break its
+        # privacy model; the secure-aggregation round exchange is not wired into the daemon yet.
+        raise Refuse("unsupported_mode", "this node does not run the secure-aggregation round exchange that "
+                                         "distributed-DP studies need; nothing was trained")
     try:
         ds = ctx.dataset(study)
     except (DataError, SpecError) as e:

@@ -26,6 +26,7 @@ from studies.models import FinalModel, HEContext, Participation, SealedKey
 from . import selectors
 from .epsilon_check import Accountants, recompute_study
 from .privacy_cache import cached_recompute
+from .privacy_model import privacy_model_line
 
 # Encryption parameters shown first, in this order; the rest follow alphabetically.
 ENC_FIRST = ("codec", "scheme", "security_level_bits", "poly_modulus_degree", "plain_modulus", "plain_modulus_bits",
@@ -174,6 +175,7 @@ def build_context(study, *, cached: bool = True, accountants: Accountants | None
             ("Round deadline", f"{study.round_deadline_s} s"),
             ("Privacy budget", f"ε = {study.epsilon:g}, δ = {study.delta:g}, clip norm {study.clip_norm:g}, "
                                f"accountant {study.accountant.upper()}"),
+            ("Privacy model", privacy_model_line(study)),
             ("Seed", study.seed),
         ],
         "participants": _participants(study),

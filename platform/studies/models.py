@@ -40,6 +40,11 @@ class Study(models.Model):
     delta = models.FloatField()
     clip_norm = models.FloatField()
     accountant = models.CharField(max_length=16, default="rdp")
+    # fedproto/privacy.py: "local" (each hospital adds all the noise) or "distributed" (secure
+    # aggregation; the guarantee holds while at most ``collusion`` hospitals collude with the platform)
+    privacy_mode = models.CharField(max_length=16, default="local")
+    collusion = models.PositiveIntegerField(default=0)
+    quant_step = models.FloatField(default=0.0)
     encryption = models.JSONField()
     quorum = models.PositiveIntegerField()
     round_deadline_s = models.PositiveIntegerField()
