@@ -2,7 +2,7 @@
 
 Usage:
     python bench/bench_utility.py [--quick] [--seeds N] [--datasets whas500,gbsg2,...]
-                                  [--setups standard,demo,auto] [--epsilons 1,3] [--out FILE.md]
+                                  [--setups standard,scaled,auto,auto+baseline] [--epsilons 1,3] [--out FILE.md]
 
 Public clinical tables that ship with scikit-survival and lifelines (bench/utility_data.py: binary
 endpoints from survival data, rows censored before the horizon dropped), split non-IID into 3 to 5
@@ -144,8 +144,7 @@ def main(argv=None) -> int:
     out = table(results, args.setups)
     if args.per_hospital:
         out += "\n\n" + per_hospital(detail)
-    settings = "\n".join(f"- `{s.key}`: {s.label} (rounds {s.rounds}, local epochs {s.local_epochs}, batch {s.batch}, "
-                         f"lr {s.learning_rate}, clip {s.clip_norm})" for s in map(utility_sim.SETUPS.get, args.setups))
+    settings = "\n".join(f"- `{s.key}`: {s.label}" for s in map(utility_sim.SETUPS.get, args.setups))
     out += f"\n\nSettings:\n{settings}\n\n{args.seeds} seeds, delta {utility_sim.DELTA:g}; {time.time() - t0:.0f} s.\n"
     print(out)
     if args.out:

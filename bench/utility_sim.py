@@ -1,26 +1,29 @@
 """One study simulated the way the platform runs it, with the node's own code, in one process.
 
-Each hospital prepares its data as the node does (hospital_node.data: the node's 80/20 local split
-seeded by the study seed, then standardisation with the schema's reference constants when the
-schema has them, else the hospital's own statistics), plans its noise with
-hospital_node.trainer.plan_noise and trains each round's job with hospital_node.trainer.train_job
-(DP-SGD, grad_sample_mode "fused"). The global model moves by the aggregate of the round's updates,
-computed with the study codec's own quantisation (fedproto.codec: weight min(n, cap)/cap, clip to
-update_clip, stochastic rounding to quant_bits, then exactly the decode arithmetic of
-decrypt_aggregate): the encrypted sum is exact on integers, so this is the number the nodes
-decrypt, without the encryption (tests/fedproto/test_codec.py checks the round trip within one
-quantisation step).
+Each hospital prepares its data as the node does (hospital_node.data.prepare: the study's local
+test split, sized by its ``evaluation.holdout``, then standardisation with the schema's reference
+constants when the schema has them, else the hospital's own statistics), plans its noise with
+hospital_node.trainer.plan_noise (reserving the local-only baseline when the study has one) and
+trains each round's job with hospital_node.trainer.train_job (DP-SGD, grad_sample_mode "fused")
+from the node's initial model (zeros for logistic regression). The global model moves by the
+aggregate of the round's updates, computed with the study codec's own quantisation
+(fedproto.codec: weight min(n, cap)/cap, clip to update_clip, stochastic rounding to quant_bits,
+then exactly the decode arithmetic of decrypt_aggregate): the encrypted sum is exact on integers,
+so this is the number the nodes decrypt, without the encryption (tests/fedproto/test_codec.py
+checks the round trip within one quantisation step).
 
-A ``Setup`` is a set of study settings plus the node VARIANTS this benchmark measures (none of them
-is node behaviour today): ``batch="auto"`` (each hospital's batch from its own declared size),
-``init="zero"`` (convex model starts from zero, not the seeded random model), ``local_split=False``
-(the node trains on all its rows instead of holding out 20 %).
+A ``Setup`` is a set of study settings: fixed numbers (a portal preset) or ``auto``
+(fedproto.tuning.auto_settings from the hospitals' declared sizes, here their row counts), how
+features are standardised, the node's held-out share, and whether the study carries the
+in-protocol local-only baseline (then federated jobs and baseline share each hospital's budget,
+and "local-only" below is that baseline; without it, "local-only" is what the hospital could
+train alone with its whole budget).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,19 +31,17 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from utility_data import Hospital
 
+from fedproto import tuning
 from fedproto.codec import DEFAULT_CODEC, get_codec
 from fedproto.study import StudyConfig, validate_study
 from hospital_node import data as node_data
 from hospital_node.networks import initial_model
-from hospital_node.trainer import _noise_multiplier as noise_multiplier
+from hospital_node.planning import wants_baseline
 from hospital_node.trainer import (
     apply_update,
-    dp_train,
     epsilon_of,
     plan_noise,
     predict,
-    sample_rate_for,
-    steps_per_epoch,
     train_job,
     train_local_only,
 )
@@ -52,63 +53,64 @@ DELTA = 1e-5
 class Setup:
     key: str
     label: str
-    rounds: int
-    local_epochs: int
-    batch: int | str  # a fixed batch size, or "auto": each hospital's from its size (auto_batch)
-    learning_rate: float
-    clip_norm: float = 1.0
+    preset: str  # a key of fedproto.tuning.STUDY_PRESETS, or "auto"
+    scale_preset: bool = False  # the preset's batch scaled to the declared sizes (tuning.scaled_preset)
     standardise: str = "local"  # "local": each hospital's own statistics; "global": reference constants in the schema
-    init: str = "seeded"  # "seeded": the node's initial_model (seeded random); "zero": all weights 0
-    local_split: bool = True  # the node holds out 20 % of its rows for a local test split
+    holdout: Any = 0.2  # the study's evaluation.holdout (the node's own local test split)
+    baseline: bool = False  # the study's evaluation.local_baseline (in-protocol baseline, inside the budget)
 
 
 SETUPS = {
-    "standard": Setup("standard", 'portal "Standard" preset, CSV header (local standardisation)',
-                      rounds=10, local_epochs=2, batch=64, learning_rate=0.1),
-    "demo": Setup("demo", "demo settings + reference constants in the schema",
-                  rounds=5, local_epochs=5, batch=16, learning_rate=0.1, standardise="global"),
-    "zero": Setup("zero", "variant: demo + zero initial weights + no 20 % local split",
-                  rounds=5, local_epochs=5, batch=16, learning_rate=0.1, standardise="global", init="zero",
-                  local_split=False),
-    "auto": Setup("auto", "variant: global constants, zero init, no 20 % split, full batch (b = n), lr 2",
-                  rounds=10, local_epochs=1, batch="auto", learning_rate=2.0, standardise="global", init="zero",
-                  local_split=False),
+    "standard": Setup("standard", 'portal "Standard" preset (batch 64), CSV header (local standardisation), 20 % split',
+                      preset="standard"),
+    "scaled": Setup("scaled", '"Standard" preset, batch scaled to the declared sizes, shared standardisation, '
+                              "auto split", preset="standard", scale_preset=True, standardise="global", holdout="auto"),
+    "auto": Setup("auto", "auto settings from the declared sizes, shared standardisation, auto split; local-only: "
+                          "the hospital alone with its whole budget", preset="auto", standardise="global",
+                  holdout="auto"),
+    "auto+baseline": Setup("auto+baseline", "auto, with the in-protocol local-only baseline (federated jobs and "
+                                            "baseline share the budget)", preset="auto", standardise="global",
+                           holdout="auto", baseline=True),
 }
 
 
-def auto_batch(n_train: int) -> int:
-    """A batch from the hospital's declared size alone (no data, no budget): all its rows, i.e. noisy
-    full-batch gradient descent. The noise added to a step's mean gradient is sigma * clip / batch, so
-    at these sizes the largest batch buys the most signal per unit of epsilon (docs/utility.md)."""
-    return int(n_train)
+def settings_for(setup: Setup, sizes: list[int]) -> dict[str, Any]:
+    """rounds, local_epochs, batch_size, learning_rate, clip_norm of ``setup`` for these declared sizes."""
+    if setup.preset == "auto":
+        return tuning.auto_settings(sizes, "logistic_regression")
+    p = tuning.scaled_preset(setup.preset, sizes if setup.scale_preset else None)
+    return {k: p[k] for k in ("rounds", "local_epochs", "batch_size", "learning_rate", "clip_norm")}
 
 
-def study_for(setup: Setup, *, n_features: int, epsilon: float, seed: int, n_hospitals: int,
+def study_for(setup: Setup, *, sizes: list[int], n_features: int, epsilon: float, seed: int,
               center: np.ndarray | None) -> StudyConfig:
     feats = [{"name": f"x{j}", "type": "float"} for j in range(n_features)]
     if center is not None:  # reference constants: every hospital standardises identically
         for f, (c, s) in zip(feats, center):
             f.update(center=float(c), scale=float(s))
-    batch = setup.batch if isinstance(setup.batch, int) else 64  # "auto": replaced per hospital
+    st = settings_for(setup, sizes)
     return validate_study({
         "name": f"utility {setup.key}", "schema": {"task": "binary_classification", "features": feats,
                                                    "label": {"name": "y"}},
-        "model": {"type": "logistic_regression"}, "rounds": setup.rounds, "local_epochs": setup.local_epochs,
-        "batch_size": batch, "learning_rate": setup.learning_rate,
-        "privacy": {"epsilon": epsilon, "delta": DELTA, "clip_norm": setup.clip_norm},
-        "encryption": {"codec": DEFAULT_CODEC}, "quorum": n_hospitals, "round_deadline_s": 600, "seed": seed,
-    }, n_hospitals=n_hospitals)
+        "model": {"type": "logistic_regression"}, "rounds": st["rounds"], "local_epochs": st["local_epochs"],
+        "batch_size": st["batch_size"], "learning_rate": st["learning_rate"],
+        "privacy": {"epsilon": epsilon, "delta": DELTA, "clip_norm": st["clip_norm"]},
+        "encryption": {"codec": DEFAULT_CODEC}, "quorum": len(sizes), "round_deadline_s": 600, "seed": seed,
+        "evaluation": {"holdout": setup.holdout, "local_baseline": setup.baseline},
+    }, n_hospitals=len(sizes))
 
 
 @dataclass
 class Site:
-    """One hospital as its node sees it: its study (batch may differ under "auto") and standardised splits."""
+    """One hospital as its node sees it: the study, its training rows, the benchmark's test rows
+    standardised as the node standardises, and whether it trains the in-protocol baseline."""
 
     study: StudyConfig
     X_train: np.ndarray
     y_train: np.ndarray
-    X_test: np.ndarray  # the benchmark's held-out rows, standardised as the node standardises
+    X_test: np.ndarray
     y_test: np.ndarray
+    baseline: bool
 
 
 def prepare_sites(setup: Setup, hosp: list[Hospital], *, epsilon: float, seed: int) -> list[Site]:
@@ -118,29 +120,14 @@ def prepare_sites(setup: Setup, hosp: list[Hospital], *, epsilon: float, seed: i
         pooled = np.vstack([h.X_node for h in hosp])
         sd = pooled.std(axis=0)
         center = np.c_[pooled.mean(axis=0), np.where(sd > 1e-12, sd, 1.0)]
-    study = study_for(setup, n_features=hosp[0].X_node.shape[1], epsilon=epsilon, seed=seed,
-                      n_hospitals=len(hosp), center=center)
+    study = study_for(setup, sizes=[len(h.y_node) for h in hosp], n_features=hosp[0].X_node.shape[1],
+                      epsilon=epsilon, seed=seed, center=center)
     sites = []
     for h in hosp:
-        if setup.local_split:
-            X_tr, _, y_tr, _ = node_data.split(h.X_node, h.y_node, seed=study.seed, task=study.task)
-        else:
-            X_tr, y_tr = h.X_node, h.y_node
-        c, s = node_data.standardisation(study.schema, X_tr)
-        st = study if setup.batch != "auto" else dataclasses.replace(study, batch_size=auto_batch(len(y_tr)))
-        f32 = np.float32
-        sites.append(Site(st, ((X_tr - c) / s).astype(f32), y_tr.astype(f32), ((h.X_test - c) / s).astype(f32),
-                          h.y_test))
+        ds = node_data.prepare(study, h.X_node, h.y_node)
+        X_test = ((h.X_test - ds.center) / ds.scale).astype(np.float32)
+        sites.append(Site(study, ds.X_train, ds.y_train, X_test, h.y_test, wants_baseline(study, ds)))
     return sites
-
-
-def start_model(setup: Setup, study: StudyConfig) -> torch.nn.Module:
-    model = initial_model(study)
-    if setup.init == "zero":
-        with torch.no_grad():
-            for p in model.parameters():
-                p.zero_()
-    return model
 
 
 def aggregate(updates: list[np.ndarray], n_samples: list[int], enc: dict, rng: np.random.Generator) -> np.ndarray:
@@ -154,10 +141,10 @@ def aggregate(updates: list[np.ndarray], n_samples: list[int], enc: dict, rng: n
     return (sums * step - len(updates) * c) * (enc["weight_cap_samples"] / sum(wnums))
 
 
-def federated(setup: Setup, sites: list[Site], *, seed: int) -> torch.nn.Module:
+def federated(sites: list[Site], *, seed: int) -> tuple[torch.nn.Module, list]:
     base = sites[0].study
-    model = start_model(setup, base)
-    plans = [plan_noise(s.study, len(s.y_train)) for s in sites]
+    model = initial_model(base)
+    plans = [plan_noise(s.study, len(s.y_train), baseline=s.baseline) for s in sites]
     rng = np.random.default_rng(seed)
     histories: list[list] = [[] for _ in sites]
     for rnd in range(base.rounds):
@@ -169,22 +156,19 @@ def federated(setup: Setup, sites: list[Site], *, seed: int) -> torch.nn.Module:
         model = apply_update(model, aggregate(updates, [len(s.y_train) for s in sites], base.encryption, rng))
     for h in histories:  # the budget was kept, as the node's ledger would check
         assert epsilon_of(h, DELTA) <= base.privacy.epsilon + 1e-9
+    return model, plans
+
+
+def local_only(site: Site, plan, *, seed: int) -> torch.nn.Module:
+    """The in-protocol baseline (the plan's sigma; federated jobs + baseline end at the budget), or,
+    without one, what the hospital could train alone with its whole budget (train_local_only)."""
+    sigma = plan.noise_multiplier if site.baseline else None
+    model = train_local_only(site.study, site.X_train, site.y_train, noise_multiplier=sigma, seed=seed)
+    if site.baseline:
+        entry = (plan.noise_multiplier, plan.sample_rate, plan.baseline_steps)
+        jobs = [(plan.noise_multiplier, plan.sample_rate, plan.steps_per_job)] * site.study.rounds
+        assert epsilon_of([*jobs, entry], DELTA) <= site.study.privacy.epsilon + 1e-9
     return model
-
-
-def local_only(setup: Setup, site: Site, *, seed: int) -> torch.nn.Module:
-    """The node's train_local_only; from a zero start under init="zero" (the same run, another start)."""
-    st = site.study
-    if setup.init == "seeded":
-        return train_local_only(st, site.X_train, site.y_train, seed=seed)
-    epochs = st.rounds * st.local_epochs
-    n = len(site.y_train)
-    sigma = noise_multiplier(st.privacy.epsilon, DELTA, sample_rate_for(n, st.batch_size),
-                             epochs * steps_per_epoch(n, st.batch_size), st.privacy.accountant)
-    trained, _ = dp_train(start_model(setup, st), site.X_train, site.y_train, task=st.task, epochs=epochs,
-                          batch_size=st.batch_size, learning_rate=st.learning_rate, noise_multiplier=sigma,
-                          clip_norm=st.privacy.clip_norm, seed=seed)
-    return trained
 
 
 def central(hosp: list[Hospital]) -> list[np.ndarray]:
@@ -217,14 +201,16 @@ def run_one(setup: Setup, hosp: list[Hospital], *, epsilon: float, seed: int) ->
     """AUCs of the federated model, each hospital's local-only model (own test rows, and pooled for
     the best one) and the central non-private model."""
     sites = prepare_sites(setup, hosp, epsilon=epsilon, seed=seed)
-    fed_own, fed_pooled = aucs(scores(federated(setup, sites, seed=seed), sites), hosp)
+    model, plans = federated(sites, seed=seed)
+    fed_own, fed_pooled = aucs(scores(model, sites), hosp)
     local_own, local_pooled = [], []
-    for i, s in enumerate(sites):
-        m = local_only(setup, s, seed=seed * 1000 + 900 + i)
+    for i, (s, plan) in enumerate(zip(sites, plans)):
+        m = local_only(s, plan, seed=seed * 1000 + 900 + i)
         local_own.append(auc(hosp[i].y_test, predict(m, s.X_test)))
         # the local model applied at every hospital (each standardises its own rows as in the study)
         local_pooled.append(aucs(scores(m, sites), hosp)[1])
     cen_own, cen_pooled = aucs(central(hosp), hosp)
     return {"fed_own": fed_own, "fed_pooled": fed_pooled, "local_own": local_own, "local_pooled": local_pooled,
             "central_own": cen_own, "central_pooled": cen_pooled,
-            "batches": [s.study.batch_size for s in sites], "n_train": [len(s.y_train) for s in sites]}
+            "batches": [s.study.local_batch(len(s.y_train)) for s in sites], "n_train": [len(s.y_train) for s in sites],
+            "sigmas": [p.noise_multiplier for p in plans]}

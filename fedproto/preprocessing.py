@@ -91,7 +91,9 @@ def schema_of(doc: dict[str, Any]) -> dict[str, Any]:
     """The data schema a preprocessing document was built from (validated)."""
     keep = {"name", "type", "center", "scale", "range", "levels", "categories", "other", "missing", "fill_value",
             "missing_indicator", "description"}
-    feats = [{k: v for k, v in f.items() if k in keep} for f in doc["features"]]
+    # center/scale belong to the schema only for "fixed" scaling; otherwise they are derived here
+    feats = [{k: v for k, v in f.items() if k in keep and (k not in ("center", "scale") or f.get("scaling") == "fixed")}
+             for f in doc["features"]]
     return validate_schema({"task": doc["task"], "features": feats, "label": doc["label"]})
 
 
@@ -107,10 +109,10 @@ def check(doc: Any) -> dict[str, Any]:
     schema = schema_of(doc)
     if doc["columns"] != encoded_columns(schema):
         raise SpecError("the preprocessing document's columns do not match its features")
-    for f in doc["features"]:
+    for f, declared in zip(doc["features"], schema["features"]):
         name, how = f["name"], f.get("scaling")
-        if how != scaling(f):
-            raise SpecError(f"feature {name!r}: scaling {how!r} does not match its schema ({scaling(f)!r})")
+        if how != scaling(declared):
+            raise SpecError(f"feature {name!r}: scaling {how!r} does not match its schema ({scaling(declared)!r})")
         if how in ("fixed", "federated"):
             for key in ("center", "scale"):
                 v = f.get(key)

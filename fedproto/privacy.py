@@ -1,4 +1,11 @@
-"""Privacy parameters of a study (differential privacy on every node)."""
+"""Privacy parameters of a study: the budget, the clip, the accountant, and the privacy model.
+
+``mode`` is ``local`` (the default: every hospital adds the full DP-SGD noise to its own update)
+or ``distributed`` (each hospital adds a share of discrete Gaussian noise to one clipped gradient
+sum per round and masks it; only the sum over the survivors is ever readable; fedproto/ddp.py,
+docs/privacy.md). Distributed mode also records ``collusion`` (T, the most hospitals that may
+collude with the platform) and ``quant_step`` (gamma, the quantisation step in model units).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,9 @@ from typing import Any
 from .errors import SpecError
 
 ACCOUNTANTS = ("rdp", "prv")
+MODES = ("local", "distributed")
+DEFAULT_MODE = "local"
+QUANT_STEP_PER_CLIP = 1.0 / 1024  # default gamma = clip_norm / 1024 (a clipped record spans ~1024 integers)
 DEFAULT_ACCOUNTANT = "rdp"
 # Upper bounds of a study's privacy parameters (each must be > 0).
 MAX_EPSILON = 100.0
@@ -31,9 +41,24 @@ def validate_privacy(p: Any) -> dict:
     if acc not in ACCOUNTANTS:
         raise SpecError(f"privacy accountant {acc!r} is not supported; use one of {', '.join(ACCOUNTANTS)}")
     out["accountant"] = acc
-    extra = set(p) - {"epsilon", "delta", "clip_norm", "accountant"}
+    mode = p.get("mode", DEFAULT_MODE)
+    if mode not in MODES:
+        raise SpecError(f"privacy mode {mode!r} is not supported; use local (each hospital adds all the noise) or "
+                        f"distributed (secure aggregation, each hospital adds a share)")
+    allowed = {"epsilon", "delta", "clip_norm", "accountant", "mode"}
+    if mode == "distributed":
+        allowed |= {"collusion", "quant_step"}
+        t = p.get("collusion")
+        if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+            raise SpecError(f"privacy collusion (T, the most hospitals that may collude with the platform) must be an "
+                            f"integer >= 0 in distributed mode, got {t!r}")
+        out["mode"], out["collusion"] = mode, t
+        out["quant_step"] = (num("quant_step", 0.0, out["clip_norm"]) if "quant_step" in p
+                             else out["clip_norm"] * QUANT_STEP_PER_CLIP)
+    extra = set(p) - allowed
     if extra:
-        raise SpecError(f"privacy has unknown field(s) {sorted(extra)}")
+        hint = " (collusion and quant_step belong to distributed mode)" if extra & {"collusion", "quant_step"} else ""
+        raise SpecError(f"privacy has unknown field(s) {sorted(extra)}{hint}")
     return out
 
 
@@ -41,7 +66,12 @@ def validate_privacy(p: Any) -> dict:
 # realises for a loader of ceil(n / batch_size) batches). The node plans and accounts with these,
 # and the portal's preview and the auditor's recomputation use the same numbers.
 
+FULL_BATCH = 0  # a study's batch_size 0: each step uses all of the hospital's training rows
+
+
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    if int(batch_size) == FULL_BATCH:
+        return 1
     return -(-int(n_train) // int(batch_size))
 
 

@@ -144,7 +144,7 @@ def _missing(f: dict[str, Any], item: dict[str, Any]) -> None:
                         f"of {', '.join(MISSING_STRATEGIES[ftype])}")
     if strategy != "error":
         item["missing"] = strategy
-    if strategy in ("mean", "median") and "range" not in item:
+    if strategy in ("mean", "median") and ftype in ("float", "int") and "range" not in item:
         raise SpecError(f"schema feature {name!r}: {strategy} imputation needs a declared 'range' [low, high] (the "
                         "bounds the federated statistics clip values to, which bounds each patient's influence)")
     if strategy == "constant":

@@ -12,6 +12,7 @@ belong to the config: read them, never change them (``to_wire`` hands out copies
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import secrets
 from dataclasses import dataclass
@@ -19,8 +20,10 @@ from typing import Any, Mapping
 
 from . import PROTOCOL_VERSION
 from .codec import DEFAULT_CODEC, get_codec
+from .ddp_config import check_distributed, packing
 from .errors import SpecError
-from .privacy import DEFAULT_ACCOUNTANT, validate_privacy
+from .evaluation import DEFAULT_EVALUATION, validate_evaluation
+from .privacy import DEFAULT_ACCOUNTANT, DEFAULT_MODE, FULL_BATCH, validate_privacy
 from .schema import n_inputs, validate_schema
 from .specs import n_params as spec_n_params
 from .specs import validate_model_spec
@@ -55,7 +58,10 @@ class WorkKind:
 # The study dict a node receives in a work item, in the order the platform sends it.
 WIRE_FIELDS = ("id", "name", "consortium", "protocol_version", "schema", "model", "rounds", "local_epochs",
                "batch_size", "learning_rate", "privacy", "encryption", "quorum", "round_deadline_s", "seed",
-               "custodian_hospital_id", "n_params")
+               "custodian_hospital_id", "n_params", "evaluation")
+
+# Fields a study dict may lack (a platform older than them): they take their defaults.
+OPTIONAL_WIRE_FIELDS = ("evaluation",)
 
 
 @dataclass(frozen=True)
@@ -67,15 +73,26 @@ class Privacy:
     delta: float
     clip_norm: float
     accountant: str = DEFAULT_ACCOUNTANT
+    mode: str = DEFAULT_MODE  # "local" or "distributed" (fedproto/privacy.py)
+    collusion: int = 0  # T, distributed mode only
+    quant_step: float = 0.0  # gamma, distributed mode only
 
     @classmethod
     def parse(cls, raw: Any) -> Privacy:
         p = validate_privacy(raw)
-        return cls(epsilon=p["epsilon"], delta=p["delta"], clip_norm=p["clip_norm"], accountant=p["accountant"])
+        return cls(epsilon=p["epsilon"], delta=p["delta"], clip_norm=p["clip_norm"], accountant=p["accountant"],
+                   mode=p.get("mode", DEFAULT_MODE), collusion=p.get("collusion", 0), quant_step=p.get("quant_step", 0.0))
+
+    @property
+    def distributed(self) -> bool:
+        return self.mode == "distributed"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"epsilon": self.epsilon, "delta": self.delta, "clip_norm": self.clip_norm,
-                "accountant": self.accountant}
+        out: dict[str, Any] = {"epsilon": self.epsilon, "delta": self.delta, "clip_norm": self.clip_norm,
+                               "accountant": self.accountant}
+        if self.distributed:  # a local-mode study's wire form is unchanged
+            out.update(mode=self.mode, collusion=self.collusion, quant_step=self.quant_step)
+        return out
 
 
 @dataclass(frozen=True)
@@ -95,6 +112,8 @@ class StudyConfig:
     round_deadline_s: int
     seed: int
     n_params: int
+    # how each hospital judges the model: its held-out share and the local-only baseline (fedproto.evaluation)
+    evaluation: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(DEFAULT_EVALUATION))
     consortium: str = ""
     id: int | None = None  # the platform's id; None until the platform has stored the study
     custodian_hospital_id: int | None = None
@@ -102,11 +121,12 @@ class StudyConfig:
 
     @classmethod
     def from_wire(cls, d: Any) -> StudyConfig:
-        """Parse and validate the study dict of a work item (every field of WIRE_FIELDS, no other)."""
+        """Parse and validate the study dict of a work item (every field of WIRE_FIELDS but those of
+        OPTIONAL_WIRE_FIELDS, which take their defaults; no other)."""
         if not isinstance(d, Mapping):
             raise SpecError(f"a study must be a JSON object with the fields {', '.join(WIRE_FIELDS)}, "
                             f"got {type(d).__name__}")
-        missing = [k for k in WIRE_FIELDS if k not in d]
+        missing = [k for k in WIRE_FIELDS if k not in d and k not in OPTIONAL_WIRE_FIELDS]
         if missing:
             raise SpecError(f"study is missing field(s) {missing}; the platform sends {', '.join(WIRE_FIELDS)}")
         return _validate(d, n_hospitals=None, wire=True)
@@ -121,6 +141,7 @@ class StudyConfig:
             "encryption": copy.deepcopy(self.encryption), "quorum": self.quorum,
             "round_deadline_s": self.round_deadline_s, "seed": self.seed,
             "custodian_hospital_id": self.custodian_hospital_id, "n_params": self.n_params,
+            "evaluation": copy.deepcopy(self.evaluation),
         }
 
     @property
@@ -139,6 +160,15 @@ class StudyConfig:
         """The model's number of inputs: the width of the encoded features (a categorical feature
         is one input per category, a missing-value indicator one more; fedproto.schema)."""
         return n_inputs(self.schema)
+
+    @property
+    def full_batch(self) -> bool:
+        """batch_size 0: every DP-SGD step uses all of the hospital's training rows (sampling rate 1)."""
+        return self.batch_size == FULL_BATCH
+
+    def local_batch(self, n_train: int) -> int:
+        """The batch a hospital with ``n_train`` training rows uses."""
+        return int(n_train) if self.full_batch else self.batch_size
 
     @property
     def codec(self) -> str:
@@ -171,7 +201,8 @@ def validate_study(raw: Any, *, n_hospitals: int | None = None) -> StudyConfig:
 
     ``raw`` holds the fields of WIRE_FIELDS (``model`` is the model spec, ``privacy`` an object);
     ``id`` and ``custodian_hospital_id`` may be absent before the platform stores the study,
-    ``seed`` (drawn at random when absent), ``consortium``, ``protocol_version`` and ``n_params``
+    ``seed`` (drawn at random when absent), ``evaluation`` (default DEFAULT_EVALUATION), ``consortium``,
+    ``protocol_version`` and ``n_params``
     (checked against the model when given) may be absent too. ``n_hospitals`` (the invited
     hospitals, when known) bounds the quorum and must fit the encryption's ``max_hospitals``."""
     return _validate(raw, n_hospitals=n_hospitals, wire=False)
@@ -225,22 +256,34 @@ def _validate(raw: Any, *, n_hospitals: int | None, wire: bool) -> StudyConfig:
     if custodian is not None:
         custodian = _int_in("custodian_hospital_id", custodian, 1, _MAX_ID, " or null")
 
-    return StudyConfig(
+    quorum = _int_in("quorum", raw.get("quorum"), MIN_QUORUM, quorum_max, quorum_hint)
+    if privacy.distributed:
+        check_distributed(privacy, quorum, n_hospitals, enc)
+        if raw.get("batch_size") == FULL_BATCH:
+            raise SpecError("distributed DP divides the summed gradients by batch_size, a public normaliser: full batch "
+                            "(0) would need each hospital's record count, which this mode never sends; set batch_size "
+                            ">= 1")
+    cfg = StudyConfig(
         id=study_id, name=name, consortium=consortium, protocol_version=PROTOCOL_VERSION,
         schema=schema, model=model,
         rounds=_int_in("rounds", raw.get("rounds"), 1, MAX_ROUNDS),
         local_epochs=_int_in("local_epochs", raw.get("local_epochs"), 1, MAX_LOCAL_EPOCHS),
-        batch_size=_int_in("batch_size", raw.get("batch_size"), 1, MAX_BATCH_SIZE),
+        batch_size=_int_in("batch_size", raw.get("batch_size"), FULL_BATCH, MAX_BATCH_SIZE,
+                           " (0: all of each hospital's rows in every step)"),
         learning_rate=_float_in("learning_rate", raw.get("learning_rate"), 0.0, MAX_LEARNING_RATE),
         privacy=privacy, encryption=enc,
-        quorum=_int_in("quorum", raw.get("quorum"), MIN_QUORUM, quorum_max, quorum_hint),
+        quorum=quorum,
         round_deadline_s=_int_in("round_deadline_s", raw.get("round_deadline_s"), MIN_ROUND_DEADLINE_S,
                                  MAX_ROUND_DEADLINE_S, " seconds"),
         seed=_int_in("seed", seed, MIN_SEED, MAX_SEED), custodian_hospital_id=custodian,
         n_params=expected_params,
+        evaluation=validate_evaluation(raw.get("evaluation", DEFAULT_EVALUATION)),
     )
+    if privacy.distributed and n_hospitals is not None:
+        packing(cfg)  # the noise plan exists and its noise fits the codec's digits (SpecError otherwise)
+    return cfg
 
 
-__all__ = ["MAX_BATCH_SIZE", "MAX_LEARNING_RATE", "MAX_LOCAL_EPOCHS", "MAX_NAME_LENGTH",
+__all__ = ["FULL_BATCH", "MAX_BATCH_SIZE", "MAX_LEARNING_RATE", "MAX_LOCAL_EPOCHS", "MAX_NAME_LENGTH",
            "MAX_ROUNDS", "MAX_ROUND_DEADLINE_S", "MAX_SEED", "MIN_QUORUM", "MIN_ROUND_DEADLINE_S", "MIN_SEED",
            "Privacy", "SEED_DRAW_BOUND", "StudyConfig", "WIRE_FIELDS", "WorkKind", "validate_study"]

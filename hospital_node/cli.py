@@ -1,4 +1,4 @@
-"""Command line: ``python -m hospital_node {enrol,run,status} --config node.toml``.
+"""Command line: ``python -m hospital_node {enrol,run,status,check} --config node.toml``, ``predict --model M --csv F``.
 
 Exit codes: 0 ok / clean shutdown, 1 error, 2 bad configuration or usage,
 3 the platform refused the node's credentials (401/403: re-enrol or ask the admin).
@@ -10,6 +10,8 @@ import argparse
 import logging
 import os
 import sys
+
+from fedproto.errors import SpecError
 
 from . import NODE_VERSION
 from .config import GRAD_SAMPLE_MODES, plain_http_warning
@@ -140,6 +142,28 @@ def cmd_status(args) -> int:
     return rc
 
 
+def cmd_check(args) -> int:
+    from .config import load_config
+    from .tools import check, schema_from_args
+
+    schema = schema_from_args(args)
+    path = load_config(args.config).dataset_path(args.dataset)
+    print(check(schema, path), end="")
+    return EXIT_OK
+
+
+def cmd_predict(args) -> int:
+    from .tools import predict
+
+    if args.out:
+        with open(args.out, "w", encoding="utf-8", newline="") as fh:
+            n = predict(args.model, args.csv, fh)
+        print(f"scored {n} rows into {args.out}", file=sys.stderr)
+    else:
+        predict(args.model, args.csv, sys.stdout)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m hospital_node",
                                 description="Hospital node of the federated-learning platform")
@@ -160,6 +184,18 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="enrolment, platform reachability, privacy ledger")
     s.add_argument("--config", required=True)
     s.set_defaults(func=cmd_status)
+    c = sub.add_parser("check", help="check a data set against a study's schema (before approving it)")
+    c.add_argument("--config", required=True)
+    which = c.add_mutually_exclusive_group(required=True)
+    which.add_argument("--study", type=int, help="a study this node was invited to")
+    which.add_argument("--schema", help="a schema JSON file (from the study page)")
+    c.add_argument("--dataset", default=None, help="data set name from [datasets.NAME] (default: the default one)")
+    c.set_defaults(func=cmd_check)
+    pr = sub.add_parser("predict", help="score new raw rows with a released model")
+    pr.add_argument("--model", required=True, help="model.safetensors released by the platform")
+    pr.add_argument("--csv", required=True, help="rows to score (the schema's feature columns)")
+    pr.add_argument("--out", default=None, help="write the scores here (default: stdout)")
+    pr.set_defaults(func=cmd_predict)
     return p
 
 
@@ -178,5 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     except NodeError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_ERROR
+    except SpecError as e:
+        print(f"error: invalid schema or model description: {e}", file=sys.stderr)
+        return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,21 @@ class NodeConfig:
     grad_sample_mode: str
     heartbeat_interval_s: float
     limits: Limits = field(default_factory=Limits)
+    # The node's data sets by name ([datasets.NAME] path = ...); [data] csv is the data set "default".
+    datasets: dict[str, Path] = field(default_factory=dict)
 
+    def dataset_path(self, name: str | None = None) -> Path:
+        """The file of data set ``name`` (None: the default data set)."""
+        key = name or DEFAULT_DATASET
+        if key not in self.datasets:
+            known = ", ".join(sorted(self.datasets)) or "none"
+            raise ConfigError(f"the node has no data set {key!r} (known: {known}): add [datasets.{key}] path = "
+                              f"\"...\" to {self.path}")
+        return self.datasets[key]
+
+
+DEFAULT_DATASET = "default"
+_DATASET_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 
 _KNOWN = {
     "platform": {"url", "credentials_file", "request_timeout_s"},
@@ -65,9 +80,11 @@ def load_config(path: str | Path) -> NodeConfig:
     base = path.resolve().parent
 
     for section, val in raw.items():
+        if section == "datasets":
+            continue  # checked below
         if section not in _KNOWN:
             raise ConfigError(f"unknown section [{section}] in {path}; known sections: "
-                              f"{', '.join('[' + s + ']' for s in _KNOWN)}")
+                              f"{', '.join('[' + s + ']' for s in _KNOWN)}, [datasets.NAME]")
         if not isinstance(val, dict):
             raise ConfigError(f"{section} must be a [{section}] table in {path}")
         extra = set(val) - _KNOWN[section]
@@ -96,6 +113,7 @@ def load_config(path: str | Path) -> NodeConfig:
             raise ConfigError(f"{section}.{key} must be {kind} between {lo:g} and {hi:g}, got {v!r}")
         return v
 
+    datasets = _datasets(raw, path, path_of)
     url = get("platform", "url")
     if not isinstance(url, str) or not url.startswith(("https://", "http://")):
         raise ConfigError(f"platform.url must be the platform's base URL, like \"https://fl.example.org\", got {url!r}")
@@ -122,14 +140,42 @@ def load_config(path: str | Path) -> NodeConfig:
         path=path, platform_url=url.rstrip("/"),
         credentials_file=path_of("platform", "credentials_file", "node-credentials.json"),
         request_timeout_s=float(number("platform", "request_timeout_s", 30, 1, 600)),
-        data_csv=path_of("data", "csv"),
+        data_csv=datasets[DEFAULT_DATASET] if DEFAULT_DATASET in datasets else next(iter(datasets.values())),
         ledger=path_of("node", "ledger", "ledger.sqlite3"),
         work_dir=path_of("node", "work_dir", "work"),
         poll_wait_s=int(number("node", "poll_wait_s", 20, 0, 30, integer=True)),
         grad_sample_mode=gsm,
         heartbeat_interval_s=float(number("node", "heartbeat_interval_s", 60, 1, 3600)),
-        limits=limits,
+        limits=limits, datasets=datasets,
     )
+
+
+def _datasets(raw: dict[str, Any], path: Path, path_of) -> dict[str, Path]:
+    """[datasets.NAME] path = ... tables, plus [data] csv as the data set "default" (the single-file
+    configuration of earlier nodes, still supported)."""
+    tables = raw.get("datasets", {})
+    if not isinstance(tables, dict):
+        raise ConfigError(f"datasets must be tables like [datasets.cohort2024] with path = \"...\" in {path}")
+    out: dict[str, Path] = {}
+    if "csv" in raw.get("data", {}):
+        out[DEFAULT_DATASET] = path_of("data", "csv")
+    for name, table in tables.items():
+        if not _DATASET_NAME.match(name):
+            raise ConfigError(f"data set name {name!r} in {path}: use letters, digits, _ . - (at most 64)")
+        if not isinstance(table, dict) or set(table) != {"path"}:
+            raise ConfigError(f"[datasets.{name}] in {path} takes exactly one key, path = \"...\"")
+        if name in out:
+            raise ConfigError(f"data set {name!r} is given twice in {path} ([data] csv is the data set "
+                              f"{DEFAULT_DATASET!r}); keep one")
+        v = table["path"]
+        if not isinstance(v, str) or not v.strip():
+            raise ConfigError(f"datasets.{name}.path must be a file path (a string), got {v!r}")
+        p = Path(v).expanduser()
+        out[name] = p if p.is_absolute() else path.resolve().parent / p
+    if not out:
+        raise ConfigError(f"missing data.csv in {path}: name the data file under [data] (csv = \"...\") or the "
+                          f"node's data sets as [datasets.NAME] path = \"...\"")
+    return out
 
 
 def plain_http_warning(url: str) -> str | None:

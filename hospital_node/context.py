@@ -38,7 +38,8 @@ class NodeContext:
             st = path.stat()
             key = (str(path), st.st_mtime_ns, st.st_size, config_sha256(study))
         except FileNotFoundError:
-            raise DataError(f"data file {path} does not exist: set [data] csv in {self.cfg.path}",
+            raise DataError(f"data file {path} does not exist: set [data] csv (or [datasets.default] path) in "
+                            f"{self.cfg.path}",
                             public="the node's data file does not exist") from None
         hit = self._data_cache.get(study.study_id)
         if hit and hit[0] == key:

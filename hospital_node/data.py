@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from fedproto import preprocessing
+from fedproto.evaluation import holdout_rows
 from fedproto.schema import label_columns, required_columns
 from fedproto.study import StudyConfig
 
@@ -115,7 +116,13 @@ def parse_cell(value: str, feature: dict[str, Any], row: int) -> float:
         raise DataError(f"value {value!r} in {_where(column, row)} is not one of the declared categories "
                         f"({', '.join(cats)}); declare it, or set \"other\": true in the schema",
                         public=f"column {column!r}: a value is not one of the declared categories")
-    return _number(v, value, column, row, integer=ftype == "int")
+    x = _number(v, value, column, row, integer=ftype == "int")
+    if "range" in feature and not feature["range"][0] <= x <= feature["range"][1]:
+        lo, hi = feature["range"]
+        raise DataError(f"value {value!r} in {_where(column, row)} is outside the declared range [{lo:g}, {hi:g}]: "
+                        "correct the value, or widen the schema's range",
+                        public=f"column {column!r}: a value is outside the declared range")
+    return x
 
 
 def _label(row: list[str], idx: dict[str, int], schema: dict[str, Any], row_no: int) -> float | tuple[float, float]:
@@ -187,6 +194,11 @@ def load_csv(path: str | Path, schema: dict[str, Any], *, labels: bool = True) -
             except StopIteration:
                 raise DataError(f"data file {path} is empty: it needs a header row and data rows",
                                 public="the node's data file is empty") from None
+            dupes = sorted({c for c in header if header.count(c) > 1 and c in needed})
+            if dupes:
+                columns = ", ".join(repr(c) for c in dupes)
+                raise DataError(f"data file {path} has column(s) {columns} more than once in its header: keep one",
+                                public=f"the local data has column(s) {columns} more than once")
             missing = [c for c in needed if c not in header]
             if missing:
                 columns = ", ".join(repr(m) for m in missing)
@@ -220,26 +232,52 @@ def _stratify_on(y: np.ndarray, task: str) -> np.ndarray | None:
     return None
 
 
-def split(X: np.ndarray, y: np.ndarray, *, seed: int, task: str, test_size: float = 0.2):
-    """80/20 split seeded by the study seed; stratified on the class (classification) or the event
+def split(X: np.ndarray, y: np.ndarray, *, seed: int, task: str, test_size: float | int = 0.2):
+    """Train/test split seeded by the study seed (``test_size``: a fraction, or a number of rows;
+    0: no test split, every row trains); stratified on the class (classification) or the event
     (survival) when every group has two rows or more."""
     from sklearn.model_selection import train_test_split
 
     if len(y) < 5:
-        raise DataError(f"only {len(y)} data rows: at least 5 are needed for a train/test split",
-                        public="too few data rows for a train/test split (at least 5 are needed)")
+        raise DataError(f"only {len(y)} data rows: at least 5 are needed to train",
+                        public="too few data rows to train (at least 5 are needed)")
     if task == "binary_classification":
         classes = np.unique(y)
         if len(classes) < 2:
             raise DataError(f"the label has only one class ({classes[0]:g}) in the local data: "
                             "binary classification needs both 0 and 1",
                             public="the label has only one class in the local data (binary classification needs both)")
+    if not test_size:
+        return X, X[:0], y, y[:0]
     strata = _stratify_on(y, task)
     if strata is not None:
         _, counts = np.unique(strata, return_counts=True)
-        if len(counts) < 2 or counts.min() < 2:
+        n_test = test_size if isinstance(test_size, int) else round(test_size * len(y))
+        if len(counts) < 2 or counts.min() < 2 or n_test < len(counts) or len(y) - n_test < len(counts):
             strata = None
-    return train_test_split(X, y, test_size=test_size, random_state=int(seed) % (2**32), stratify=strata)
+    idx = np.arange(len(y))
+    tr, te = train_test_split(idx, test_size=test_size, random_state=int(seed) % (2**32), stratify=strata)
+    if strata is not None:
+        tr, te = _every_group_in_test(tr, te, strata)
+    return X[tr], X[te], y[tr], y[te]
+
+
+def _every_group_in_test(tr: np.ndarray, te: np.ndarray, strata: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A small stratified test split can miss a rare class (its share rounds to 0 rows), and then its
+    AUC is undefined: swap one row of each missing class in (the first, in split order) for a row of
+    the test's largest class. Same sizes, deterministic."""
+    tr, te = tr.copy(), te.copy()
+    for g in np.unique(strata):
+        if (strata[te] == g).any():
+            continue
+        values, counts = np.unique(strata[te], return_counts=True)
+        big = values[np.argmax(counts)]
+        if counts.max() < 2:
+            break
+        i = int(np.flatnonzero(strata[tr] == g)[0])
+        j = int(np.flatnonzero(strata[te] == big)[0])
+        tr[i], te[j] = te[j], tr[i]
+    return tr, te
 
 
 def _label_dtype(task: str, y: np.ndarray) -> np.ndarray:
@@ -250,7 +288,8 @@ def prepare(study: StudyConfig, X: np.ndarray, y: np.ndarray, statistics: dict[s
     """Split and encode already-loaded arrays for ``study``. ``statistics``: the study's global
     statistics (fedproto.statistics.derive), needed when the schema standardises or imputes with
     federated values."""
-    X_tr, X_te, y_tr, y_te = split(X, y, seed=study.seed, task=study.task)
+    n_test = holdout_rows(len(y), study.evaluation["holdout"])
+    X_tr, X_te, y_tr, y_te = split(X, y, seed=study.seed, task=study.task, test_size=n_test)
     doc = preprocessing.build(study.schema, statistics)
     local = local_constants(doc, X_tr)
     center = np.full(X.shape[1], np.nan)

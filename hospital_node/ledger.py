@@ -25,6 +25,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from fedproto.evaluation import DEFAULT_EVALUATION
 from fedproto.study import StudyConfig
 
 JOB_STATES = ("claimed", "trained", "spend_recorded", "spend_reported", "uploaded", "failed")
@@ -86,13 +87,24 @@ CREATE TABLE IF NOT EXISTS trained_updates (
 );
 """
 
+# The local-only baseline of a study (trained once, at the final evaluation): its (sigma, q, steps)
+# is in the study's history too (it spends the hospital's budget), its scores are reported.
+_SCHEMA_BASELINE = """
+CREATE TABLE IF NOT EXISTS baselines (
+    study_id        INTEGER PRIMARY KEY,
+    entry_json      TEXT NOT NULL,
+    result_json     TEXT NOT NULL
+);
+"""
+
 
 def config_sha256(study: StudyConfig) -> str:
     """Hash of the parts of a study config that the privacy plan depends on (of its wire form, so
-    ledgers written before StudyConfig existed keep matching)."""
-    keys = ("schema", "model", "rounds", "local_epochs", "batch_size", "learning_rate", "privacy",
-            "encryption", "seed")
+    ledgers written before StudyConfig existed keep matching; ``evaluation`` counts when it is not
+    the default, so ledgers written before it existed keep matching too)."""
     wire = study.to_wire()
+    keys = ("schema", "model", "rounds", "local_epochs", "batch_size", "learning_rate", "privacy",
+            "encryption", "seed") + (("evaluation",) if wire["evaluation"] != DEFAULT_EVALUATION else ())
     return hashlib.sha256(json.dumps({k: wire[k] for k in keys}, sort_keys=True).encode()).hexdigest()
 
 
@@ -107,6 +119,8 @@ class Ledger:
             self._db.executescript(_SCHEMA)  # idempotent (IF NOT EXISTS); executescript commits itself
         if self._db.execute("SELECT 1 FROM sqlite_master WHERE name='trained_updates'").fetchone() is None:
             self._db.executescript(_SCHEMA_TRAINED)  # ledgers written before retries reused updates
+        if self._db.execute("SELECT 1 FROM sqlite_master WHERE name='baselines'").fetchone() is None:
+            self._db.executescript(_SCHEMA_BASELINE)  # ledgers written before local-only baselines
 
     def _has_tables(self) -> bool:
         return self._db.execute("SELECT 1 FROM sqlite_master WHERE name='jobs'").fetchone() is not None
@@ -250,6 +264,29 @@ class Ledger:
             return None
         return {"round": int(row["round"]), "job_id": int(row["job_id"]), "n_train": int(row["n_train"]),
                 "update": np.frombuffer(row["update_f8"], dtype="<f8").copy()}
+
+    def record_baseline(self, study_id: int, entry: tuple[float, float, int], epsilon: float,
+                        result: dict[str, Any]) -> dict[str, Any]:
+        """Atomically: append the local-only baseline's (sigma, q, steps) to the study's history, set
+        the cumulative epsilon, keep its ``result``. Once per study: a second call changes nothing
+        and returns the first result."""
+        with self.tx() as db:
+            old = db.execute("SELECT result_json FROM baselines WHERE study_id=?", (int(study_id),)).fetchone()
+            if old is not None:
+                return json.loads(old["result_json"])
+            row = db.execute("SELECT history_json FROM studies WHERE study_id=?", (int(study_id),)).fetchone()
+            hist = json.loads(row["history_json"])
+            hist.append([float(entry[0]), float(entry[1]), int(entry[2])])
+            db.execute("UPDATE studies SET history_json=?, epsilon_spent=?, updated_at=? WHERE study_id=?",
+                       (json.dumps(hist), float(epsilon), time.time(), int(study_id)))
+            db.execute("INSERT INTO baselines(study_id, entry_json, result_json) VALUES (?,?,?)",
+                       (int(study_id), json.dumps(list(entry)), json.dumps(result)))
+        return result
+
+    def baseline(self, study_id: int) -> dict[str, Any] | None:
+        """The study's local-only baseline result (record_baseline), or None."""
+        row = self._db.execute("SELECT result_json FROM baselines WHERE study_id=?", (int(study_id),)).fetchone()
+        return json.loads(row["result_json"]) if row else None
 
     # ------------------------------------------------------------------ global models
 

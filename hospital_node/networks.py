@@ -58,9 +58,16 @@ def build_model(spec: dict[str, Any], n_features: int) -> nn.Module:
 
 
 def initial_model(study: StudyConfig) -> nn.Module:
-    """The round-0 global model: identical on every node (seeded by the study seed)."""
+    """The round-0 global model, identical on every node: all zeros for a convex model (linear,
+    logistic: its loss has one minimum, and a zero start makes the study's outcome independent of
+    its seed), else seeded by the study seed."""
     torch.manual_seed(study.seed)
-    return build_model(study.model, study.n_features)
+    model = build_model(study.model, study.n_features)
+    if not MODEL_TYPES[study.model["type"]]["mlp"]:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.zero_()
+    return model
 
 
 def _check_names(model: nn.Module, spec: dict[str, Any], n_features: int) -> None:

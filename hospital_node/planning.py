@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 
+from fedproto import ddp_config
 from fedproto.errors import SpecError
 from fedproto.study import StudyConfig
 
 from . import trainer
 from .config import Limits
 from .context import NodeContext
+from .data import Dataset
 from .errors import BudgetExceeded, DataError, public_reason
 from .ledger import config_sha256
 
@@ -46,7 +48,24 @@ def check_local_limits(study: StudyConfig, limits: Limits, *, for_training: bool
         reasons.append(f"study delta {study.privacy.delta:g} exceeds this hospital's max_delta {limits.max_delta:g}")
     if study.rounds > limits.max_rounds:
         reasons.append(f"study rounds {study.rounds} exceeds this hospital's max_rounds {limits.max_rounds}")
+    if study.privacy.distributed:
+        reasons.extend(distributed_limits(study, limits))
     return reasons
+
+
+def distributed_limits(study: StudyConfig, limits: Limits) -> list[str]:
+    """The refusal rule of distributed mode: the noise is planned study-wide (every share must match),
+    so a hospital cannot lower its own epsilon; it refuses a plan that buys more than its max_epsilon,
+    stating the model and the collusion threshold the epsilon rests on."""
+    try:
+        s = ddp_config.statement(study)
+    except SpecError as e:
+        return [f"distributed-DP study has no valid noise plan: {e}"]
+    if s["epsilon"] > limits.max_epsilon:
+        return [f"distributed DP (collusion threshold T = {s['collusion']}, {s['honest_shares']} honest noise shares per "
+                f"released sum) spends epsilon {s['epsilon']:.4g}, above this hospital's max_epsilon "
+                f"{limits.max_epsilon:g}"]
+    return []
 
 
 def plan_job(ctx: NodeContext, study: StudyConfig) -> tuple[trainer.NoisePlan, float, float]:
@@ -54,6 +73,11 @@ def plan_job(ctx: NodeContext, study: StudyConfig) -> tuple[trainer.NoisePlan, f
     reasons = check_local_limits(study, ctx.cfg.limits, for_training=True)
     if reasons:
         raise Refuse("local_limit", "; ".join(reasons))
+    if study.privacy.distributed:
+        # Training a distributed-DP study with local DP-SGD and an unmasked upload would break its
+        # privacy model; the secure-aggregation round exchange is not wired into the daemon yet.
+        raise Refuse("unsupported_mode", "this node does not run the secure-aggregation round exchange that "
+                                         "distributed-DP studies need; nothing was trained")
     try:
         ds = ctx.dataset(study)
     except (DataError, SpecError) as e:
@@ -66,10 +90,12 @@ def plan_job(ctx: NodeContext, study: StudyConfig) -> tuple[trainer.NoisePlan, f
             raise Refuse("local_limit", "the study's training or privacy configuration changed after this "
                                         "hospital started training it; its privacy plan no longer applies")
         bs, ep = study.batch_size, study.local_epochs
+        per_job = trainer.job_steps(ds.n_train, bs, ep)
         plan = trainer.NoisePlan(float(row["noise_multiplier"]), trainer.sample_rate_for(ds.n_train, bs),
-                                 trainer.job_steps(ds.n_train, bs, ep), float(row["target_epsilon"]), ds.n_train)
+                                 per_job, float(row["target_epsilon"]), ds.n_train,
+                                 baseline_steps=study.rounds * per_job if wants_baseline(study, ds) else 0)
     else:
-        plan = trainer.plan_noise(study, ds.n_train, ctx.cfg.limits.max_epsilon)
+        plan = trainer.plan_noise(study, ds.n_train, ctx.cfg.limits.max_epsilon, baseline=wants_baseline(study, ds))
     try:
         after, before = trainer.check_budget(study, ctx.ledger.history(sid), plan, ctx.cfg.limits.max_epsilon)
     except BudgetExceeded as e:
@@ -84,9 +110,16 @@ def plan_ahead(ctx: NodeContext, study: StudyConfig) -> None:
     acknowledgements), and after fetching a key if not done yet. Pure arithmetic: no ledger
     write, no spend."""
     try:
-        trainer.plan_noise(study, ctx.dataset(study).n_train, ctx.cfg.limits.max_epsilon)
+        ds = ctx.dataset(study)
+        trainer.plan_noise(study, ds.n_train, ctx.cfg.limits.max_epsilon, baseline=wants_baseline(study, ds))
     except Exception as e:  # noqa: BLE001 - the first job plans again and reports any problem
         log.debug("study %s: planning ahead failed (%s); the first job will plan", study.id, e)
+
+
+def wants_baseline(study: StudyConfig, ds: Dataset) -> bool:
+    """Whether this hospital trains the study's local-only baseline (and its plan reserves the
+    budget for it): the study asks for one and the hospital has held-out rows to compare on."""
+    return bool(study.evaluation["local_baseline"]) and ds.n_test > 0
 
 
 def plan_dict(plan: trainer.NoisePlan) -> dict[str, float | int]:

@@ -24,6 +24,7 @@ from fedproto.study import StudyConfig
 from fedproto.wire import pack_parts
 
 from . import poisoning, trainer
+from .baseline import finite_metrics, local_baseline
 from .client import Conflict
 from .context import NodeContext
 from .credentials import write_atomic
@@ -274,10 +275,17 @@ def on_evaluate(ctx: NodeContext, item: dict[str, Any], study: StudyConfig) -> N
     sid, round_no = study.study_id, int(item["round"])
     model = global_model(ctx, study, round_no)
     ds = ctx.dataset(study)
-    metrics = trainer.evaluate(model, ds.X_test, ds.y_test, study.task)
+    metrics = finite_metrics(trainer.evaluate(model, ds.X_test, ds.y_test, study.task)) if ds.n_test else {}
+    body: dict[str, Any] = {"metrics": metrics, "n_test": ds.n_test, "model_sha256": model_sha256(model)}
+    if round_no >= study.rounds:
+        try:
+            base = local_baseline(ctx, study, ds)
+        except trainer.TrainingInterrupted:
+            return  # shutting down: evaluated again after the restart
+        if base is not None:
+            body["local_only"] = base
     row = ctx.ledger.study(sid)
-    body = {"metrics": metrics, "n_test": ds.n_test, "model_sha256": model_sha256(model),
-            "epsilon_spent": float(row["epsilon_spent"]) if row else 0.0}
+    body["epsilon_spent"] = float(row["epsilon_spent"]) if row else 0.0
     ctx.client.report(sid, round_no, body)
     log.info("study %s round %s: evaluated the global model on %d local test rows: %s (epsilon spent %.4f)",
              sid, round_no, ds.n_test, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if v is not None),

@@ -35,7 +35,7 @@ from opacus.data_loader import DPDataLoader
 from torch import nn
 
 from fedproto import privacy as fedproto_privacy
-from fedproto.privacy import steps_per_epoch
+from fedproto.privacy import FULL_BATCH, steps_per_epoch
 from fedproto.study import StudyConfig
 
 from .config import GRAD_SAMPLE_MODES
@@ -115,6 +115,7 @@ class NoisePlan:
     steps_per_job: int
     target_epsilon: float
     n_train: int
+    baseline_steps: int = 0  # the local-only baseline's steps reserved in this plan (0: none)
 
 
 def effective_epsilon_cap(study: StudyConfig, hospital_max_epsilon: float | None) -> float:
@@ -122,13 +123,17 @@ def effective_epsilon_cap(study: StudyConfig, hospital_max_epsilon: float | None
     return eps if hospital_max_epsilon is None else min(eps, float(hospital_max_epsilon))
 
 
-def plan_noise(study: StudyConfig, n_train: int, hospital_max_epsilon: float | None = None) -> NoisePlan:
-    """sigma such that ``rounds`` jobs of ``local_epochs`` epochs end at <= the effective cap."""
+def plan_noise(study: StudyConfig, n_train: int, hospital_max_epsilon: float | None = None, *,
+               baseline: bool = False) -> NoisePlan:
+    """sigma such that ``rounds`` jobs of ``local_epochs`` epochs end at <= the effective cap; with
+    ``baseline``, such that those jobs and the local-only baseline (the same number of steps at the
+    same sigma and rate, ``train_local_only``) end there together."""
     q = sample_rate_for(n_train, study.batch_size)
     per_job = job_steps(n_train, study.batch_size, study.local_epochs)
     target = effective_epsilon_cap(study, hospital_max_epsilon)
-    sigma = _noise_multiplier(target, study.privacy.delta, q, study.rounds * per_job, study.privacy.accountant)
-    return NoisePlan(sigma, q, per_job, target, int(n_train))
+    runs = 2 if baseline else 1
+    sigma = _noise_multiplier(target, study.privacy.delta, q, runs * study.rounds * per_job, study.privacy.accountant)
+    return NoisePlan(sigma, q, per_job, target, int(n_train), baseline_steps=study.rounds * per_job if baseline else 0)
 
 
 @functools.lru_cache(maxsize=256)
@@ -183,6 +188,7 @@ def dp_train(model: nn.Module, X: np.ndarray, y: np.ndarray, *, task: str, epoch
     work = build_model_like(model)
     work.train()
     Xt, yt = torch.as_tensor(X, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32)
+    batch_size = len(Xt) if int(batch_size) == FULL_BATCH else int(batch_size)  # full batch: sampling rate 1
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(Xt, yt), batch_size=int(batch_size),
                                          generator=gen)
     if grad_sample_mode == "fused":
@@ -278,21 +284,39 @@ def train_job(study: StudyConfig, global_model: nn.Module, X_train: np.ndarray, 
 
 def train_local_only(study: StudyConfig, X_train: np.ndarray, y_train: np.ndarray,
                      rounds_equivalent_epochs: int | None = None, *, hospital_max_epsilon: float | None = None,
-                     grad_sample_mode: str = DEFAULT_GRAD_SAMPLE_MODE, seed: int | None = None) -> nn.Module:
-    """Local-only baseline under the same privacy budget: the study's initial model trained with
-    DP-SGD on this hospital's data alone for ``rounds_equivalent_epochs`` epochs in total
-    (default rounds * local_epochs), sigma chosen so the whole run ends at <= the budget."""
+                     noise_multiplier: float | None = None, grad_sample_mode: str = DEFAULT_GRAD_SAMPLE_MODE,
+                     seed: int | None = None) -> nn.Module:
+    """Local-only baseline: the study's initial model trained with DP-SGD on this hospital's data
+    alone for ``rounds_equivalent_epochs`` epochs in total (default rounds * local_epochs), with the
+    study's batch, learning rate and clip. ``noise_multiplier``: the sigma of the hospital's plan
+    (``plan_noise(..., baseline=True)``: the federated jobs and this run share the budget); without
+    it, sigma such that this run alone ends at <= the budget (what the hospital could do alone)."""
+    trained, _ = local_only_run(study, X_train, y_train, rounds_equivalent_epochs,
+                                hospital_max_epsilon=hospital_max_epsilon, noise_multiplier=noise_multiplier,
+                                grad_sample_mode=grad_sample_mode, seed=seed)
+    return trained
+
+
+def local_only_run(study: StudyConfig, X_train: np.ndarray, y_train: np.ndarray,
+                   rounds_equivalent_epochs: int | None = None, *, hospital_max_epsilon: float | None = None,
+                   noise_multiplier: float | None = None, grad_sample_mode: str = DEFAULT_GRAD_SAMPLE_MODE,
+                   seed: int | None = None, should_stop: Callable[[], bool] | None = None,
+                   ) -> tuple[nn.Module, tuple[float, float, int]]:
+    """train_local_only, and the run's (sigma, sample rate, steps) for the accountant."""
     epochs = int(rounds_equivalent_epochs or study.rounds * study.local_epochs)
     n = len(y_train)
     bs = study.batch_size
     q = sample_rate_for(n, bs)
-    target = effective_epsilon_cap(study, hospital_max_epsilon)
-    sigma = _noise_multiplier(target, study.privacy.delta, q, epochs * steps_per_epoch(n, bs),
-                              study.privacy.accountant)
-    trained, _ = dp_train(initial_model(study), X_train, y_train, task=study.task, epochs=epochs,
-                          batch_size=bs, learning_rate=study.learning_rate, noise_multiplier=sigma,
-                          clip_norm=study.privacy.clip_norm, grad_sample_mode=grad_sample_mode, seed=seed)
-    return trained
+    sigma = noise_multiplier
+    if sigma is None:
+        target = effective_epsilon_cap(study, hospital_max_epsilon)
+        sigma = _noise_multiplier(target, study.privacy.delta, q, epochs * steps_per_epoch(n, bs),
+                                  study.privacy.accountant)
+    trained, steps = dp_train(initial_model(study), X_train, y_train, task=study.task, epochs=epochs,
+                              batch_size=bs, learning_rate=study.learning_rate, noise_multiplier=float(sigma),
+                              clip_norm=study.privacy.clip_norm, grad_sample_mode=grad_sample_mode, seed=seed,
+                              should_stop=should_stop)
+    return trained, (float(sigma), float(q), int(steps))
 
 
 def matches_opacus(grad_sample_mode_reference: str = "ew", seed: int = 7) -> float:
@@ -345,5 +369,5 @@ def apply_update(model: nn.Module, mean_update: np.ndarray) -> nn.Module:
 
 __all__ = ["ACCOUNTANT_VERSION", "GRAD_SAMPLE_MODES", "JobResult", "NoisePlan", "TrainingInterrupted",
            "apply_update", "build_model", "check_budget", "dp_train", "effective_epsilon_cap",
-           "epsilon_of", "evaluate", "job_steps", "make_accountant", "matches_opacus", "plan_noise", "predict",
+           "epsilon_of", "evaluate", "job_steps", "local_only_run", "make_accountant", "matches_opacus", "plan_noise", "predict",
            "sample_rate_for", "steps_per_epoch", "train_job", "train_local_only"]

@@ -238,14 +238,20 @@ class BfvPackedCodec(Codec):
             out.append(seal_io.save_bytes(node.encryptor.encrypt_symmetric(pt)))
         return out
 
-    def decrypt_aggregate(self, secret: bytes, enc: dict, parts: list[bytes], n_params: int,
-                          *, return_noise_budget: bool = False) -> AggregateResult:
-        enc = self.validate_config(enc)
+    def encrypt_slots(self, secret: bytes, slots: np.ndarray) -> list[bytes]:
+        """Encrypt ready slot values (uint64 < t, a multiple of SLOTS long): the distributed-DP path,
+        whose slots are masked (fedproto/ddp_slots.py) rather than made by ``encode_slots``."""
+        s = np.asarray(slots, dtype=np.uint64)
+        if s.ndim != 1 or not s.size or s.size % SLOTS:
+            raise CodecError(f"slots must be a non-empty multiple of {SLOTS} long, got shape {s.shape}")
+        return self._encrypt_slots(self._node(secret), s)
+
+    def decrypt_slots(self, secret: bytes, enc: dict, parts: list[bytes], expected: int) -> tuple[np.ndarray, int]:
+        """Decrypted slot values of an aggregate (or one upload) of ``expected`` parts, and the smallest
+        noise budget; a part with no budget left was encrypted under another key (poisoned)."""
         node = self._node(secret)
-        B, k = layout(enc)
-        expected = self.n_parts(enc, n_params)
         if len(parts) != expected:
-            raise CodecError(f"aggregate has {len(parts)} parts, expected {expected} for {n_params} parameters")
+            raise CodecError(f"aggregate has {len(parts)} parts, expected {expected}")
         parms_id = node.context.first_parms_id()
         slots = np.empty(expected * SLOTS, dtype=np.uint64)
         pt = sealapi.Plaintext()
@@ -265,6 +271,17 @@ class BfvPackedCodec(Codec):
             min_budget = budget if min_budget is None else min(min_budget, budget)
             node.decryptor.decrypt(ct, pt)
             slots[p * SLOTS:(p + 1) * SLOTS] = np.fromiter(node.encoder.decode_uint64(pt), dtype=np.uint64, count=SLOTS)
+        assert min_budget is not None
+        return slots, int(min_budget)
+
+    def decrypt_aggregate(self, secret: bytes, enc: dict, parts: list[bytes], n_params: int,
+                          *, return_noise_budget: bool = False) -> AggregateResult:
+        enc = self.validate_config(enc)
+        B, k = layout(enc)
+        expected = self.n_parts(enc, n_params)
+        if len(parts) != expected:
+            raise CodecError(f"aggregate has {len(parts)} parts, expected {expected} for {n_params} parameters")
+        slots, min_budget = self.decrypt_slots(secret, enc, parts, expected)
         cap = enc["weight_cap_samples"]
         W, n_contrib = int(slots[0]), int(slots[1])
         if not (1 <= n_contrib <= enc["max_hospitals"]) or not (n_contrib <= W <= n_contrib * cap):

@@ -10,8 +10,10 @@ from django import forms
 
 from consortia.models import Consortium, Hospital
 from consortia.selectors import limits_summary, study_limit_conflicts
+from fedproto import tuning
 from fedproto.codec import CODECS, get_codec
 from fedproto.errors import SpecError
+from fedproto.evaluation import AUTO, validate_evaluation
 from fedproto.privacy import MAX_CLIP_NORM, MAX_DELTA, MAX_EPSILON
 from fedproto.schema import validate_schema
 from fedproto.specs import MODEL_TYPES, TASKS, validate_model_spec
@@ -48,15 +50,9 @@ def encryption_presets() -> list[tuple[str, str, dict]]:
     return out
 
 
-# Whole-study presets (filled in by a small script; the researcher can change every field).
-STUDY_PRESETS = {
-    "pilot": {"label": "Quick pilot", "rounds": 3, "local_epochs": 1, "batch_size": 32, "learning_rate": 0.5,
-              "epsilon": 3.0, "delta": 1e-5, "clip_norm": 1.0, "round_deadline_s": 600},
-    "standard": {"label": "Standard", "rounds": 10, "local_epochs": 2, "batch_size": 64, "learning_rate": 0.1,
-                 "epsilon": 1.0, "delta": 1e-5, "clip_norm": 1.0, "round_deadline_s": 1800},
-    "strict": {"label": "Strict privacy", "rounds": 5, "local_epochs": 1, "batch_size": 128, "learning_rate": 0.1,
-               "epsilon": 0.5, "delta": 1e-6, "clip_norm": 0.5, "round_deadline_s": 1800},
-}
+# Whole-study presets (filled in by a small script; the researcher can change every field); their batch
+# scales with the declared sizes through fedproto.tuning.scaled_preset.
+STUDY_PRESETS = tuning.STUDY_PRESETS
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -104,7 +100,18 @@ class StudyForm(forms.Form):
                              help_text="MLP only: hidden layer widths, e.g. 32,16")
     rounds = forms.IntegerField(min_value=1, max_value=MAX_ROUNDS, initial=3)
     local_epochs = forms.IntegerField(min_value=1, max_value=MAX_LOCAL_EPOCHS, initial=1)
-    batch_size = forms.IntegerField(min_value=1, max_value=MAX_BATCH_SIZE, initial=32)
+    batch_size = forms.IntegerField(min_value=0, max_value=MAX_BATCH_SIZE, initial=32,
+                                    help_text="Rows per DP-SGD step; 0: all of each hospital's rows.")
+    settings = forms.ChoiceField(required=False, initial="manual", label="Training settings",
+                                 choices=[("manual", "As set here"),
+                                          ("auto", "Auto: rounds, epochs, batch, learning rate and clip norm chosen "
+                                                   "from the expected data set sizes (no budget spent on tuning)")])
+    holdout = forms.CharField(required=False, initial=AUTO, max_length=10, label="Local test split",
+                              help_text='"auto" (sized per hospital: none under 50 rows, 10 % up to 500, 20 % above) '
+                                        "or a fraction of each hospital's rows, 0 to 0.5.")
+    local_baseline = forms.ChoiceField(required=False, initial="yes", label="Local-only baseline",
+                                       choices=[("yes", "Each hospital compares with its own local-only model "
+                                                        "(inside its budget)"), ("no", "No baseline")])
     learning_rate = forms.FloatField(min_value=1e-9, max_value=MAX_LEARNING_RATE, initial=0.5)
     epsilon = forms.FloatField(label="ε (epsilon)", min_value=1e-6, max_value=MAX_EPSILON, initial=3.0,
                                help_text="Total privacy budget per hospital over the whole study.")
@@ -153,6 +160,7 @@ class StudyForm(forms.Form):
                     d["model_spec"] = validate_model_spec(spec, d["schema"]["task"] if "schema" in d else None)
                 except SpecError as exc:
                     errors["model_type"] = str(exc)
+        self._clean_settings(d, errors)
         presets = {k: enc for k, _, enc in self.presets}
         if d.get("encryption_preset") in presets:
             d["encryption"] = dict(presets[d["encryption_preset"]])
@@ -174,6 +182,29 @@ class StudyForm(forms.Form):
         for k, v in errors.items():
             self.add_error(k, v)
         return d
+
+
+    def _clean_settings(self, d: dict, errors: dict) -> None:
+        """"auto" training settings from the declared sizes, and the evaluation setting."""
+        holdout = (d.get("holdout") or AUTO).strip()
+        try:
+            d["evaluation"] = validate_evaluation({"holdout": holdout if holdout == AUTO else float(holdout),
+                                                   "local_baseline": d.get("local_baseline") != "no"})
+        except (SpecError, ValueError) as exc:
+            # a form-level error: the field may not be on the page (the template lists its fields one by one)
+            errors[None] = "Local test split: " + (str(exc) if isinstance(exc, SpecError)
+                                                   else '"auto" or a number between 0 and 0.5')
+        if d.get("settings") != "auto" or "model_spec" not in d:
+            return
+        sizes = [int(t) for t in re.split(r"[,;\s]+", d.get("dataset_sizes") or "") if t.isdigit()]
+        try:
+            chosen = tuning.auto_settings(sizes, d["model_spec"]["type"])
+        except SpecError as exc:
+            errors["dataset_sizes"] = str(exc)
+            return
+        d.update(chosen)
+        for k in ("rounds", "local_epochs", "batch_size", "learning_rate", "clip_norm"):
+            self.errors.pop(k, None)
 
 
 class HospitalForm(forms.Form):

@@ -9,6 +9,7 @@ and failure, software versions and the chain verification result with its head h
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import opacus
@@ -18,11 +19,14 @@ from django.utils import timezone
 import fedproto
 from audit.selectors import study_events, verify_study_chain
 from fedproto.codec import get_codec
+from fedproto.evaluation import describe as describe_evaluation
+from studies.benefit import benefit_rows, benefit_summary
 from studies.models import FinalModel, HEContext, Participation, SealedKey
 
 from . import selectors
 from .epsilon_check import Accountants, recompute_study
 from .privacy_cache import cached_recompute
+from .privacy_model import privacy_model_line
 
 # Encryption parameters shown first, in this order; the rest follow alphabetically.
 ENC_FIRST = ("codec", "scheme", "security_level_bits", "poly_modulus_degree", "plain_modulus", "plain_modulus_bits",
@@ -151,6 +155,7 @@ def build_context(study, *, cached: bool = True, accountants: Accountants | None
                  "what": _describe_problem(ev)} for ev in selectors.problem_events(study.pk)]
     fm = FinalModel.objects.filter(study=study).select_related("uploaded_by").first()
     atts = selectors.attestations(study)
+    benefit = _benefit_checked(study, spends)
     schema = study.schema or {}
     return {
         "study": study,
@@ -165,10 +170,12 @@ def build_context(study, *, cached: bool = True, accountants: Accountants | None
             ("Rounds", study.rounds),
             ("Local epochs × batch size", f"{study.local_epochs} × {study.batch_size}"),
             ("Learning rate", _fmt_value(study.learning_rate)),
+            ("Evaluation", describe_evaluation(study.evaluation)),
             ("Quorum", f"{study.quorum} updates per round; {study.max_round_attempts} attempts per round"),
             ("Round deadline", f"{study.round_deadline_s} s"),
             ("Privacy budget", f"ε = {study.epsilon:g}, δ = {study.delta:g}, clip norm {study.clip_norm:g}, "
                                f"accountant {study.accountant.upper()}"),
+            ("Privacy model", privacy_model_line(study)),
             ("Seed", study.seed),
         ],
         "participants": _participants(study),
@@ -181,6 +188,8 @@ def build_context(study, *, cached: bool = True, accountants: Accountants | None
         "encryption": _encryption(study),
         "attestations": atts,
         "attestation_mismatch": any(a["mismatch"] for a in atts),
+        "benefit": benefit,
+        "benefit_summary": benefit_summary(benefit),
         "final_model": fm,
         "downloads": events.filter(action="model.downloaded").count(),
         "problems": problems,
@@ -188,6 +197,24 @@ def build_context(study, *, cached: bool = True, accountants: Accountants | None
         "chain": chain,
         "n_events": events.count(),
     }
+
+
+def _benefit_checked(study, spends: dict) -> list[dict]:
+    """The collaboration benefit rows, each baseline's reported epsilon recomputed by Opacus' accountant
+    from the hospital's job spends plus the baseline run (docs/privacy.md: it is inside the budget)."""
+    rows = benefit_rows(study)
+    acc = Accountants()
+    for r in rows:
+        row = spends.get(r["hospital"])
+        r["epsilon_recomputed"], r["epsilon_ok"] = None, None
+        if r["entry"] is None:
+            continue
+        jobs = [(ps.noise_multiplier, ps.sample_rate, ps.steps) for ps in row["spends"]] if row else []
+        eps = acc.epsilon([*jobs, tuple(r["entry"])], study.delta, study.accountant)
+        cap = min([study.epsilon] + ([row["max_epsilon"]] if row and row["max_epsilon"] else []))
+        r["epsilon_recomputed"] = eps
+        r["epsilon_ok"] = math.isclose(eps, r["epsilon_local_only"], rel_tol=1e-6, abs_tol=1e-9) and eps <= cap + 1e-9
+    return rows
 
 
 REPORT_CSS = Path(__file__).parent / "static" / "reports" / "report.css"

@@ -6,6 +6,11 @@ from django.conf import settings
 from django.db import models
 
 from consortia.models import Consortium, Hospital
+from fedproto.evaluation import DEFAULT_EVALUATION
+
+
+def default_evaluation() -> dict:
+    return dict(DEFAULT_EVALUATION)
 
 
 class Study(models.Model):
@@ -35,11 +40,18 @@ class Study(models.Model):
     delta = models.FloatField()
     clip_norm = models.FloatField()
     accountant = models.CharField(max_length=16, default="rdp")
+    # fedproto/privacy.py: "local" (each hospital adds all the noise) or "distributed" (secure
+    # aggregation; the guarantee holds while at most ``collusion`` hospitals collude with the platform)
+    privacy_mode = models.CharField(max_length=16, default="local")
+    collusion = models.PositiveIntegerField(default=0)
+    quant_step = models.FloatField(default=0.0)
     encryption = models.JSONField()
     quorum = models.PositiveIntegerField()
     round_deadline_s = models.PositiveIntegerField()
     max_round_attempts = models.PositiveIntegerField(default=2)
     seed = models.BigIntegerField()
+    # each hospital's held-out share and local-only baseline (fedproto.evaluation)
+    evaluation = models.JSONField(default=default_evaluation)
     custodian = models.ForeignKey(Hospital, null=True, blank=True, on_delete=models.PROTECT, related_name="custodian_of")
     n_params = models.PositiveIntegerField()
     created_at = models.DateTimeField(auto_now_add=True)
@@ -219,6 +231,9 @@ class RoundReport(models.Model):
     n_test = models.PositiveIntegerField(default=0)
     model_sha256 = models.CharField(max_length=64)
     epsilon_spent = models.FloatField(null=True, blank=True)
+    # the final round only: the hospital's local-only baseline on the same held-out rows (metrics,
+    # n_train, n_test, and the (sigma, q, steps) its epsilon is recomputed from); null: none
+    local_only = models.JSONField(null=True, blank=True)
     reported_at = models.DateTimeField(auto_now_add=True)
     # Set when a consortium admin had the round evaluated again: the report is kept, not counted.
     superseded_at = models.DateTimeField(null=True, blank=True)

@@ -26,9 +26,11 @@ def study_definition(study: Study) -> StudyConfig:
         schema=study.schema, model=study.model_spec, rounds=study.rounds, local_epochs=study.local_epochs,
         batch_size=study.batch_size, learning_rate=study.learning_rate,
         privacy=Privacy(epsilon=study.epsilon, delta=study.delta, clip_norm=study.clip_norm,
-                        accountant=study.accountant),
+                        accountant=study.accountant, mode=study.privacy_mode, collusion=study.collusion,
+                        quant_step=study.quant_step),
         encryption=study.encryption, quorum=study.quorum, round_deadline_s=study.round_deadline_s,
-        seed=study.seed, custodian_hospital_id=study.custodian_id, n_params=study.n_params)
+        seed=study.seed, custodian_hospital_id=study.custodian_id, n_params=study.n_params,
+        evaluation=study.evaluation)
 
 
 def study_config(study: Study) -> dict:

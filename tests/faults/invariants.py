@@ -9,7 +9,10 @@ ledgers (the nodes are stopped first, so their ledgers are at rest):
 3. each node's ledger equals the platform's record of its privacy spend: the same jobs, the same
    (sigma, q, steps) per job, the same cumulative epsilon, and one history entry per job that cost
    privacy (a retry attempt that re-sends an earlier job's update records steps 0 and names that
-   job, reuses_job: it costs nothing and adds no history entry);
+   job, reuses_job: it costs nothing and adds no history entry), plus the local-only baseline's
+   run when the hospital reported one (its (sigma, q, steps) and epsilon ride with the final
+   round's report, RoundReport.local_only: one more history entry, and the ledger's epsilon is
+   the baseline's);
 4. `manage.py audit_verify` exits 0;
 5. the platform's web server and Celery worker are still running.
 """
@@ -97,6 +100,10 @@ def _ledger_matches_platform(scn: Scenario, hid: int, *, undelivered_ok: bool) -
         "FROM studies_privacyspend ps "
         "JOIN studies_trainingjob j ON j.id = ps.job_id JOIN studies_round r ON r.id = j.round_id "
         "WHERE r.study_id = %s AND j.hospital_id = %s ORDER BY ps.job_id", scn.study_id, hid)}
+    baselines = [r["local_only"] for r in scn.q(
+        "SELECT rr.local_only FROM studies_roundreport rr JOIN studies_round r ON r.id = rr.round_id "
+        "WHERE r.study_id = %s AND rr.hospital_id = %s AND rr.local_only IS NOT NULL AND rr.superseded_at IS NULL",
+        scn.study_id, hid)]
     path = scn.configs[hid].parent / "ledger.sqlite3"
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     db.row_factory = sqlite3.Row
@@ -115,10 +122,13 @@ def _ledger_matches_platform(scn: Scenario, hid: int, *, undelivered_ok: bool) -
         if int(platform[job_id]["steps"]) != 0 or earlier not in platform or int(platform[earlier]["steps"]) == 0:
             problems.append(f"{tag}: job {job_id} reuses job {earlier}'s update but is not a zero-cost re-send of a "
                             f"job that was spent ({platform[job_id]['steps']} steps)")
+    if len(baselines) > 1:
+        problems.append(f"{tag}: {len(baselines)} local-only baselines reported for one study")
     costing = sorted(j for j, s in spent.items() if int(s["steps"]) > 0)
-    if len(history) != len(costing):
+    if len(history) != len(costing) + len(baselines):
         problems.append(f"{tag}: the ledger's privacy history has {len(history)} entries for {len(costing)} "
-                        f"job(s) that cost privacy {costing} (a job counted twice?)")
+                        f"job(s) that cost privacy {costing} and {len(baselines)} reported baseline(s) "
+                        f"(a job counted twice, or a baseline spent but never reported?)")
     undelivered = {j["job_id"] for j in jobs if j["state"] == "spend_recorded" and j["job_id"] not in platform}
     extra = set(spent) - set(platform) - (undelivered if undelivered_ok else set())
     if extra:
@@ -134,11 +144,13 @@ def _ledger_matches_platform(scn: Scenario, hid: int, *, undelivered_ok: bool) -
                 problems.append(f"{tag} job {job_id}: {key} is {mine[key]} in the ledger, {p[key]} on the platform")
     if not (undelivered_ok and undelivered):
         last = max(platform.values(), key=lambda r: r["job_id"])["epsilon"] if platform else 0.0
+        if baselines:
+            last = float(baselines[0]["epsilon"])
         if abs(ledger_eps - last) > REL * max(1.0, last):
             problems.append(f"{tag}: the ledger says epsilon {ledger_eps} spent, the platform's last record {last}")
         entries = sorted((round(float(s), 12), round(float(q), 12), int(n)) for s, q, n in history)
         recorded = sorted((round(float(r["noise_multiplier"]), 12), round(float(r["sample_rate"]), 12), int(r["steps"]))
-                          for r in platform.values() if int(r["steps"]) > 0)
+                          for r in [*platform.values(), *baselines] if int(r["steps"]) > 0)
         if entries != recorded:
             problems.append(f"{tag}: ledger history {entries} != platform spends {recorded}")
     return problems

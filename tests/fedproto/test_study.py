@@ -43,7 +43,7 @@ def wire(**over) -> dict:
         "encryption": {"codec": "bfv-packed-raw-v1", "max_hospitals": 200, "quant_bits": 12,
                        "update_clip": 1.0, "weight_cap_samples": 1000},
         "quorum": 2, "round_deadline_s": 600, "seed": 1234, "custodian_hospital_id": 3,
-        "n_params": 3 * 8 + 8 + 8 * 4 + 4 + 4 + 1,
+        "n_params": 3 * 8 + 8 + 8 * 4 + 4 + 4 + 1, "evaluation": {"holdout": "auto", "local_baseline": True},
     }
     d.update(over)
     return d
@@ -119,7 +119,7 @@ def test_config_is_immutable_and_hands_out_copies():
 @pytest.mark.parametrize("field, good, bad", [
     ("rounds", [1, MAX_ROUNDS], [0, MAX_ROUNDS + 1, 2.0, True, None]),
     ("local_epochs", [1, MAX_LOCAL_EPOCHS], [0, MAX_LOCAL_EPOCHS + 1, "1"]),
-    ("batch_size", [1, MAX_BATCH_SIZE], [0, MAX_BATCH_SIZE + 1, -5]),
+    ("batch_size", [0, 1, MAX_BATCH_SIZE], [MAX_BATCH_SIZE + 1, -5]),  # 0: full batch
     ("learning_rate", [1e-9, 1, MAX_LEARNING_RATE], [0, -0.1, MAX_LEARNING_RATE * 1.01, float("nan"), float("inf"), "0.1"]),
     ("round_deadline_s", [MIN_ROUND_DEADLINE_S, MAX_ROUND_DEADLINE_S], [MIN_ROUND_DEADLINE_S - 1, MAX_ROUND_DEADLINE_S + 1]),
     ("seed", [MIN_SEED, 0, MAX_SEED], [MIN_SEED - 1, MAX_SEED + 1, 1.5]),

@@ -25,6 +25,9 @@ def make_study(n_features: int = 4, **over) -> dict:
         "encryption": {"codec": "bfv-packed-v1", "max_hospitals": 200, "quant_bits": 12,
                        "update_clip": 1.0, "weight_cap_samples": 1000},
         "quorum": 2, "round_deadline_s": 600, "seed": 1234, "custodian_hospital_id": None,
+        # a fixed 20 % split and no baseline: the node's behaviour these tests were written for
+        # (the defaults, "auto" and the local-only baseline: tests/hospital_node/test_evaluation.py)
+        "evaluation": {"holdout": 0.2, "local_baseline": False},
     }
     study.update(over)
     study.setdefault("n_params", n_params(study["model"], len(study["schema"]["features"])))
@@ -59,3 +62,26 @@ def data_csv(tmp_path: Path) -> Path:
     p = tmp_path / "data.csv"
     write_csv(p)
     return p
+
+
+def make_node(tmp_path: Path, data_csv: Path, study: dict, limits: str = ""):
+    """A Node (real ledger, recording client) that knows ``study`` and holds its HE secret."""
+    from nacl.public import PrivateKey
+    from recording_client import RecordingClient
+
+    from fedproto.codec import get_codec
+    from hospital_node.config import load_config
+    from hospital_node.credentials import Credentials
+    from hospital_node.daemon import Node
+
+    (tmp_path / "node.toml").write_text(f'[platform]\nurl = "http://127.0.0.1:9"\n[data]\ncsv = "{data_csv}"\n'
+                                        + (f"[limits]\n{limits}\n" if limits else ""))
+    cfg = load_config(tmp_path / "node.toml")
+    creds = Credentials(hospital_id=3, hospital_name="H", node_token="t", private_key=bytes(PrivateKey.generate()),
+                        platform_url=cfg.platform_url)
+    n = Node(cfg, creds, client=RecordingClient())
+    codec = get_codec(study["encryption"]["codec"])
+    n.ledger.remember_study(StudyConfig.from_wire(study))
+    secret = codec.generate_secret(study["encryption"])
+    n.ledger.set_secret(study["id"], secret, codec.public_params_sha256(codec.public_params(secret)))
+    return n

@@ -116,3 +116,34 @@ def test_cli_run_logs_the_plain_http_warning_at_start(tmp_path, url, warned):
                        cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "enrol" in r.stderr  # no credentials: it stops right after the warning
     assert ("WARNING" in r.stderr and "plain http://" in r.stderr) == warned, r.stderr
+
+
+DATASETS = GOOD.replace('[data]\ncsv = "data/patients.csv"\n', '[datasets.cohort2024]\npath = "data/c24.csv"\n'
+                                                                 '[datasets.default]\npath = "/srv/main.csv"\n')
+
+
+def test_several_named_data_sets(tmp_path):
+    cfg = load_config(_cfg(tmp_path, DATASETS))
+    assert cfg.datasets == {"cohort2024": tmp_path / "data/c24.csv", "default": Path("/srv/main.csv")}
+    assert cfg.dataset_path("cohort2024") == tmp_path / "data/c24.csv"
+    assert cfg.dataset_path() == cfg.data_csv == Path("/srv/main.csv")
+    with pytest.raises(ConfigError, match=r"no data set 'other' \(known: cohort2024, default\).*\[datasets\.other\]"):
+        cfg.dataset_path("other")
+
+
+def test_the_single_csv_config_is_the_default_data_set(tmp_path):
+    cfg = load_config(_cfg(tmp_path, GOOD))
+    assert cfg.datasets == {"default": tmp_path / "data/patients.csv"} and cfg.dataset_path() == cfg.data_csv
+
+
+@pytest.mark.parametrize("extra, match", [
+    ('[datasets.default]\npath = "x.csv"\n', r"'default' is given twice"),
+    ('[datasets."bad name!"]\npath = "x.csv"\n', r"data set name 'bad name!'"),
+    ('[datasets.c]\npath = "x.csv"\nrows = 3\n', r"\[datasets\.c\] .* takes exactly one key"),
+    ('[datasets.c]\npath = 7\n', r"datasets\.c\.path must be a file path"),
+    ('datasets = 3\n', r"datasets must be tables"),
+])
+def test_bad_data_set_tables_are_named(tmp_path, extra, match):
+    text = extra + GOOD if extra.startswith("datasets =") else GOOD + extra
+    with pytest.raises(ConfigError, match=match):
+        load_config(_cfg(tmp_path, text))

@@ -8,37 +8,18 @@ import dataclasses
 
 import numpy as np
 import pytest
-from nacl.public import PrivateKey
-from recording_client import RecordingClient
+from conftest import make_node
 
 from fedproto.codec import get_codec
 from fedproto.errors import SpecError
 from fedproto.study import StudyConfig
 from fedproto.wire import unpack_parts
 from hospital_node import rounds, trainer
-from hospital_node.config import load_config
-from hospital_node.credentials import Credentials
-from hospital_node.daemon import Node
 
 
 @pytest.fixture
 def node(tmp_path, data_csv, study):
-    (tmp_path / "node.toml").write_text(f"""
-[platform]
-url = "http://127.0.0.1:9"
-[data]
-csv = "{data_csv}"
-[limits]
-max_epsilon = 1.0
-""")
-    cfg = load_config(tmp_path / "node.toml")
-    creds = Credentials(hospital_id=3, hospital_name="H", node_token="t", private_key=bytes(PrivateKey.generate()),
-                        platform_url=cfg.platform_url)
-    n = Node(cfg, creds, client=RecordingClient())
-    codec = get_codec("bfv-packed-v1")
-    n.ledger.remember_study(StudyConfig.from_wire(study))
-    secret = codec.generate_secret(study["encryption"])
-    n.ledger.set_secret(study["id"], secret, codec.public_params_sha256(codec.public_params(secret)))
+    n = make_node(tmp_path, data_csv, study, limits="max_epsilon = 1.0")
     yield n
     n.ledger.close()
 
@@ -199,7 +180,7 @@ def test_warm_up_trains_with_opacus_when_the_fused_check_cannot_run(node, monkey
 
 def test_a_study_the_node_cannot_read_declines_the_invitation_and_refuses_the_job(node, study):
     node.handle({"kind": "invitation", "study": {**study, "id": 8, "protocol_version": 2}})
-    node.handle({"kind": "invitation", "study": {**study, "id": 9, "batch_size": 0}})
+    node.handle({"kind": "invitation", "study": {**study, "id": 9, "batch_size": -1}})
     (v2, bad) = node.client.named("decision")
     assert v2[1:3] == (8, "decline") and "protocol version 2 is not supported by this node" in v2[3]
     assert bad[1:3] == (9, "decline") and "invalid study configuration: batch_size must be an integer" in bad[3]

@@ -8,6 +8,7 @@ import json
 import pytest
 from opacus.accountants import PRVAccountant, RDPAccountant
 
+from fedproto.study import StudyConfig
 from hospital_node import trainer
 from hospital_node.errors import BudgetExceeded
 from hospital_node.ledger import Ledger, config_sha256
@@ -83,10 +84,16 @@ def test_spend_is_recorded_once_per_job(tmp_path, study, config):
     assert json.loads(led.job(1)["spend_json"]) == {"epsilon": 0.3}
 
 
-def test_config_hash_and_stored_study_are_those_of_the_wire_dict(tmp_path, study, config):
+def test_config_hash_and_stored_study_are_those_of_the_wire_dict(tmp_path, study):
     """Ledgers written before StudyConfig existed hashed and stored the study dict as the platform
-    sent it: the same study must give the same hash (or its privacy plan would be refused)."""
+    sent it: the same study must give the same hash (or its privacy plan would be refused). The
+    default ``evaluation`` is not hashed (ledgers written before it keep matching); another is."""
     keys = ("schema", "model", "rounds", "local_epochs", "batch_size", "learning_rate", "privacy", "encryption", "seed")
+    other = StudyConfig.from_wire(study)
+    assert config_sha256(other) == hashlib.sha256(json.dumps({k: study.get(k) for k in (*keys, "evaluation")},
+                                                              sort_keys=True).encode()).hexdigest()
+    study["evaluation"] = {"holdout": "auto", "local_baseline": True}
+    config = StudyConfig.from_wire(study)
     before = hashlib.sha256(json.dumps({k: study.get(k) for k in keys}, sort_keys=True).encode()).hexdigest()
     assert config_sha256(config) == before
     led = Ledger(tmp_path / "l.sqlite3")

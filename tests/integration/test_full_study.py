@@ -10,6 +10,7 @@ from helpers import create_study, setup_consortium, study_status, wait_for
 
 from audit.selectors import verify_study_chain
 from fedproto.codec import get_codec
+from studies.benefit import benefit_rows
 from studies.models import EncryptedUpdate, FinalModel, HEContext, PrivacySpend, Round, RoundReport, SealedKey, Study, TrainingJob
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -39,6 +40,13 @@ def test_full_study_completes_with_dp_and_encryption(stack, tmp_path):
     assert hashes == {study.final_model.sha256}
     aucs = [r.metrics["auc"] for r in RoundReport.objects.filter(round=rounds.last())]
     assert min(aucs) > 0.8, aucs
+    # Each hospital's local-only baseline rode with its final report, inside its budget (docs/privacy.md).
+    finals = list(RoundReport.objects.filter(round=rounds.last()))
+    assert all(r.local_only and 0 < r.local_only["epsilon"] <= study.epsilon + 1e-9 for r in finals), \
+        [r.local_only for r in finals]
+    assert all(r.epsilon_spent == r.local_only["epsilon"] for r in finals)
+    benefit = benefit_rows(study)
+    assert len(benefit) == 3 and all(b["metric"] == "auc" and b["difference"] is not None for b in benefit), benefit
     # The platform stores only public material: a parameters-only context and sealed blobs.
     ctx = HEContext.objects.get(study=study)
     get_codec(ctx.codec).load_params(bytes(ctx.public_params))  # refuses anything holding a key

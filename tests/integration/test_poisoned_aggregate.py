@@ -19,9 +19,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 def test_an_upload_under_another_key_is_diagnosed_and_its_sender_excluded(stack, tmp_path):
     data, consortium, (ha, hb, hh), configs = setup_consortium(stack, tmp_path, n=3)
-    honest = [stack.start_node("a", configs[0]), stack.start_node("b", configs[1])]
+    honest = [stack.start_node("a", configs[0])]
     study = create_study(consortium, [ha, hb, hh], data, rounds=3, quorum=2, deadline=90)
-    # A approves first and is the key custodian; the hostile hospital H joins after.
+    # A approves first and is the key custodian; the hostile hospital H joins after. B starts only
+    # once H has turned hostile: until B answers, the study cannot start, so H cannot receive a
+    # round-1 job while it still encrypts under the study key (the race this test once lost: H
+    # trained and uploaded round 1 honestly in the milliseconds before it was stopped).
     wait_for(lambda: Participation.objects.filter(study=study, hospital=ha, state="approved").exists(), 120,
              "hospital A to approve", honest + stack.procs)
     hostile = stack.start_node("h", configs[2])
@@ -37,7 +40,9 @@ def test_an_upload_under_another_key_is_diagnosed_and_its_sender_excluded(stack,
         ledger.set_secret(study.pk, foreign, public_params_sha256(codec.public_params(foreign)))
     finally:
         ledger.close()
+    assert study_status(study) == "recruiting" and not TrainingJob.objects.filter(round__study=study).exists()
     hostile = stack.start_node("h2", configs[2])
+    honest.append(stack.start_node("b", configs[1]))
 
     wait_for(lambda: study_status(study) in ("failed", "cancelled")
              or (study.status == "completed" and FinalModel.objects.filter(study=study).exists()),

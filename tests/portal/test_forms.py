@@ -84,3 +84,25 @@ def test_privacy_preview_fragment(world, client):
     assert 0.3 < sigma < 5 and f"{sigma:.2f}" in html
     r = client.get("/studies/privacy-preview/?epsilon=abc")
     assert r.status_code == 200 and "Fill in" in r.content.decode()
+
+
+def test_auto_settings_and_evaluation_from_the_form(world, client):
+    client.force_login(world.users["researcher"])
+    r = client.post("/studies/new/", form_data(world, settings="auto", rounds="", batch_size="", dataset_sizes="80, 150",
+                                               holdout="0.15", local_baseline="no"))
+    assert r.status_code == 302, r.content.decode()[:2000]
+    s = Study.objects.get(name="Form study")
+    assert (s.rounds, s.local_epochs, s.batch_size, s.learning_rate, s.clip_norm) == (10, 1, 0, 2.0, 1.0)
+    assert s.evaluation == {"holdout": 0.15, "local_baseline": False}
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"settings": "auto", "dataset_sizes": ""}, "expected data set sizes"),
+    ({"holdout": "most"}, "&quot;auto&quot; or a number between 0 and 0.5"),
+    ({"holdout": "0.7"}, "between 0 and 0.5"),
+])
+def test_bad_auto_or_holdout_is_shown_on_the_form(world, client, over, message):
+    client.force_login(world.users["researcher"])
+    r = client.post("/studies/new/", form_data(world, **over))
+    assert r.status_code == 422 and message in r.content.decode()
+    assert not Study.objects.filter(name="Form study").exists()

@@ -21,6 +21,7 @@ from fedproto.codec import get_codec
 from fedproto.errors import SpecError
 from fedproto.study import MAX_BATCH_SIZE, MAX_LOCAL_EPOCHS, MAX_ROUNDS, Privacy
 from studies import access, results, selectors, services
+from studies.benefit import benefit_rows, benefit_summary
 from studies.models import Participation, PrivacySpend, Round, RoundReport, Study, TrainingJob
 
 from .. import charts, noise_preview
@@ -47,7 +48,7 @@ def study_new(request):
                     batch_size=d["batch_size"], learning_rate=d["learning_rate"],
                     privacy={"epsilon": d["epsilon"], "delta": d["delta"], "clip_norm": d["clip_norm"]},
                     encryption=d["encryption"], quorum=d["quorum"], round_deadline_s=d["round_deadline_s"],
-                    owner=request.user, actor=actor_label(user=request.user))
+                    owner=request.user, evaluation=d["evaluation"], actor=actor_label(user=request.user))
             except SpecError as exc:
                 form.add_error(None, str(exc))
             else:
@@ -123,6 +124,8 @@ def study_detail(request, study_id: int):
            "enc": get_codec(study.encryption["codec"]).describe(study.encryption),
            "has_reports": RoundReport.objects.filter(round__study=study).exists(),
            "release_block": scope.release_block()}
+    ctx["benefit"] = benefit_rows(study, scope)
+    ctx["benefit_summary"] = benefit_summary(ctx["benefit"])
     if study.status == Study.Status.DRAFT:
         ctx["privacy_table"] = noise_preview.budget_table(
             epsilon=study.epsilon, delta=study.delta, batch_size=study.batch_size, rounds=study.rounds,

@@ -7,6 +7,7 @@ its limit a field is refused with 422 naming the field and the limit (not cut si
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from ..services import ServiceError
@@ -69,3 +70,36 @@ def metrics(value: Any) -> Any:
         if long:
             raise _invalid(f"metric name {long[0][:40]!r}... is longer than {MAX_METRIC_NAME} characters")
     return value
+
+
+LOCAL_ONLY_NUMBERS = {"epsilon": (0.0, None), "noise_multiplier": (0.0, None), "sample_rate": (0.0, 1.0)}
+LOCAL_ONLY_COUNTS = ("n_train", "n_test", "steps")
+
+
+def local_only(value: Any) -> dict | None:
+    """The local-only baseline a node reports with its final evaluation (hospital_node/baseline.py):
+    {"metrics": {name: number}, "n_train", "n_test", "steps": integers >= 0, "epsilon" > 0,
+    "noise_multiplier" > 0, "sample_rate" in (0, 1]}; absent: None."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _invalid("local_only must be an object (the local-only baseline's metrics and privacy inputs)")
+    want = {"metrics", *LOCAL_ONLY_NUMBERS, *LOCAL_ONLY_COUNTS}
+    if set(value) != want:
+        raise _invalid(f"local_only must have exactly the fields {', '.join(sorted(want))}")
+    m = metrics(value["metrics"])
+    if not isinstance(m, dict) or not all(isinstance(k, str) and _number(v) for k, v in m.items()):
+        raise _invalid("local_only.metrics must be an object of name -> number")
+    for k in LOCAL_ONLY_COUNTS:
+        v = value[k]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise _invalid(f"local_only.{k} must be a whole number >= 0")
+    for k, (lo, hi) in LOCAL_ONLY_NUMBERS.items():
+        v = value[k]
+        if not _number(v) or not v > lo or (hi is not None and v > hi):
+            raise _invalid(f"local_only.{k} must be a number > {lo:g}" + (f" and <= {hi:g}" if hi is not None else ""))
+    return {**value, "metrics": {k: float(v) for k, v in m.items()}}
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

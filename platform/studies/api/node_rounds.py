@@ -83,7 +83,8 @@ class RoundReportView(NodeView):
         except (TypeError, ValueError):
             return error("n_test must be an integer and epsilon_spent a number", "invalid", 422)
         rep = services.round_report_record(rnd=rnd, hospital=self.hospital, metrics=limits.metrics(d.get("metrics", {})),
-                                           n_test=n_test, model_sha256=d.get("model_sha256", ""), epsilon_spent=eps)
+                                           n_test=n_test, model_sha256=d.get("model_sha256", ""), epsilon_spent=eps,
+                                           local_only=limits.local_only(d.get("local_only")))
         return Response({"round": number, "model_sha256": rep.model_sha256}, status=201)
 
 

@@ -13,8 +13,10 @@ from rest_framework.views import APIView
 from audit.services import actor_label
 from consortia.models import Hospital
 from consortia.selectors import study_limit_conflicts
+from fedproto.tuning import AUTO_FIELDS, STUDY_PRESETS, apply_auto
 
 from .. import access, results, selectors, services
+from ..benefit import benefit_rows
 from . import schemas as S
 from .errors import error
 
@@ -26,10 +28,19 @@ class StudyCreateSerializer(serializers.Serializer):
     hospital_ids = serializers.ListField(child=serializers.IntegerField(), min_length=1)
     schema = serializers.JSONField()
     model = serializers.JSONField()
-    rounds = serializers.IntegerField()
-    local_epochs = serializers.IntegerField()
-    batch_size = serializers.IntegerField()
-    learning_rate = serializers.FloatField()
+    rounds = serializers.IntegerField(required=False, allow_null=True, default=None)
+    local_epochs = serializers.IntegerField(required=False, allow_null=True, default=None)
+    batch_size = serializers.IntegerField(required=False, allow_null=True, default=None,
+                                         help_text="rows per DP-SGD step; 0: all of each hospital's rows")
+    learning_rate = serializers.FloatField(required=False, allow_null=True, default=None)
+    settings = serializers.ChoiceField(choices=["manual", "auto", *STUDY_PRESETS], required=False, default="manual",
+                                       help_text="auto: rounds, local epochs, batch size, learning rate and clip "
+                                                 "norm chosen from dataset_sizes (fedproto.tuning); a preset: its "
+                                                 "values, the batch scaled to dataset_sizes")
+    dataset_sizes = serializers.ListField(child=serializers.IntegerField(), required=False, allow_null=True,
+                                          default=None, help_text="the hospitals' expected rows (settings auto)")
+    evaluation = serializers.JSONField(required=False, default=None,
+                                       help_text='{"holdout": "auto" | fraction, "local_baseline": true|false}')
     privacy = serializers.JSONField()
     encryption = serializers.JSONField(required=False, default=dict)
     quorum = serializers.IntegerField()
@@ -46,6 +57,7 @@ def study_summary(scope: access.StudyScope) -> dict:
                               "decided_by": p.decided_by, "decided_at": p.decided_at}
                              for p in scope.participations()],
             "final_model_sha256": getattr(getattr(study, "final_model", None), "sha256", None),
+            "collaboration_benefit": benefit_rows(study, scope),
             "release_blocked": scope.release_block(),
             "release_override": ({"at": study.release_override_at, "by": study.release_override_by}
                                  if study.release_override_at else None)}
@@ -63,8 +75,16 @@ class StudyListView(APIView):
     def post(self, request):
         s = StudyCreateSerializer(data=request.data)
         s.is_valid(raise_exception=True)
-        d = s.validated_data
+        d = dict(s.validated_data)
         consortium = access.consortium_for_new_study(request.user, d["consortium_id"])
+        if d["settings"] != "manual":
+            model_type = d["model"].get("type") if isinstance(d["model"], dict) else None
+            d, privacy = apply_auto(d, d["privacy"], d["dataset_sizes"], model_type, d["settings"])
+            d["privacy"] = privacy
+        missing = [k for k in AUTO_FIELDS if d.get(k) is None]
+        if missing:
+            return error(f"{', '.join(missing)} required (or \"settings\": \"auto\" with dataset_sizes)",
+                         "invalid", 422)
         hospitals = list(Hospital.objects.filter(pk__in=d["hospital_ids"], consortium=consortium))
         if len(hospitals) != len(set(d["hospital_ids"])):
             return error("hospital_ids must all be hospitals of this consortium", "invalid", 422)
@@ -82,7 +102,7 @@ class StudyListView(APIView):
             model_spec=d["model"], rounds=d["rounds"], local_epochs=d["local_epochs"], batch_size=d["batch_size"],
             learning_rate=d["learning_rate"], privacy=d["privacy"], encryption=d["encryption"], quorum=d["quorum"],
             round_deadline_s=d["round_deadline_s"], owner=request.user, seed=d["seed"],
-            actor=actor_label(user=request.user))
+            evaluation=d["evaluation"], actor=actor_label(user=request.user))
         return Response(study_summary(access.scope_for(request.user, study)), status=201)
 
 

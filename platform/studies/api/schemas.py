@@ -91,7 +91,10 @@ UPDATE_RESPONSE = inline_serializer("UpdateResponse", {
 ROUND_REPORT_REQUEST = inline_serializer("RoundReportRequest", {
     "metrics": serializers.DictField(required=False), "n_test": serializers.IntegerField(required=False),
     "model_sha256": serializers.CharField(required=False),
-    "epsilon_spent": serializers.FloatField(required=False, allow_null=True)})
+    "epsilon_spent": serializers.FloatField(required=False, allow_null=True),
+    "local_only": serializers.DictField(required=False, allow_null=True,
+                                        help_text="final round: the local-only baseline (metrics, n_train, n_test, "
+                                                  "epsilon, noise_multiplier, sample_rate, steps)")})
 ROUND_REPORT_RESPONSE = inline_serializer("RoundReportResponse", {
     "round": serializers.IntegerField(), "model_sha256": serializers.CharField()})
 

@@ -32,7 +32,8 @@ TERMINAL = {Study.Status.COMPLETED, Study.Status.FAILED, Study.Status.CANCELLED}
 def study_create(*, consortium: Consortium, name: str, hospitals: Iterable[Hospital], schema: dict,
                  model_spec: dict, rounds: int, local_epochs: int, batch_size: int, learning_rate: float,
                  privacy: dict, encryption: dict, quorum: int, round_deadline_s: int, owner=None,
-                 purpose: str = "", seed: int | None = None, actor: str = "system") -> Study:
+                 purpose: str = "", seed: int | None = None, evaluation: dict | None = None,
+                 actor: str = "system") -> Study:
     """Define a study (a draft). Its definition is checked by fedproto.study.validate_study, the one
     owner of a study's bounds (the node parses what it receives with the same rules)."""
     hospitals = list(hospitals)
@@ -44,7 +45,8 @@ def study_create(*, consortium: Consortium, name: str, hospitals: Iterable[Hospi
     cfg = validate_study({"name": name, "consortium": consortium.name, "schema": schema, "model": model_spec,
                           "rounds": rounds, "local_epochs": local_epochs, "batch_size": batch_size,
                           "learning_rate": learning_rate, "privacy": privacy, "encryption": encryption,
-                          "quorum": quorum, "round_deadline_s": round_deadline_s, "seed": seed},
+                          "quorum": quorum, "round_deadline_s": round_deadline_s, "seed": seed,
+                          **({} if evaluation is None else {"evaluation": evaluation})},
                          n_hospitals=len(hospitals))
     with transaction.atomic():
         if Study.objects.filter(consortium=consortium, name=name).exists():
@@ -53,8 +55,11 @@ def study_create(*, consortium: Consortium, name: str, hospitals: Iterable[Hospi
             consortium=consortium, name=cfg.name, purpose=purpose, owner=owner, schema=cfg.schema,
             model_spec=cfg.model, rounds=cfg.rounds, local_epochs=cfg.local_epochs, batch_size=cfg.batch_size,
             learning_rate=cfg.learning_rate, epsilon=cfg.privacy.epsilon, delta=cfg.privacy.delta,
-            clip_norm=cfg.privacy.clip_norm, accountant=cfg.privacy.accountant, encryption=cfg.encryption,
+            clip_norm=cfg.privacy.clip_norm, accountant=cfg.privacy.accountant,
+            privacy_mode=cfg.privacy.mode, collusion=cfg.privacy.collusion, quant_step=cfg.privacy.quant_step,
+            encryption=cfg.encryption,
             quorum=cfg.quorum, round_deadline_s=cfg.round_deadline_s, seed=cfg.seed, n_params=cfg.n_params,
+            evaluation=cfg.evaluation,
         )
         for h in hospitals:
             Participation.objects.create(study=study, hospital=h)
@@ -65,6 +70,12 @@ def study_create(*, consortium: Consortium, name: str, hospitals: Iterable[Hospi
 
 def study_open_recruitment(*, study: Study, actor: str) -> Study:
     """draft -> recruiting: invitations become visible to the hospitals."""
+    if study.privacy_mode == "distributed":
+        # The nodes' secure-aggregation round exchange (mask keys, sealed shares, unmasking) is not
+        # served yet (docs/privacy.md, "What remains to integrate"): such a study would stall.
+        raise ServiceError("distributed-DP studies cannot run yet: this platform does not serve the secure-aggregation "
+                           "round exchange (docs/privacy.md); define the study with privacy mode local",
+                           code="unsupported", status=409)
     with transaction.atomic():
         n = Study.objects.filter(pk=study.pk, status=Study.Status.DRAFT).update(status=Study.Status.RECRUITING)
         if not n:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError
 
 from reports.epsilon_check import recompute_and_record
+from reports.privacy_model import privacy_model_line
 from studies.models import Study
 
 
@@ -24,6 +25,7 @@ class Command(BaseCommand):
         w = self.stdout.write
         w(f"Study {study.pk} ({study.name}): budget epsilon {study.epsilon:g} at delta {study.delta:g}, "
           f"accountant {study.accountant}; recomputed with Opacus {res.opacus_version}")
+        w(f"Privacy model: {privacy_model_line(study)}")
         w(f"{'hospital':30} {'jobs':>4} {'reported':>10} {'recomputed':>10}  result")
         for h in res.hospitals:
             rec = f"{h.recomputed:10.6f}" if h.recomputed is not None else f"{'n/a':>10}"

@@ -1,0 +1,224 @@
+"""Federated statistics of a study: what each hospital contributes so that every hospital can
+standardise and impute with the same global constants (docs/data.md, "Federated statistics").
+
+Each hospital computes one vector of sums over its rows (``local_vector``) in the layout
+``layout(schema)`` gives, adds Gaussian noise calibrated to the vector's L2 sensitivity and its
+share of the privacy budget (``noisy_vector``; ``epsilon_of`` is the cost its ledger records), and
+the vectors are summed (the encrypted aggregation of the rounds carries exactly such a float
+vector). ``derive`` turns the sum into the global constants ``fedproto.preprocessing.build`` takes.
+
+Slots (one row adds at most 1 to each; a row's whole contribution has an L2 norm of at most
+``sensitivity(schema)``, so the Gaussian mechanism applies with add/remove-one-row adjacency):
+  "n"                       1 per row;
+  "<f>:missing"             1 when the cell is missing (every feature that allows missing values);
+  "<f>:u", "<f>:u2"         u and u**2 of a present value, u = (clip(x, range) - low) / (high - low)
+                            (float/int features with a range: federated standardisation or mean);
+  "<f>:bin<k>"              1 when u falls into bin k of ``histogram_bins`` (median of float/int);
+  "<f>=<value>"             1 per row with that level / category (ordinal median/mode, categorical
+                            mode; categorical "other" counts as "<f>=__other__"), or with value 1 (bool mode);
+  "label=<class>"           label counts (binary: "label=1"; multi-class: one per class; survival: "label=event").
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .dp.accounting import RDP_ORDERS, rdp_to_epsilon
+from .errors import SpecError
+from .schema import DEFAULT_HISTOGRAM_BINS, FEDERATED_STRATEGIES, OTHER, scaling, validate_schema
+
+
+def _values(f: dict[str, Any]) -> list[str]:
+    if f["type"] == "ordinal":
+        return list(f["levels"])
+    if f["type"] == "categorical":
+        return list(f["categories"]) + ([OTHER] if f.get("other") else [])
+    return ["1"]  # bool
+
+
+def _needs_moments(f: dict[str, Any]) -> bool:
+    return f["type"] in ("float", "int") and (scaling(f) == "federated" or f.get("missing") in ("mean", "median"))
+
+
+def _needs_counts(f: dict[str, Any]) -> bool:
+    return f["type"] in ("bool", "ordinal", "categorical") and f.get("missing") in FEDERATED_STRATEGIES
+
+
+def _bins(schema: dict[str, Any]) -> int:
+    return int(schema.get("statistics", {}).get("histogram_bins", DEFAULT_HISTOGRAM_BINS))
+
+
+def layout(schema: dict[str, Any]) -> list[str]:
+    """The slot names of a hospital's statistics vector, in order (see the module docstring)."""
+    slots = ["n"]
+    for f in schema["features"]:
+        name = f["name"]
+        if f.get("missing", "error") != "error":
+            slots.append(f"{name}:missing")
+        if _needs_moments(f):
+            slots += [f"{name}:u", f"{name}:u2"]
+            if f.get("missing") == "median":
+                slots += [f"{name}:bin{k}" for k in range(_bins(schema))]
+        elif _needs_counts(f):
+            slots += [f"{name}={v}" for v in _values(f)]
+    task = schema["task"]
+    if task == "binary_classification":
+        slots.append("label=1")
+    elif task == "multiclass_classification":
+        slots += [f"label={c}" for c in schema["label"]["classes"]]
+    elif task == "survival":
+        slots.append("label=event")
+    return slots
+
+
+def sensitivity(schema: dict[str, Any]) -> float:
+    """L2 norm bound of one row's contribution: sqrt of the number of slot groups a row can touch
+    ("n", each feature's missing/u/u2/bin/count group, the label), each at most 1 per slot."""
+    sq = 1.0  # "n"
+    for f in schema["features"]:
+        if _needs_moments(f):
+            # present: u^2 + u^4 (+ 1 bin) <= 2 (3); missing: 1 in ":missing" only
+            sq += 3.0 if f.get("missing") == "median" else 2.0
+        elif _needs_counts(f) or f.get("missing", "error") != "error":
+            sq += 1.0  # one count or the missing slot, never both
+    if schema["task"] != "regression":
+        sq += 1.0
+    return math.sqrt(sq)
+
+
+def local_vector(schema: dict[str, Any], X_codes: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+    """The exact (not yet noised) statistics vector of this hospital's rows. ``X_codes``: feature
+    codes [n, features] as hospital_node.data.load_csv returns them (NaN = missing); ``y`` the labels."""
+    X = np.asarray(X_codes, dtype=np.float64)
+    out: list[np.ndarray | float] = [float(len(X))]
+    for j, f in enumerate(schema["features"]):
+        col = X[:, j]
+        miss = np.isnan(col)
+        if f.get("missing", "error") != "error":
+            out.append(float(miss.sum()))
+        present = col[~miss]
+        if _needs_moments(f):
+            lo, hi = f["range"]
+            u = (np.clip(present, lo, hi) - lo) / (hi - lo)
+            out += [float(u.sum()), float((u * u).sum())]
+            if f.get("missing") == "median":
+                k = _bins(schema)
+                out.append(np.bincount(np.minimum((u * k).astype(np.int64), k - 1), minlength=k).astype(np.float64))
+        elif _needs_counts(f):
+            codes = present.astype(np.int64)
+            out.append(np.bincount(codes, minlength=len(_values(f)))[:len(_values(f))].astype(np.float64))
+    task = schema["task"]
+    if task != "regression":
+        lab = np.asarray(y if y is not None else [], dtype=np.float64)
+        if task == "binary_classification":
+            out.append(float((lab == 1).sum()))
+        elif task == "multiclass_classification":
+            out.append(np.bincount(lab.astype(np.int64), minlength=len(schema["label"]["classes"])).astype(np.float64))
+        else:
+            out.append(float((lab.reshape(-1, 2)[:, 1] == 1).sum()) if lab.size else 0.0)
+    return np.concatenate([np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in out])
+
+
+def epsilon_of(noise_std: float, schema: dict[str, Any], delta: float) -> float:
+    """The epsilon one noisy statistics vector costs its hospital (Gaussian mechanism, RDP)."""
+    if not noise_std > 0:
+        raise SpecError("the statistics noise must be > 0")
+    z2 = (noise_std / sensitivity(schema)) ** 2
+    return rdp_to_epsilon(RDP_ORDERS, [a / (2 * z2) for a in RDP_ORDERS], delta)[0]
+
+
+def noise_for_epsilon(epsilon: float, schema: dict[str, Any], delta: float) -> float:
+    """The smallest Gaussian noise std (within 1e-6, rounded up) whose cost is <= ``epsilon``."""
+    if not epsilon > 0:
+        raise SpecError(f"the statistics' epsilon must be > 0, got {epsilon!r}")
+    lo, hi = 1e-6, 1.0
+    while epsilon_of(hi, schema, delta) > epsilon:
+        hi *= 2
+        if hi > 1e9:
+            raise SpecError(f"epsilon {epsilon:g} is too small for the federated statistics")
+    while hi - lo > 1e-6 * hi:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if epsilon_of(mid, schema, delta) > epsilon else (lo, mid)
+    return hi
+
+
+def noisy_vector(schema: dict[str, Any], X_codes: np.ndarray, y: np.ndarray | None, *, epsilon: float, delta: float,
+                 rng: np.random.Generator | None = None) -> tuple[np.ndarray, float, float]:
+    """(noisy vector, noise std, epsilon spent): what a hospital contributes for ``epsilon``."""
+    std = noise_for_epsilon(epsilon, schema, delta)
+    rng = rng or np.random.default_rng()
+    vec = local_vector(schema, X_codes, y)
+    return vec + rng.normal(0.0, std, size=vec.shape), std, epsilon_of(std, schema, delta)
+
+
+def _median_of_histogram(hist: np.ndarray, lo: float, hi: float) -> float:
+    hist = np.maximum(hist, 0.0)
+    total = hist.sum()
+    if total <= 0:
+        return (lo + hi) / 2
+    cum = np.cumsum(hist)
+    k = int(np.searchsorted(cum, total / 2))
+    before = cum[k - 1] if k else 0.0
+    frac = (total / 2 - before) / hist[k] if hist[k] > 0 else 0.5
+    width = (hi - lo) / len(hist)
+    return float(lo + (k + min(max(frac, 0.0), 1.0)) * width)
+
+
+def derive(schema: dict[str, Any], total: np.ndarray, *, n_hospitals: int | None = None) -> dict[str, Any]:
+    """Global constants from the summed vector: per feature "missing_rate", and as the schema needs
+    "mean" / "std" / "median" (float, int), "frequencies" / "mode" (bool, ordinal, categorical);
+    "label_counts". Noisy sums are clamped to valid values (counts >= 0, std > 0, a mean inside
+    the range), so a derived constant is always usable."""
+    schema = validate_schema(schema)
+    names = layout(schema)
+    total = np.asarray(total, dtype=np.float64).reshape(-1)
+    if total.shape != (len(names),) or not np.isfinite(total).all():
+        raise SpecError(f"the statistics aggregate has {total.size} finite values, the schema's layout {len(names)}")
+    v = dict(zip(names, total.tolist()))
+    n = max(v["n"], 1.0)
+    feats: dict[str, dict[str, Any]] = {}
+    for f in schema["features"]:
+        name = f["name"]
+        st: dict[str, Any] = {}
+        missing = min(max(v.get(f"{name}:missing", 0.0), 0.0), n)
+        st["missing_rate"] = missing / n
+        present = max(n - missing, 1.0)
+        if _needs_moments(f):
+            lo, hi = f["range"]
+            w = hi - lo
+            mu = min(max(v[f"{name}:u"] / present, 0.0), 1.0)
+            var = max(v[f"{name}:u2"] / present - mu * mu, 0.0)
+            st["mean"] = lo + mu * w
+            st["std"] = max(math.sqrt(var) * w, 1e-3 * w)
+            if f.get("missing") == "median":
+                hist = np.array([v[f"{name}:bin{k}"] for k in range(_bins(schema))])
+                st["median"] = _median_of_histogram(hist, lo, hi)
+            if f["type"] == "int":
+                for key in ("mean", "median"):
+                    if key in st and f.get("missing") == key:
+                        st[key] = float(round(st[key]))
+        elif _needs_counts(f):
+            vals = _values(f)
+            counts = np.maximum([v[f"{name}={x}"] for x in vals], 0.0)
+            st["frequencies"] = dict(zip(vals, (counts / max(counts.sum(), 1.0)).tolist()))
+            if f["type"] == "bool":
+                st["mode"] = int(counts[0] >= present / 2)
+            else:
+                declared = vals[:-1] if vals[-1] == OTHER else vals  # "other" is no value to impute
+                idx = int(np.argmax(counts[:len(declared)]))
+                st["mode"] = declared[idx]
+                if f["type"] == "ordinal":
+                    cum = np.cumsum(counts)
+                    st["median"] = vals[int(np.searchsorted(cum, cum[-1] / 2))] if cum[-1] > 0 else st["mode"]
+        feats[name] = st
+    labels = {k[len("label="):]: max(x, 0.0) for k, x in v.items() if k.startswith("label=")}
+    out: dict[str, Any] = {"n": n, "features": feats, "label_counts": labels}
+    if n_hospitals is not None:
+        out["hospitals"] = int(n_hospitals)
+    return out
+
+
+__all__ = ["derive", "epsilon_of", "layout", "local_vector", "noise_for_epsilon", "noisy_vector", "sensitivity"]
