@@ -122,6 +122,12 @@ class StudyForm(forms.Form):
     quorum = forms.IntegerField(min_value=1, initial=2, help_text="Minimum updates for a round to aggregate.")
     round_deadline_s = forms.IntegerField(label="Round deadline (s)", min_value=MIN_ROUND_DEADLINE_S,
                                           max_value=MAX_ROUND_DEADLINE_S, initial=600)
+    recruitment_days = forms.IntegerField(label="Recruitment window (days)", min_value=1, max_value=90, initial=7,
+                                          required=False,
+                                          help_text="Recruitment closes this many days after you start it: the study "
+                                                    "then runs with the hospitals that hold its key (if they reach the "
+                                                    "quorum), the others withdrawn; otherwise it fails, naming whom it "
+                                                    "waited for.")
     hospitals = forms.ModelMultipleChoiceField(queryset=Hospital.objects.none(), widget=forms.CheckboxSelectMultiple,
                                                label="Invited hospitals")
     dataset_sizes = forms.CharField(required=False, initial="200, 1000, 5000", max_length=100,

@@ -207,6 +207,15 @@ class StudyScope:
                                            "hospitals": [h for h in a["hospitals"] if h in mine],
                                            "n_hospitals": len(a["hospitals"])} for a in block["attestations"]]}
 
+    def recruitment(self) -> dict | None:
+        """While recruiting: the deadline and whom the study waits for (selectors.recruitment_status);
+        a hospital admin sees its own hospitals by name and the others only counted."""
+        status = selectors.recruitment_status(self.study)
+        if status is None or self.sees_all_hospitals:
+            return status
+        mine = [w for w in status["waiting_for"] if w["hospital_id"] in self.hospital_ids]
+        return {**status, "waiting_for": mine, "others_waiting": len(status["waiting_for"]) - len(mine)}
+
     @property
     def can_download_model(self) -> bool:
         if self.roles & MODEL_ROLES:

@@ -48,6 +48,11 @@ class Study(models.Model):
     encryption = models.JSONField()
     quorum = models.PositiveIntegerField()
     round_deadline_s = models.PositiveIntegerField()
+    # Recruitment closes this long after it opens (services/recruitment_deadline.py): the study then
+    # starts with the hospitals that hold its key, if they reach the quorum, or fails naming whom it
+    # waited for. The deadline moves on by any time the platform itself was away.
+    recruitment_window_s = models.PositiveIntegerField(default=7 * 24 * 3600)
+    recruitment_deadline = models.DateTimeField(null=True, blank=True)
     max_round_attempts = models.PositiveIntegerField(default=2)
     seed = models.BigIntegerField()
     # each hospital's held-out share and local-only baseline (fedproto.evaluation)

@@ -197,3 +197,57 @@ def study_progress(study: Study) -> dict:
     return {"status": study.status, "rounds_done": done, "rounds_planned": study.rounds,
             "current_round": current.number if current else None,
             "current_round_status": current.status if current else None}
+
+
+# ---------------------------------------------------------------- recruitment (services/recruitment_deadline.py)
+
+WAITING_DECISION = "decision"
+WAITING_CONTEXT = "encryption_context"
+WAITING_KEY_RELAY = "key_relay"
+WAITING_KEY_ACK = "key_acknowledgement"
+
+_SENTENCES = {
+    WAITING_DECISION: "has not answered the invitation",
+    WAITING_CONTEXT: "is the key custodian and has not published the encryption context",
+    WAITING_KEY_RELAY: "approved; waits for the key custodian to relay the study key to it",
+    WAITING_KEY_ACK: "approved and has not taken the study key yet",
+}
+
+
+def recruitment_waiting(study: Study, parts: list[Participation] | None = None,
+                        has_context: bool | None = None) -> list[dict]:
+    """Whom the recruiting study waits for: one entry per hospital that holds it up, with what it
+    waits for (``waiting_for``), a sentence, and when that hospital's node was last seen."""
+    if parts is None:
+        parts = list(Participation.objects.filter(study=study).select_related("hospital"))
+    if has_context is None:
+        has_context = HEContext.objects.filter(study=study).exists()
+    relayed = set(SealedKey.objects.filter(study=study).values_list("recipient_id", flat=True))
+    out = []
+    for p in parts:
+        what = None
+        if p.state == Participation.State.INVITED:
+            what = WAITING_DECISION
+        elif p.state == Participation.State.APPROVED and p.key_acked_at is None:
+            if study.custodian_id == p.hospital_id and not has_context:
+                what = WAITING_CONTEXT
+            elif has_context and p.hospital_id not in relayed:
+                what = WAITING_KEY_RELAY
+            else:
+                what = WAITING_KEY_ACK
+        if what is not None:
+            seen = p.hospital.last_heartbeat
+            out.append({"hospital_id": p.hospital_id, "hospital": p.hospital.name, "waiting_for": what,
+                        "detail": f"{p.hospital.name} {_SENTENCES[what]}",
+                        "node_last_seen": seen.isoformat() if seen else None})
+    return out
+
+
+def recruitment_status(study: Study) -> dict | None:
+    """The recruiting study's deadline and whom it waits for (None once it is past recruiting)."""
+    if study.status != Study.Status.RECRUITING:
+        return None
+    deadline = study.recruitment_deadline
+    return {"deadline": deadline.isoformat() if deadline else None,
+            "seconds_left": max(0, round((deadline - timezone.now()).total_seconds())) if deadline else None,
+            "waiting_for": recruitment_waiting(study)}

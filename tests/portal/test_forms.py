@@ -106,3 +106,19 @@ def test_bad_auto_or_holdout_is_shown_on_the_form(world, client, over, message):
     r = client.post("/studies/new/", form_data(world, **over))
     assert r.status_code == 422 and message in r.content.decode()
     assert not Study.objects.filter(name="Form study").exists()
+
+
+def test_the_recruitment_window_from_the_form_and_the_live_status(world, client):
+    client.force_login(world.users["researcher"])
+    r = client.post("/studies/new/", form_data(world, name="Windowed", recruitment_days=3))
+    assert r.status_code == 302, r.content.decode()[:2000]
+    s = Study.objects.get(name="Windowed")
+    assert s.recruitment_window_s == 3 * 24 * 3600
+    assert client.post(f"/studies/{s.pk}/start/").status_code == 302
+    html = client.get(f"/studies/{s.pk}/").content.decode()
+    assert 'id="recruitment"' in html and "Recruitment closes" in html and "(in 2 d 23 h)" in html
+    assert "Alpha Hospital has not answered the invitation" in html and "never seen" in html
+    live = client.get(f"/studies/{s.pk}/live/").content.decode()  # the panel is part of the polled fragment
+    assert "Beta Hospital has not answered the invitation" in live
+    bad = client.post("/studies/new/", form_data(world, name="Too long", recruitment_days=91))
+    assert bad.status_code == 422 and "less than or equal to 90" in bad.content.decode()

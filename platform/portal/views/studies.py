@@ -48,6 +48,7 @@ def study_new(request):
                     batch_size=d["batch_size"], learning_rate=d["learning_rate"],
                     privacy={"epsilon": d["epsilon"], "delta": d["delta"], "clip_norm": d["clip_norm"]},
                     encryption=d["encryption"], quorum=d["quorum"], round_deadline_s=d["round_deadline_s"],
+                    recruitment_window_s=(d["recruitment_days"] or 7) * 24 * 3600,
                     owner=request.user, evaluation=d["evaluation"], actor=actor_label(user=request.user))
             except SpecError as exc:
                 form.add_error(None, str(exc))
@@ -123,7 +124,7 @@ def study_detail(request, study_id: int):
            "final_model": getattr(study, "final_model", None),
            "enc": get_codec(study.encryption["codec"]).describe(study.encryption),
            "has_reports": RoundReport.objects.filter(round__study=study).exists(),
-           "release_block": scope.release_block()}
+           "release_block": scope.release_block(), "recruitment": scope.recruitment()}
     ctx["benefit"] = benefit_rows(study, scope)
     ctx["benefit_summary"] = benefit_summary(ctx["benefit"])
     if study.status == Study.Status.DRAFT:
@@ -140,7 +141,8 @@ def study_live(request, study_id: int):
     scope = access.study_scope(request.user, study_id)
     study = scope.study
     resp = render(request, "portal/_timeline.html", {
-        "s": study, "rounds": _round_rows(scope), "progress": selectors.study_progress(study)})
+        "s": study, "rounds": _round_rows(scope), "progress": selectors.study_progress(study),
+        "recruitment": scope.recruitment()})
     resp["X-Study-Status"] = study.status
     resp["X-Live-Key"] = _live_key(scope)
     resp["Cache-Control"] = "no-store"

@@ -45,6 +45,11 @@ class StudyCreateSerializer(serializers.Serializer):
     encryption = serializers.JSONField(required=False, default=dict)
     quorum = serializers.IntegerField()
     round_deadline_s = serializers.IntegerField(required=False, default=600)
+    recruitment_window_s = serializers.IntegerField(
+        required=False, default=7 * 24 * 3600, min_value=10, max_value=90 * 24 * 3600,
+        help_text="recruitment closes this long after the study starts recruiting: it then runs with the "
+                  "hospitals that hold its key (quorum permitting), the others withdrawn, or fails naming whom "
+                  "it waited for")
     seed = serializers.IntegerField(required=False, allow_null=True, default=None)
 
 
@@ -53,6 +58,8 @@ def study_summary(scope: access.StudyScope) -> dict:
     study = scope.study
     return {**selectors.study_config(study), "status": study.status, "status_reason": study.status_reason,
             "progress": selectors.study_progress(study),
+            "recruitment_window_s": study.recruitment_window_s,
+            "recruitment": scope.recruitment(),
             "participants": [{"hospital_id": p.hospital_id, "hospital": p.hospital.name, "state": p.state,
                               "decided_by": p.decided_by, "decided_at": p.decided_at}
                              for p in scope.participations()],
@@ -102,7 +109,8 @@ class StudyListView(APIView):
             model_spec=d["model"], rounds=d["rounds"], local_epochs=d["local_epochs"], batch_size=d["batch_size"],
             learning_rate=d["learning_rate"], privacy=d["privacy"], encryption=d["encryption"], quorum=d["quorum"],
             round_deadline_s=d["round_deadline_s"], owner=request.user, seed=d["seed"],
-            evaluation=d["evaluation"], actor=actor_label(user=request.user))
+            evaluation=d["evaluation"], recruitment_window_s=d["recruitment_window_s"],
+            actor=actor_label(user=request.user))
         return Response(study_summary(access.scope_for(request.user, study)), status=201)
 
 

@@ -102,7 +102,19 @@ STUDY_SUMMARY = inline_serializer("StudySummary", {
     "id": serializers.IntegerField(), "name": serializers.CharField(), "status": serializers.CharField(),
     "status_reason": serializers.CharField(), "progress": serializers.DictField(),
     "participants": serializers.ListField(child=serializers.DictField()),
-    "final_model_sha256": serializers.CharField(allow_null=True)})
+    "final_model_sha256": serializers.CharField(allow_null=True),
+    "recruitment_window_s": serializers.IntegerField(),
+    "recruitment": inline_serializer("RecruitmentStatus", {
+        "deadline": serializers.DateTimeField(allow_null=True),
+        "seconds_left": serializers.IntegerField(allow_null=True),
+        "waiting_for": serializers.ListField(child=inline_serializer("RecruitmentWaiting", {
+            "hospital_id": serializers.IntegerField(), "hospital": serializers.CharField(),
+            "waiting_for": serializers.ChoiceField(choices=["decision", "encryption_context", "key_relay",
+                                                            "key_acknowledgement"]),
+            "detail": serializers.CharField(), "node_last_seen": serializers.DateTimeField(allow_null=True)})),
+        "others_waiting": serializers.IntegerField(required=False,
+                                                   help_text="a hospital admin: how many other hospitals it waits for")},
+        allow_null=True, help_text="while recruiting: the deadline and whom the study waits for; null after")})
 STUDY_LIST = inline_serializer("StudyList", {"studies": serializers.ListField(child=inline_serializer("StudyListItem", {
     "id": serializers.IntegerField(), "name": serializers.CharField(), "status": serializers.CharField(),
     "consortium": serializers.CharField(), "progress": serializers.DictField()}))})

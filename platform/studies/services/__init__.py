@@ -4,6 +4,7 @@ state themselves. Call sites use the package: ``from studies import services; se
 
     lifecycle    definition, status changes, moving a study forward
     recruitment  decisions, encryption context, sealed keys, key acknowledgements
+    recruitment_deadline  whom a recruiting study waits for; closing recruitment at its deadline
     rounds       open/close rounds, job refusals, encrypted uploads
     spend        privacy spends (checked: in range, cumulative, within budget; late; reused updates)
     aggregation  adding the ciphertexts (whole round or by chunk)

@@ -7,6 +7,7 @@ tasks (studies/tasks.py) and API views call the services and never change state 
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Iterable
 
 from django.db import transaction
@@ -20,9 +21,15 @@ from ..models import HEContext, Participation, Round, Study, TrainingJob
 from ..selectors import study_config
 from .common import ADVANCE_STUDY, CLOSE_ROUND, RECOMPUTE_PRIVACY, _study_audit, enqueue, enqueue_on_commit
 from .errors import ServiceError
+from .recruitment_deadline import recruitment_close, recruitment_due
 from .rounds import round_open
 
 log = logging.getLogger(__name__)
+
+# How long recruitment stays open (services/recruitment_deadline.py).
+DEFAULT_RECRUITMENT_WINDOW_S = 7 * 24 * 3600
+MIN_RECRUITMENT_WINDOW_S = 10
+MAX_RECRUITMENT_WINDOW_S = 90 * 24 * 3600
 
 TERMINAL = {Study.Status.COMPLETED, Study.Status.FAILED, Study.Status.CANCELLED}
 
@@ -33,10 +40,14 @@ def study_create(*, consortium: Consortium, name: str, hospitals: Iterable[Hospi
                  model_spec: dict, rounds: int, local_epochs: int, batch_size: int, learning_rate: float,
                  privacy: dict, encryption: dict, quorum: int, round_deadline_s: int, owner=None,
                  purpose: str = "", seed: int | None = None, evaluation: dict | None = None,
-                 actor: str = "system") -> Study:
+                 recruitment_window_s: int = DEFAULT_RECRUITMENT_WINDOW_S, actor: str = "system") -> Study:
     """Define a study (a draft). Its definition is checked by fedproto.study.validate_study, the one
     owner of a study's bounds (the node parses what it receives with the same rules)."""
     hospitals = list(hospitals)
+    if not (isinstance(recruitment_window_s, int) and not isinstance(recruitment_window_s, bool)
+            and MIN_RECRUITMENT_WINDOW_S <= recruitment_window_s <= MAX_RECRUITMENT_WINDOW_S):
+        raise SpecError(f"recruitment_window_s must be a whole number of seconds from {MIN_RECRUITMENT_WINDOW_S} to "
+                        f"{MAX_RECRUITMENT_WINDOW_S} (90 days), not {recruitment_window_s!r}")
     foreign = [h.name for h in hospitals if h.consortium_id != consortium.pk]
     if foreign:
         raise SpecError(f"hospital(s) {foreign} are not members of consortium {consortium.name}")
@@ -59,12 +70,13 @@ def study_create(*, consortium: Consortium, name: str, hospitals: Iterable[Hospi
             privacy_mode=cfg.privacy.mode, collusion=cfg.privacy.collusion, quant_step=cfg.privacy.quant_step,
             encryption=cfg.encryption,
             quorum=cfg.quorum, round_deadline_s=cfg.round_deadline_s, seed=cfg.seed, n_params=cfg.n_params,
-            evaluation=cfg.evaluation,
+            evaluation=cfg.evaluation, recruitment_window_s=recruitment_window_s,
         )
         for h in hospitals:
             Participation.objects.create(study=study, hospital=h)
         _study_audit(study, "study.created", actor, data={"config": study_config(study),
-                                                          "invited": [h.name for h in hospitals]})
+                                                          "invited": [h.name for h in hospitals],
+                                                          "recruitment_window_s": recruitment_window_s})
     return study
 
 
@@ -77,11 +89,13 @@ def study_open_recruitment(*, study: Study, actor: str) -> Study:
                            "round exchange (docs/privacy.md); define the study with privacy mode local",
                            code="unsupported", status=409)
     with transaction.atomic():
-        n = Study.objects.filter(pk=study.pk, status=Study.Status.DRAFT).update(status=Study.Status.RECRUITING)
+        deadline = timezone.now() + timedelta(seconds=study.recruitment_window_s)
+        n = Study.objects.filter(pk=study.pk, status=Study.Status.DRAFT).update(status=Study.Status.RECRUITING,
+                                                                                 recruitment_deadline=deadline)
         if not n:
             raise ServiceError(f"study is {Study.objects.get(pk=study.pk).status}, only a draft can be started",
                                code="wrong_state")
-        _study_audit(study, "study.recruiting", actor)
+        _study_audit(study, "study.recruiting", actor, data={"recruitment_deadline": deadline.isoformat()})
     study.refresh_from_db()
     return study
 
@@ -218,6 +232,9 @@ def study_advance(*, study_id: int) -> None:
                        reason=f"only {len(approved)} of {len(parts)} hospitals approved; the quorum is {study.quorum}")
             return
         ready = answered and HEContext.objects.filter(study=study).exists() and all(p.key_acked_at for p in approved)
+        if not ready and recruitment_due(study, timezone.now()):
+            _close_recruitment(study)
+            return
         if ready:
             with transaction.atomic():
                 if _set_status(study, frm=[Study.Status.RECRUITING], to=Study.Status.RUNNING, actor="system",
@@ -245,6 +262,24 @@ def study_advance(*, study_id: int) -> None:
                 round_open(study=study, number=last.number, attempt=last.attempt + 1)
         else:
             study_fail(study=study, reason=f"round {last.number} failed {last.attempt} times: {last.status_reason}")
+
+
+def _close_recruitment(study: Study) -> None:
+    """At the recruitment deadline: start with the hospitals that hold the key (the others
+    withdrawn) or fail naming whom the study waited for (services/recruitment_deadline.py)."""
+    with transaction.atomic():
+        study = Study.objects.select_for_update().get(pk=study.pk)
+        if study.status != Study.Status.RECRUITING:
+            return  # a concurrent advance got here first
+        parts = list(Participation.objects.select_for_update(of=("self",)).select_related("hospital")
+                     .filter(study=study))
+        has_context = HEContext.objects.filter(study=study).exists()
+        start, reason = recruitment_close(study, parts, has_context, timezone.now())
+        if not start:
+            study_fail(study=study, reason=reason)
+        elif _set_status(study, frm=[Study.Status.RECRUITING], to=Study.Status.RUNNING, actor="system",
+                         action="study.running", reason=reason):
+            round_open(study=study, number=1, attempt=1)
 
 
 def _advance_in_transaction(study: Study) -> None:

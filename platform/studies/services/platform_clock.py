@@ -5,7 +5,7 @@ much longer than that interval means the platform could not work (its database u
 no worker), so nodes could not deliver either: the first beat after the gap extends the deadline
 of every collecting round by the gap, with an audit event per round. Until that beat has run, a
 round is not closed for its deadline, nor for a node that looks offline (every node looks offline
-right after the platform itself was away)."""
+right after the platform itself was away). Recruitment deadlines move on the same way."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from ..models import PlatformHeartbeat, Round
+from ..models import PlatformHeartbeat, Round, Study
 from .common import _study_audit
 
 
@@ -62,6 +62,14 @@ def platform_beat() -> float:
                                "deadline": (rnd.deadline + by).isoformat(),
                                "reason": "the platform was away (no reconciler run, e.g. its database was "
                                          f"unreachable) from {hb.beat_at.isoformat()} to {now.isoformat()}"})
+        studies = list(Study.objects.select_for_update().filter(status=Study.Status.RECRUITING,
+                                                                recruitment_deadline__isnull=False))
+        Study.objects.filter(pk__in=[s.pk for s in studies]).update(recruitment_deadline=F("recruitment_deadline") + by)
+        for study in studies:
+            _study_audit(study, "study.recruitment_deadline_extended", "system",
+                         data={"by_s": round(gap, 1), "deadline": (study.recruitment_deadline + by).isoformat(),
+                               "reason": "the platform was away (no reconciler run) from "
+                                         f"{hb.beat_at.isoformat()} to {now.isoformat()}"})
         hb.beat_at, hb.resumed_at = now, now
         hb.save(update_fields=["beat_at", "resumed_at"])
     return gap

@@ -17,6 +17,7 @@ from ..models import HEContext, Participation, SealedKey, Study
 from .common import _audit_refusal, _study_audit, require_approved
 from .errors import ServiceError
 from .lifecycle import _advance_after_commit
+from .recruitment_deadline import recruitment_due
 
 
 def participation_decide(*, participation: Participation, decision: str, actor: str, reason: str = "") -> Participation:
@@ -25,9 +26,14 @@ def participation_decide(*, participation: Participation, decision: str, actor: 
     study = participation.study
     with transaction.atomic():
         p = Participation.objects.select_for_update().get(pk=participation.pk)
-        if Study.objects.get(pk=study.pk).status != Study.Status.RECRUITING:
-            raise ServiceError(f"study {study.name!r} is not recruiting (it is {study.status}); decisions are closed",
+        current = Study.objects.get(pk=study.pk)
+        if current.status != Study.Status.RECRUITING:
+            raise ServiceError(f"study {study.name!r} is not recruiting (it is {current.status}); decisions are closed",
                                code="wrong_state")
+        if recruitment_due(current, timezone.now()):
+            raise ServiceError(f"recruitment for study {study.name!r} closed at its deadline "
+                               f"({current.recruitment_deadline.isoformat()}); decisions are closed",
+                               code="recruitment_closed")
         if p.state != Participation.State.INVITED:
             if (p.state == Participation.State.APPROVED) == (decision == "approve"):
                 return p  # idempotent repeat
