@@ -130,3 +130,12 @@ STUDY_RESULTS = inline_serializer("StudyResults", {
                                      help_text="round, attempt, hospital, n_test, epsilon_spent, metric.<name>..., "
                                                "model_sha256, reported_at"),
     "rows": serializers.ListField(child=serializers.DictField(), help_text="one per round report, keyed by column")})
+SCHEMA_DRAFT = inline_serializer("SchemaDraft", {
+    "task": serializers.CharField(),
+    "schema": serializers.DictField(help_text="the drafted data schema (validated), for the researcher to confirm"),
+    "columns": serializers.ListField(child=serializers.DictField(), help_text="per column: name, type (float, int, "
+                                     "bool, categorical, ordinal, text = left out), missing_values, range, "
+                                     "categories, levels, note"),
+    "label_candidates": serializers.ListField(child=serializers.CharField(), required=False),
+    "survival": serializers.DictField(required=False, help_text="survival: time and event column candidates"),
+    "notes": serializers.ListField(child=serializers.CharField())})
