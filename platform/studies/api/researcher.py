@@ -181,7 +181,7 @@ class SchemaDraftSerializer(serializers.Serializer):
                                  help_text="survival: the time column (default: guessed by name)")
     event = serializers.CharField(required=False, allow_blank=True, default="", max_length=128,
                                   help_text="survival: the event column (default: guessed by name)")
-    consortium_id = serializers.IntegerField(required=False, allow_null=True, default=None,
+    consortium_id = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=1, max_value=2 ** 63 - 1,
                                              help_text="the consortium the study is for (checked: you must manage "
                                                        "studies there)")
 
