@@ -12,14 +12,13 @@ import tempfile
 from datetime import timedelta
 from pathlib import Path
 
-import numpy as np
 import pytest
 from django.core.cache import cache
 from django.utils import timezone
 from nacl.public import SealedBox
 from nodeclient import encrypted_frame, enrol, run_setup
-from rest_framework.test import APIClient
 from release_support import released_model
+from rest_framework.test import APIClient
 
 from audit.models import AuditEvent
 from consortia.models import Hospital, Membership
