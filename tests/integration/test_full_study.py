@@ -57,7 +57,7 @@ def test_full_study_completes_with_dp_and_encryption(stack, tmp_path):
     assert EncryptedUpdate.objects.filter(job__round__study=study).count() == 9
     chain = verify_study_chain(study.pk)
     assert chain.ok, chain.problem
-    _released_model_scores_raw_rows_as_the_nodes_do(study, consortium, hospitals, configs, data, tmp_path)
+    _released_model_scores_raw_rows_as_the_nodes_do(stack, study, consortium, hospitals, configs, data, tmp_path)
     # The web server served the nodes' hundreds of requests from its connection pool: connections it
     # held before the study are still open after it (one connection per request would have closed
     # them all), and it never held more than the pool's maximum.
@@ -70,13 +70,14 @@ def test_full_study_completes_with_dp_and_encryption(stack, tmp_path):
         assert n.stop(sig=signal.SIGTERM) == 0, n.tail()
 
 
-def _released_model_scores_raw_rows_as_the_nodes_do(study, consortium, hospitals, configs, data, tmp_path):
+def _released_model_scores_raw_rows_as_the_nodes_do(stack, study, consortium, hospitals, configs, data, tmp_path):
     """A researcher downloads the released model through the API; `python -m hospital_node predict`
     on a hospital's raw rows gives the scores that hospital's node computes with its own copy of the
     global model on its own encoding of those rows."""
+    import requests
     from django.contrib.auth import get_user_model
-    from rest_framework.test import APIClient
 
+    from consortia.apitokens import api_token_create
     from consortia.models import Membership
     from consortia.services import membership_grant
     from fedproto.study import StudyConfig
@@ -89,12 +90,13 @@ def _released_model_scores_raw_rows_as_the_nodes_do(study, consortium, hospitals
 
     user = get_user_model().objects.create_user(f"researcher-{study.pk}", password="x")
     membership_grant(user=user, consortium=consortium, role=Membership.Role.RESEARCHER)
-    api = APIClient()
-    api.force_authenticate(user)
-    r = api.get(f"/api/studies/{study.pk}/model")
+    _, token = api_token_create(user=user, name="download", days=1)
+    r = requests.get(f"{stack.base_url}/api/studies/{study.pk}/model", headers={"Authorization": f"Bearer {token}"},
+                     timeout=60)
     assert r.status_code == 200, r.content[:300]
+    assert r.headers["X-Model-SHA256"] == study.final_model.sha256
     path = tmp_path / "model.safetensors"
-    path.write_bytes(b"".join(r.streaming_content))
+    path.write_bytes(r.content)
     cfg = StudyConfig.from_wire(study_config(study))
     for h, node_cfg in zip(hospitals, configs):
         raw = data.hospital_csvs[h.name]
