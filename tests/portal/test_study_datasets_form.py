@@ -36,3 +36,12 @@ def test_bad_data_set_names_are_form_errors(world, client, over, message):
     r = client.post("/studies/new/", form_data(world, **over))
     assert r.status_code == 422 and message in r.content.decode()
     assert not Study.objects.filter(name="Form study").exists()
+
+
+def test_the_hospital_admin_sees_which_data_set_the_node_will_read(world, client):
+    world.s2.datasets = {"default": "cohort2024", "hospitals": {str(world.h2.pk): "icu_2023"}}
+    world.s2.save(update_fields=["datasets"])
+    client.force_login(world.users["hadmin2"])
+    html = client.get(f"/inbox/{world.p2.pk}/").content.decode()
+    assert "Read your data set <code>icu_2023</code>" in html
+    assert f"python -m hospital_node check --config node.toml --study {world.s2.pk}" in html

@@ -11,6 +11,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from audit.services import actor_label
 from fedproto.codec import get_codec
+from fedproto.datasets import dataset_for
 from studies import access, selectors, services
 from studies.models import Participation, Study
 
@@ -68,4 +69,4 @@ def invitation(request, participation_id: int):
         "p": p, "s": s, "checks": _local_checks(p), "config_json": json.dumps(selectors.study_config(s), indent=2),
         "enc": get_codec(s.encryption["codec"]).describe(s.encryption),
         "can_decide": p.state == Participation.State.INVITED and s.status == Study.Status.RECRUITING,
-        "n_features": len(s.schema.get("features", []))})
+        "n_features": len(s.schema.get("features", [])), "dataset": dataset_for(s.datasets, p.hospital_id)})
