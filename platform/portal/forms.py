@@ -91,9 +91,10 @@ class StudyForm(forms.Form):
     schema_text = forms.CharField(label="Data schema", widget=forms.Textarea(attrs={"rows": 8, "spellcheck": "false"}),
                                   help_text="A JSON schema (task, features, label), or the CSV header line of the data files.")
     task = forms.ChoiceField(choices=[(t, t.replace("_", " ")) for t in TASKS], initial="binary_classification",
-                             help_text="Used when you paste a CSV header.")
+                             help_text="Used when you paste a CSV header or draft the schema from a sample.")
     label_column = forms.CharField(required=False, max_length=100,
-                                   help_text="CSV header only: the label column (default: the last column).")
+                                   help_text="CSV header or draft: the label column (default: the last column; a draft "
+                                             "guesses it by name).")
     model_type = forms.ChoiceField(choices=[(k, f"{k} — {v['description']}") for k, v in MODEL_TYPES.items()],
                                    initial="logistic_regression")
     hidden = forms.CharField(required=False, initial="16", max_length=60,

@@ -31,6 +31,7 @@ node_urls = [
 
 researcher_urls = [
     path("studies/", researcher.StudyListView.as_view()),
+    path("studies/schema-draft", researcher.SchemaDraftView.as_view()),
     path("studies/<int:study_id>/", researcher.StudyDetailView.as_view()),
     path("studies/<int:study_id>/model", researcher.FinalModelDownloadView.as_view()),
     path("studies/<int:study_id>/results", researcher.StudyResultsView.as_view()),
