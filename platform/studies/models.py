@@ -267,3 +267,27 @@ class PlatformHeartbeat(models.Model):
 
     beat_at = models.DateTimeField()
     resumed_at = models.DateTimeField(null=True, blank=True)  # the end of the last such gap
+
+
+class SecAggRound(models.Model):
+    """The platform's state of one distributed-DP round's secure-aggregation exchange
+    (fedproto.secagg.RoundCoordinator, rebuilt from these rows on every stage request). Holds only
+    what the platform may see: mask public keys and commitments, sealed shares it cannot open, the
+    survivor sets, the survivors' unmask shares and the correction vector (never a seed of a
+    survivor's pairwise masks, never an update)."""
+
+    round = models.OneToOneField(Round, on_delete=models.CASCADE, related_name="secagg")
+    setup = models.JSONField()                          # RoundSetup.to_dict()
+    adverts = models.JSONField(default=dict)            # hospital id (str) -> KeyAdvert.to_dict()
+    u0 = models.JSONField(null=True, blank=True)        # fixed with the key directory
+    bundles = models.JSONField(default=dict)            # sender id (str) -> ShareBundle.to_dict()
+    u1 = models.JSONField(null=True, blank=True)        # fixed with the first inbox
+    u2 = models.JSONField(null=True, blank=True)        # fixed when the round closes (who uploaded)
+    responses = models.JSONField(default=dict)          # sender id (str) -> UnmaskResponse.to_dict()
+    correction_path = models.CharField(max_length=500, blank=True)  # uint64 little endian, relative to MEDIA_ROOT
+    correction_sha256 = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    u0_at = models.DateTimeField(null=True, blank=True)
+    u1_at = models.DateTimeField(null=True, blank=True)
+    u2_at = models.DateTimeField(null=True, blank=True)
+    unmasked_at = models.DateTimeField(null=True, blank=True)

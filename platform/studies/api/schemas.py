@@ -130,7 +130,12 @@ STUDY_RESULTS = inline_serializer("StudyResults", {
                                      help_text="round, attempt, hospital, n_test, epsilon_spent, metric.<name>..., "
                                                "model_sha256, reported_at"),
     "rows": serializers.ListField(child=serializers.DictField(), help_text="one per round report, keyed by column")})
-SCHEMA_DRAFT = inline_serializer("SchemaDraft", {
+SECAGG_MESSAGE = inline_serializer("SecAggMessage", {
+    "round": serializers.IntegerField(), "attempt": serializers.IntegerField(),
+    "round_index": serializers.IntegerField()})
+SECAGG_REQUEST = inline_serializer("SecAggStageRequest", {
+    "message": serializers.DictField(help_text="the stage's fedproto.secagg message (to_dict form)")})
+SCHEMA_DRAFT = inline_serializer("SchemaDraftResult", {
     "task": serializers.CharField(),
     "schema": serializers.DictField(help_text="the drafted data schema (validated), for the researcher to confirm"),
     "columns": serializers.ListField(child=serializers.DictField(), help_text="per column: name, type (float, int, "
