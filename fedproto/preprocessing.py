@@ -33,6 +33,7 @@ from .schema import encoded_columns, label_classes, scaling, validate_schema
 
 FORMAT = "fedproto-preprocessing-1"
 METADATA_KEY = "fedproto.preprocessing"
+MODEL_KEY = "fedproto.model"
 
 OUTPUTS = {
     "binary_classification": "logit of P(label = 1); predict reports the probability sigmoid(logit)",
@@ -124,6 +125,32 @@ def check(doc: Any) -> dict[str, Any]:
     return doc
 
 
+def check_model_metadata(meta: dict[str, str] | None, schema: dict[str, Any], model_spec: dict[str, Any]) -> dict[str, Any]:
+    """The preprocessing document of a released model file's safetensors metadata, checked against
+    the study it claims to be the model of (its schema's features and label, its model spec);
+    SpecError says what is missing or different."""
+    import json
+
+    meta = meta or {}
+    missing = [k for k in (METADATA_KEY, MODEL_KEY) if k not in meta]
+    if missing:
+        raise SpecError(f"the model file's metadata has no {' and no '.join(repr(k) for k in missing)}: a released "
+                        "model carries its preprocessing and model spec (docs/data.md)")
+    try:
+        doc, spec = json.loads(meta[METADATA_KEY]), json.loads(meta[MODEL_KEY])
+    except ValueError as e:
+        raise SpecError(f"the model file's metadata is not JSON ({e})") from None
+    check(doc)
+    study_schema = validate_schema(schema)
+    mine = schema_of(doc)
+    if mine["features"] != study_schema["features"] or mine["label"] != study_schema["label"] \
+            or mine["task"] != study_schema["task"]:
+        raise SpecError("the model file's preprocessing does not describe this study's schema")
+    if spec != model_spec:
+        raise SpecError(f"the model file's spec {spec!r} is not this study's model {model_spec!r}"[:300])
+    return doc
+
+
 def _check_impute(f: dict[str, Any]) -> None:
     name, value = f["name"], f.get("impute")
     if f.get("missing", "error") == "error":
@@ -170,4 +197,5 @@ def describe(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
-__all__ = ["FORMAT", "METADATA_KEY", "OUTPUTS", "build", "check", "describe", "schema_of"]
+__all__ = ["FORMAT", "METADATA_KEY", "MODEL_KEY", "OUTPUTS", "build", "check", "check_model_metadata", "describe",
+           "schema_of"]

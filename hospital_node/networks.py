@@ -106,7 +106,7 @@ def model_from_flat(study: StudyConfig, flat: np.ndarray) -> nn.Module:
 
 def model_bytes(model: nn.Module) -> bytes:
     """safetensors bytes of the state dict, float32 contiguous (what is attested and uploaded)."""
-    sd = {k: v.detach().to(torch.float32).contiguous().clone() for k, v in _plain_state_dict(model).items()}
+    sd = {k: v.detach().to(torch.float32).contiguous().clone() for k, v in plain_state_dict(model).items()}
     return save(sd)
 
 
@@ -121,7 +121,7 @@ def load_model_bytes(study: StudyConfig, data: bytes) -> nn.Module:
     return model
 
 
-def _plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """state_dict without the wrapper prefix Opacus adds (``_module.``)."""
     inner = getattr(model, "_module", model)
     return inner.state_dict()

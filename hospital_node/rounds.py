@@ -31,8 +31,9 @@ from .credentials import write_atomic
 from .errors import ApiError
 from .keys import secret_for
 from .ledger import RESUMABLE_STATES, config_sha256
-from .networks import flatten, initial_model, model_bytes, model_from_flat, model_sha256
+from .networks import flatten, initial_model, model_from_flat, model_sha256, plain_state_dict
 from .planning import Refuse, plan_dict, plan_job
+from .tools import package_model
 
 # A final-model release the platform held back (409) is not retried before this: the platform
 # stops offering the item until a consortium admin resolves the block.
@@ -276,7 +277,9 @@ def on_evaluate(ctx: NodeContext, item: dict[str, Any], study: StudyConfig) -> N
     model = global_model(ctx, study, round_no)
     ds = ctx.dataset(study)
     metrics = finite_metrics(trainer.evaluate(model, ds.X_test, ds.y_test, study.task)) if ds.n_test else {}
-    body: dict[str, Any] = {"metrics": metrics, "n_test": ds.n_test, "model_sha256": model_sha256(model)}
+    # The attested hash is the model file as it is released: the weights with their preprocessing.
+    sha = hashlib.sha256(release_bytes(ctx, study, model)).hexdigest()
+    body: dict[str, Any] = {"metrics": metrics, "n_test": ds.n_test, "model_sha256": sha}
     if round_no >= study.rounds:
         try:
             base = local_baseline(ctx, study, ds)
@@ -295,7 +298,7 @@ def on_evaluate(ctx: NodeContext, item: dict[str, Any], study: StudyConfig) -> N
 def on_upload_final_model(ctx: NodeContext, item: dict[str, Any], study: StudyConfig) -> None:
     sid, round_no = study.study_id, int(item["round"])
     model = global_model(ctx, study, round_no)
-    data = model_bytes(model)
+    data = release_bytes(ctx, study, model)
     try:
         ctx.client.upload_final_model(sid, data)
     except ApiError as e:
@@ -310,6 +313,14 @@ def on_upload_final_model(ctx: NodeContext, item: dict[str, Any], study: StudyCo
         return
     log.info("study %s: uploaded the final model of round %s (sha256 %s)", sid, round_no,
              hashlib.sha256(data).hexdigest()[:16])
+
+
+def release_bytes(ctx: NodeContext, study: StudyConfig, model: nn.Module) -> bytes:
+    """The model file a study releases: safetensors of the weights whose metadata carries the
+    study's preprocessing document and model spec (docs/data.md), identical on every hospital (the
+    document is built from the schema and the federated statistics every hospital shares), so
+    ``python -m hospital_node predict`` scores raw rows as training prepared them."""
+    return package_model(plain_state_dict(model), study.model, ctx.dataset(study).preprocessing)
 
 
 def _parse_time(value: Any) -> datetime | None:

@@ -24,17 +24,32 @@ from .data import load_csv
 from .encoding import encode
 from .errors import DataError
 
-MODEL_KEY = "fedproto.model"
+MODEL_KEY = preprocessing.MODEL_KEY
 
 
 def package_model(state: dict[str, Any], spec: dict[str, Any], doc: dict[str, Any]) -> bytes:
-    """safetensors bytes of a model's state dict carrying its spec and preprocessing document."""
+    """safetensors bytes of a model's state dict carrying its spec and preprocessing document.
+
+    Byte for byte the same on every node for the same weights, spec and document (the hospitals
+    attest this file's SHA-256 and the platform releases only an attested one): safetensors writes
+    its metadata map in a random order, so the header is written again with sorted keys."""
     from safetensors.torch import save
 
     preprocessing.check(doc)
-    return save({k: v.detach().float().contiguous() for k, v in state.items()},
-                metadata={preprocessing.METADATA_KEY: json.dumps(doc, sort_keys=True),
-                          MODEL_KEY: json.dumps(spec, sort_keys=True)})
+    raw = save({k: v.detach().float().contiguous() for k, v in state.items()},
+               metadata={preprocessing.METADATA_KEY: json.dumps(doc, sort_keys=True),
+                         MODEL_KEY: json.dumps(spec, sort_keys=True)})
+    return canonical_safetensors(raw)
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """The same safetensors file with its JSON header re-serialised deterministically (sorted keys,
+    no spaces, padded with spaces to a multiple of 8 bytes as safetensors itself pads it)."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n].decode("utf-8"))
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + n:]
 
 
 def read_model(path: str | Path):
@@ -146,3 +161,18 @@ def schema_from_args(args) -> dict[str, Any]:
                         "with the schema from the study page", public="unknown study")
     return dict(study.schema)
 
+
+
+def study_dataset(cfg, study_id: int) -> str:
+    """The data set a study this node was invited to names for this hospital (fedproto.datasets)."""
+    from fedproto.datasets import dataset_for
+
+    from .credentials import load_credentials
+    from .ledger import Ledger
+
+    study = Ledger(cfg.ledger).study_config(int(study_id)) if cfg.ledger.exists() else None
+    if study is None:
+        raise DataError(f"study {study_id} is unknown to this node (no invitation seen yet): pass --dataset NAME",
+                        public="unknown study")
+    hospital_id = load_credentials(cfg.credentials_file).hospital_id if cfg.credentials_file.exists() else None
+    return dataset_for(study.datasets, hospital_id)

@@ -205,6 +205,9 @@ INLINE_AGGREGATE_MAX_PART_LOADS = envint("FEDPLATFORM_INLINE_AGGREGATE_MAX", 64,
 # aggregated again by the reconciler (studies/tasks.py). Too short only repeats work: keep it above
 # the time a normal aggregation takes.
 AGGREGATION_GRACE_S = envint("FEDPLATFORM_AGGREGATION_GRACE_S", 60, lo=1, hi=24 * 3600)
+# Distributed DP: how long a secure-aggregation stage (key adverts, share bundles) waits for every
+# hospital still in the round before it closes with the quorum (studies/services/secagg.py).
+SECAGG_STAGE_S = envint("FEDPLATFORM_SECAGG_STAGE_S", 60, lo=1, hi=24 * 3600)
 
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

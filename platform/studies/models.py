@@ -6,11 +6,16 @@ from django.conf import settings
 from django.db import models
 
 from consortia.models import Consortium, Hospital
+from fedproto.datasets import DEFAULT_DATASETS
 from fedproto.evaluation import DEFAULT_EVALUATION
 
 
 def default_evaluation() -> dict:
     return dict(DEFAULT_EVALUATION)
+
+
+def default_datasets() -> dict:
+    return dict(DEFAULT_DATASETS)
 
 
 class Study(models.Model):
@@ -57,6 +62,8 @@ class Study(models.Model):
     seed = models.BigIntegerField()
     # each hospital's held-out share and local-only baseline (fedproto.evaluation)
     evaluation = models.JSONField(default=default_evaluation)
+    # which data set of each hospital's node the study uses (fedproto.datasets; names, never paths)
+    datasets = models.JSONField(default=default_datasets)
     custodian = models.ForeignKey(Hospital, null=True, blank=True, on_delete=models.PROTECT, related_name="custodian_of")
     n_params = models.PositiveIntegerField()
     created_at = models.DateTimeField(auto_now_add=True)
@@ -265,3 +272,27 @@ class PlatformHeartbeat(models.Model):
 
     beat_at = models.DateTimeField()
     resumed_at = models.DateTimeField(null=True, blank=True)  # the end of the last such gap
+
+
+class SecAggRound(models.Model):
+    """The platform's state of one distributed-DP round's secure-aggregation exchange
+    (fedproto.secagg.RoundCoordinator, rebuilt from these rows on every stage request). Holds only
+    what the platform may see: mask public keys and commitments, sealed shares it cannot open, the
+    survivor sets, the survivors' unmask shares and the correction vector (never a seed of a
+    survivor's pairwise masks, never an update)."""
+
+    round = models.OneToOneField(Round, on_delete=models.CASCADE, related_name="secagg")
+    setup = models.JSONField()                          # RoundSetup.to_dict()
+    adverts = models.JSONField(default=dict)            # hospital id (str) -> KeyAdvert.to_dict()
+    u0 = models.JSONField(null=True, blank=True)        # fixed with the key directory
+    bundles = models.JSONField(default=dict)            # sender id (str) -> ShareBundle.to_dict()
+    u1 = models.JSONField(null=True, blank=True)        # fixed with the first inbox
+    u2 = models.JSONField(null=True, blank=True)        # fixed when the round closes (who uploaded)
+    responses = models.JSONField(default=dict)          # sender id (str) -> UnmaskResponse.to_dict()
+    correction_path = models.CharField(max_length=500, blank=True)  # uint64 little endian, relative to MEDIA_ROOT
+    correction_sha256 = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    u0_at = models.DateTimeField(null=True, blank=True)
+    u1_at = models.DateTimeField(null=True, blank=True)
+    u2_at = models.DateTimeField(null=True, blank=True)
+    unmasked_at = models.DateTimeField(null=True, blank=True)

@@ -4,7 +4,10 @@ talking HTTP to a real web server."""
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 from helpers import create_study, setup_consortium, study_status, wait_for
 
@@ -54,6 +57,7 @@ def test_full_study_completes_with_dp_and_encryption(stack, tmp_path):
     assert EncryptedUpdate.objects.filter(job__round__study=study).count() == 9
     chain = verify_study_chain(study.pk)
     assert chain.ok, chain.problem
+    _released_model_scores_raw_rows_as_the_nodes_do(stack, study, consortium, hospitals, configs, data, tmp_path)
     # The web server served the nodes' hundreds of requests from its connection pool: connections it
     # held before the study are still open after it (one connection per request would have closed
     # them all), and it never held more than the pool's maximum.
@@ -64,6 +68,53 @@ def test_full_study_completes_with_dp_and_encryption(stack, tmp_path):
     for n in nodes:
         assert n.alive()
         assert n.stop(sig=signal.SIGTERM) == 0, n.tail()
+
+
+def _released_model_scores_raw_rows_as_the_nodes_do(stack, study, consortium, hospitals, configs, data, tmp_path):
+    """A researcher downloads the released model through the API; `python -m hospital_node predict`
+    on a hospital's raw rows gives the scores that hospital's node computes with its own copy of the
+    global model on its own encoding of those rows."""
+    import requests
+    from django.contrib.auth import get_user_model
+
+    from consortia.apitokens import api_token_create
+    from consortia.models import Membership
+    from consortia.services import membership_grant
+    from fedproto.study import StudyConfig
+    from hospital_node.data import load_csv, load_study_data
+    from hospital_node.encoding import encode
+    from hospital_node.ledger import Ledger
+    from hospital_node.networks import model_from_flat
+    from hospital_node.trainer import predict
+    from studies.selectors import study_config
+
+    user = get_user_model().objects.create_user(f"researcher-{study.pk}", password="x")
+    membership_grant(user=user, consortium=consortium, role=Membership.Role.RESEARCHER)
+    _, token = api_token_create(user=user, name="download", days=1)
+    r = requests.get(f"{stack.base_url}/api/studies/{study.pk}/model", headers={"Authorization": f"Bearer {token}"},
+                     timeout=60)
+    assert r.status_code == 200, r.content[:300]
+    assert r.headers["X-Model-SHA256"] == study.final_model.sha256
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(r.content)
+    cfg = StudyConfig.from_wire(study_config(study))
+    for h, node_cfg in zip(hospitals, configs):
+        raw = data.hospital_csvs[h.name]
+        out = tmp_path / f"scores-{h.pk}.csv"
+        run = subprocess.run([sys.executable, "-m", "hospital_node", "predict", "--model", str(path), "--csv", str(raw),
+                              "--out", str(out)], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        got = np.array([float(x) for x in out.read_text().splitlines()[1:]])
+        ledger = Ledger(node_cfg.parent / "ledger.sqlite3")
+        try:
+            flat, _ = ledger.global_model(study.pk, study.rounds)
+            stats = ledger.statistics(study.pk) if hasattr(ledger, "statistics") else None
+        finally:
+            ledger.close()
+        doc = load_study_data(cfg, raw, stats).preprocessing  # the node's own preprocessing of its data
+        X = encode(doc, load_csv(raw, cfg.schema)[0])
+        mine = 1 / (1 + np.exp(-predict(model_from_flat(cfg, flat), X).reshape(-1)))
+        assert len(got) == len(mine) and np.allclose(got, mine, atol=1e-5), h.name
 
 
 def _web_pool_backends() -> list[int]:

@@ -5,19 +5,20 @@ attestations is a visible state that a consortium admin resolves."""
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import io
+import tempfile
 from datetime import timedelta
 from pathlib import Path
 
-import numpy as np
 import pytest
 from django.core.cache import cache
 from django.utils import timezone
 from nacl.public import SealedBox
 from nodeclient import encrypted_frame, enrol, run_setup
+from release_support import released_model
 from rest_framework.test import APIClient
-from safetensors.numpy import save as st_save
 
 from audit.models import AuditEvent
 from consortia.models import Hospital, Membership
@@ -28,8 +29,19 @@ from studies.models import FinalModel, Participation, Round, RoundReport, Study,
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-MODEL = st_save({"w": np.arange(4, dtype=np.float32)})
-MODEL_SHA = hashlib.sha256(MODEL).hexdigest()
+
+
+@functools.cache
+def MODEL() -> bytes:
+    """The final model of the studies here (the demo split's schema, which every study here uses)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return released_model(breast_cancer_split(Path(tmp), ["A"]).schema)
+
+
+def MODEL_SHA() -> str:
+    return hashlib.sha256(MODEL()).hexdigest()
+
+
 BOGUS_SHA = "f" * 64
 
 
@@ -87,7 +99,7 @@ def test_a_hospital_that_declined_gets_nothing_and_each_refusal_is_audited(trio)
         c.get(f"studies/{study.pk}/sealed-key"),
         c.post(f"studies/{study.pk}/key-ack", {"public_params_sha256": "0" * 64}),
         c.get(f"studies/{study.pk}/rounds/1/aggregate"),
-        c.put_bytes(f"studies/{study.pk}/final-model", MODEL),
+        c.put_bytes(f"studies/{study.pk}/final-model", MODEL()),
     ]
     for r in attempts:
         assert r.status_code == 403, (r.status_code, r.content)
@@ -120,7 +132,7 @@ def test_the_final_round_is_attested_by_its_contributors_only(trio):
     assert r.status_code == 403 and r.json()["code"] == "not_contributor"
     assert _refusals(study, c.hospital).filter(data__code="not_contributor").count() == 1
     assert [i["kind"] for i in trio["b"].work()] == ["evaluate"]
-    r = trio["b"].post(f"studies/{study.pk}/rounds/1/report", {"model_sha256": MODEL_SHA, "metrics": {"auc": 0.9}})
+    r = trio["b"].post(f"studies/{study.pk}/rounds/1/report", {"model_sha256": MODEL_SHA(), "metrics": {"auc": 0.9}})
     assert r.status_code == 201
 
 
@@ -129,7 +141,7 @@ def _blocked(trio):
     study, a, b = trio["study"], trio["a"], trio["b"]
     assert trio["c"].post(f"studies/{study.pk}/decision", {"decision": "decline"}).status_code == 200
     _train_round(trio)
-    assert a.post(f"studies/{study.pk}/rounds/1/report", {"model_sha256": MODEL_SHA, "metrics": {}}).status_code == 201
+    assert a.post(f"studies/{study.pk}/rounds/1/report", {"model_sha256": MODEL_SHA(), "metrics": {}}).status_code == 201
     assert b.post(f"studies/{study.pk}/rounds/1/report", {"model_sha256": BOGUS_SHA, "metrics": {}}).status_code == 201
     return study, a, b
 
@@ -146,7 +158,7 @@ def test_a_blocked_release_is_shown_not_retried_and_refused_once(trio, django_us
     study, a, b = _blocked(trio)
     assert not [i for i in a.work() if i["kind"] == "upload_final_model"]  # not offered while blocked
     for _ in range(5):  # a custodian retrying anyway
-        r = a.put_bytes(f"studies/{study.pk}/final-model", MODEL)
+        r = a.put_bytes(f"studies/{study.pk}/final-model", MODEL())
         assert r.status_code == 409 and r.json()["code"] == "attestation_mismatch"
     assert _refusals(study, a.hospital, "model.release_refused").count() == 1
     admin = _user(django_user_model, trio["consortium"], "cadmin", Membership.Role.CONSORTIUM_ADMIN)
@@ -178,12 +190,12 @@ def test_rerun_of_the_final_evaluation_unblocks_the_release(trio, django_user_mo
     for node in (a, b):  # both evaluate again, under a new item key
         (item,) = [i for i in node.work() if i["kind"] == "evaluate"]
         assert item["key"] == f"evaluate:{study.pk}:1:1"
-        assert node.post(f"studies/{study.pk}/rounds/1/report", {"model_sha256": MODEL_SHA, "metrics": {}}).status_code == 201
+        assert node.post(f"studies/{study.pk}/rounds/1/report", {"model_sha256": MODEL_SHA(), "metrics": {}}).status_code == 201
     assert admin.get(f"/api/studies/{study.pk}/").json()["release_blocked"] is None
     (up,) = [i for i in a.work() if i["kind"] == "upload_final_model"]
     assert up["key"] == f"upload_final_model:{study.pk}:1"
-    assert a.put_bytes(f"studies/{study.pk}/final-model", MODEL).status_code == 201
-    assert FinalModel.objects.get(study=study).sha256 == MODEL_SHA
+    assert a.put_bytes(f"studies/{study.pk}/final-model", MODEL()).status_code == 201
+    assert FinalModel.objects.get(study=study).sha256 == MODEL_SHA()
     # Nothing left to resolve.
     r = admin.post(f"/api/studies/{study.pk}/rerun-evaluation")
     assert r.status_code == 409 and r.json()["code"] == "not_blocked"
@@ -196,9 +208,9 @@ def test_release_with_the_disagreement_on_record(trio, django_user_model):
     assert r.status_code == 200, r.content
     assert r.json()["release_blocked"] is None and r.json()["release_override"]["by"].endswith(":cadmin")
     assert [i["kind"] for i in a.work()] == ["upload_final_model"]
-    assert a.put_bytes(f"studies/{study.pk}/final-model", MODEL).status_code == 201
+    assert a.put_bytes(f"studies/{study.pk}/final-model", MODEL()).status_code == 201
     ev = AuditEvent.objects.get(study_id=study.pk, action="model.released")
-    assert ev.data["disagreement"] == sorted([MODEL_SHA, BOGUS_SHA]) and ev.data["override_by"].endswith(":cadmin")
+    assert ev.data["disagreement"] == sorted([MODEL_SHA(), BOGUS_SHA]) and ev.data["override_by"].endswith(":cadmin")
     assert AuditEvent.objects.filter(study_id=study.pk, action="model.release_override").count() == 1
 
 
@@ -249,10 +261,10 @@ def test_while_the_custodian_is_offline_another_key_holder_releases_the_final_mo
     assert c.post(f"studies/{study.pk}/decision", {"decision": "decline"}).status_code == 200
     _train_round(trio)
     for node in (a, b):
-        assert node.post(f"studies/{study.pk}/rounds/1/report", {"model_sha256": MODEL_SHA, "metrics": {}}).status_code == 201
+        assert node.post(f"studies/{study.pk}/rounds/1/report", {"model_sha256": MODEL_SHA(), "metrics": {}}).status_code == 201
     assert [i["kind"] for i in a.work()] == ["upload_final_model"]
     assert not [i for i in b.work() if i["kind"] == "upload_final_model"]  # the custodian is online
-    r = b.put_bytes(f"studies/{study.pk}/final-model", MODEL)
+    r = b.put_bytes(f"studies/{study.pk}/final-model", MODEL())
     assert r.status_code == 403 and r.json()["code"] == "not_custodian"
     assert _refusals(study, b.hospital, "model.release_refused").filter(data__code="not_custodian").count() == 1
 
@@ -260,9 +272,9 @@ def test_while_the_custodian_is_offline_another_key_holder_releases_the_final_mo
     Hospital.objects.filter(pk=a.hospital.pk).update(last_heartbeat=timezone.now() - timedelta(seconds=600))
     (item,) = [i for i in b.work() if i["kind"] == "upload_final_model"]
     assert item["round"] == 1
-    assert b.put_bytes(f"studies/{study.pk}/final-model", MODEL).status_code == 201
+    assert b.put_bytes(f"studies/{study.pk}/final-model", MODEL()).status_code == 201
     fm = FinalModel.objects.get(study=study)
-    assert fm.sha256 == MODEL_SHA and fm.uploaded_by_id == b.hospital.pk
+    assert fm.sha256 == MODEL_SHA() and fm.uploaded_by_id == b.hospital.pk
     ev = AuditEvent.objects.get(study_id=study.pk, action="model.released")
     assert ev.data["custodian_offline"] == a.hospital.pk
 
@@ -285,7 +297,7 @@ def test_the_final_model_upload_checks_caller_and_state_before_reading_and_strea
     assert store(a, _Untouchable(), big).code == "not_ready"  # the study is still running: nothing read
     _train_round(trio)
     for node in (a, b):
-        assert node.post(f"studies/{study.pk}/rounds/1/report", {"model_sha256": MODEL_SHA, "metrics": {}}).status_code == 201
+        assert node.post(f"studies/{study.pk}/rounds/1/report", {"model_sha256": MODEL_SHA(), "metrics": {}}).status_code == 201
     assert store(b, _Untouchable(), big).code == "not_custodian"  # not the custodian: nothing read
     assert store(c, _Untouchable(), big).code == "not_approved"
     err = store(a, _Untouchable(), big)  # far larger than a model of this study can be
@@ -294,11 +306,11 @@ def test_the_final_model_upload_checks_caller_and_state_before_reading_and_strea
                      CONTENT_LENGTH=str(big))
     assert r.status_code == 413 and r.json()["code"] == "too_large"
     # A body shorter than its Content-Length: refused, nothing left behind.
-    err = store(a, io.BytesIO(MODEL), len(MODEL) + 10)
+    err = store(a, io.BytesIO(MODEL()), len(MODEL()) + 10)
     assert err.code == "truncated" and not FinalModel.objects.exists()
     models_dir = Path(settings.MEDIA_ROOT) / "models"
     assert not list(models_dir.glob(".*")), list(models_dir.iterdir())
     # The attested model, streamed in small reads.
-    fm = services.final_model_store(study=study, hospital=a.hospital, stream=io.BufferedReader(io.BytesIO(MODEL), 7),
-                                    content_length=len(MODEL))
-    assert fm.sha256 == MODEL_SHA and (Path(settings.MEDIA_ROOT) / fm.path).read_bytes() == MODEL
+    fm = services.final_model_store(study=study, hospital=a.hospital, stream=io.BufferedReader(io.BytesIO(MODEL()), 7),
+                                    content_length=len(MODEL()))
+    assert fm.sha256 == MODEL_SHA() and (Path(settings.MEDIA_ROOT) / fm.path).read_bytes() == MODEL()

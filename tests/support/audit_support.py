@@ -120,7 +120,7 @@ def run_study_end_to_end():
     A, B, C approve (A is the key custodian), D declines; round 1: three updates, one rejected
     attempt; round 2: C refuses (budget), A and B upload; all attest; the model is released and
     downloaded. Needs a transactional test (on-commit tasks) with eager Celery."""
-    from safetensors.numpy import save as st_save
+    from release_support import released_model
 
     from fedproto.codec import get_codec
     from studies.models import Study
@@ -146,7 +146,8 @@ def run_study_end_to_end():
         services.key_ack(study=study, hospital=h, public_params_sha256=ctx.sha256)
     study.refresh_from_db()
     assert study.status == Study.Status.RUNNING, study.status
-    model = st_save({"linear.weight": np.zeros((1, 6), np.float32), "linear.bias": np.zeros(1, np.float32)})
+    model = released_model(SCHEMA, weights={"linear.weight": np.zeros((1, 6), np.float32),
+                                            "linear.bias": np.zeros(1, np.float32)})
     import hashlib
 
     hashes = {1: hashlib.sha256(b"round-1-model").hexdigest(), 2: hashlib.sha256(model).hexdigest()}

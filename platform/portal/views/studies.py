@@ -14,13 +14,14 @@ from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from audit.services import actor_label
 from fedproto.codec import get_codec
 from fedproto.errors import SpecError
 from fedproto.study import MAX_BATCH_SIZE, MAX_LOCAL_EPOCHS, MAX_ROUNDS, Privacy
-from studies import access, results, selectors, services
+from studies import access, results, schema_draft, selectors, services
 from studies.benefit import benefit_rows, benefit_summary
 from studies.models import Participation, PrivacySpend, Round, RoundReport, Study, TrainingJob
 
@@ -30,12 +31,50 @@ from ..forms import STUDY_PRESETS, StudyForm
 LIVE_STATUSES = {Study.Status.RECRUITING, Study.Status.RUNNING, Study.Status.PAUSED}
 
 
+@csrf_exempt  # only so that the upload handler can be set before the body is read; _study_new checks CSRF
+def study_new(request):
+    # A schema sample is read into memory only (never a temporary file), at most its limit + 1 bytes.
+    request.upload_handlers = [schema_draft.SampleUploadHandler(request)]
+    return _study_new(request)
+
+
+def _draft_step(request, consortia) -> tuple[StudyForm, dict]:
+    """The "draft the schema" button: the form as it was sent, its schema box replaced by the draft
+    from the uploaded sample or from the CSV text in the box. The sample is not kept or logged."""
+    data = request.POST
+    form = StudyForm(consortia=consortia)
+    initial = {k: (data.getlist(k) if k == "hospitals" else data.get(k)) for k in form.fields if k in data}
+    upload = request.FILES.get("schema_sample")
+    text = data.get("schema_text", "")
+    ctx: dict = {}
+    try:
+        if upload is not None:
+            sample = schema_draft.upload_bytes(upload)
+        elif text.strip() and not text.lstrip().startswith("{"):
+            sample = text
+        else:
+            raise schema_draft.DraftError("choose a sample CSV file, or paste the CSV header line (or a few rows) "
+                                          "into the Data schema box, then press Draft the schema")
+        draft = schema_draft.draft_schema(sample, task=data.get("task") or "binary_classification",
+                                          label=(data.get("label_column") or "").strip())
+    except schema_draft.DraftError as exc:
+        ctx["draft_error"] = str(exc)
+    else:
+        initial["schema_text"] = json.dumps(draft["schema"], indent=2)
+        ctx["draft"] = draft
+    return StudyForm(initial=initial, consortia=consortia), ctx
+
+
 @login_required
 @require_http_methods(["GET", "POST"])
-def study_new(request):
+@csrf_protect
+def _study_new(request):
     consortia = access.consortia_with_role(request.user, access.MANAGE_STUDY_ROLES)
     if not consortia.exists():
         raise PermissionDenied("only researchers and consortium admins define studies")
+    if request.method == "POST" and "draft_schema" in request.POST:
+        form, draft_ctx = _draft_step(request, consortia)
+        return _render_new(request, form, draft_ctx, 422 if "draft_error" in draft_ctx else 200)
     form = StudyForm(request.POST or None, consortia=consortia)
     status = 200
     if request.method == "POST":
@@ -49,7 +88,8 @@ def study_new(request):
                     privacy={"epsilon": d["epsilon"], "delta": d["delta"], "clip_norm": d["clip_norm"]},
                     encryption=d["encryption"], quorum=d["quorum"], round_deadline_s=d["round_deadline_s"],
                     recruitment_window_s=(d["recruitment_days"] or 7) * 24 * 3600,
-                    owner=request.user, evaluation=d["evaluation"], actor=actor_label(user=request.user))
+                    owner=request.user, evaluation=d["evaluation"], datasets=d["datasets"],
+                    actor=actor_label(user=request.user))
             except SpecError as exc:
                 form.add_error(None, str(exc))
             else:
@@ -57,13 +97,18 @@ def study_new(request):
                 sizes = noise_preview.parse_sizes(d.get("dataset_sizes"))
                 return redirect(reverse("portal:study", args=[study.pk]) + "?sizes=" + ",".join(map(str, sizes)))
         status = 422
+    return _render_new(request, form, {}, status)
+
+
+def _render_new(request, form: StudyForm, extra: dict, status: int):
     enc_desc = []
     for key, label, enc in form.presets:
         desc = get_codec(enc["codec"]).describe(enc)
         enc_desc.append({"key": key, "label": label, "desc": {k: desc[k] for k in (
             "scheme", "poly_modulus_degree", "security_level_bits", "quant_bits", "max_hospitals") if k in desc}})
     return render(request, "portal/study_new.html", {"form": form, "presets": STUDY_PRESETS,
-                                                     "presets_json": json.dumps(STUDY_PRESETS), "enc_desc": enc_desc},
+                                                     "presets_json": json.dumps(STUDY_PRESETS), "enc_desc": enc_desc,
+                                                     "sample_limit": schema_draft.MAX_SAMPLE_BYTES, **extra},
                   status=status)
 
 
@@ -193,8 +238,15 @@ def study_action(request, study_id: int, action: str):
         raise Http404
     if not scope.can_manage:
         raise PermissionDenied("only researchers and consortium admins manage studies")
+    kwargs = {}
+    if action == "cancel":
+        kwargs["reason"] = request.POST.get("reason", "").strip()[:2000]
+        if not kwargs["reason"]:
+            messages.error(request, "Say why the study is cancelled (the reason is recorded in the audit trail and "
+                                    "shown to the hospitals); the study was not cancelled.")
+            return redirect("portal:study", study_id=scope.study.pk)
     try:
-        ACTIONS[action](study=scope.study, actor=actor_label(user=request.user))
+        ACTIONS[action](study=scope.study, actor=actor_label(user=request.user), **kwargs)
     except services.ServiceError as exc:
         messages.error(request, str(exc))
     else:

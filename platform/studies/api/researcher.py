@@ -13,9 +13,10 @@ from rest_framework.views import APIView
 from audit.services import actor_label
 from consortia.models import Hospital
 from consortia.selectors import study_limit_conflicts
+from fedproto.specs import TASKS
 from fedproto.tuning import AUTO_FIELDS, STUDY_PRESETS, apply_auto
 
-from .. import access, results, selectors, services
+from .. import access, results, schema_draft, selectors, services
 from ..benefit import benefit_rows
 from . import schemas as S
 from .errors import error
@@ -41,6 +42,11 @@ class StudyCreateSerializer(serializers.Serializer):
                                           default=None, help_text="the hospitals' expected rows (settings auto)")
     evaluation = serializers.JSONField(required=False, default=None,
                                        help_text='{"holdout": "auto" | fraction, "local_baseline": true|false}')
+    datasets = serializers.JSONField(required=False, default=None,
+                                     help_text='the data set each node uses: a name for all hospitals, or {"default": '
+                                               'NAME, "hospitals": {"<hospital id>": NAME}}; a name is a '
+                                               '[datasets.NAME] table of the node config (letters, digits, _ . -), '
+                                               'never a path; default "default"')
     privacy = serializers.JSONField()
     encryption = serializers.JSONField(required=False, default=dict)
     quorum = serializers.IntegerField()
@@ -109,7 +115,7 @@ class StudyListView(APIView):
             model_spec=d["model"], rounds=d["rounds"], local_epochs=d["local_epochs"], batch_size=d["batch_size"],
             learning_rate=d["learning_rate"], privacy=d["privacy"], encryption=d["encryption"], quorum=d["quorum"],
             round_deadline_s=d["round_deadline_s"], owner=request.user, seed=d["seed"],
-            evaluation=d["evaluation"], recruitment_window_s=d["recruitment_window_s"],
+            evaluation=d["evaluation"], datasets=d["datasets"], recruitment_window_s=d["recruitment_window_s"],
             actor=actor_label(user=request.user))
         return Response(study_summary(access.scope_for(request.user, study)), status=201)
 
@@ -172,3 +178,55 @@ class StudyResultsView(APIView):
                operation_id="studies_results")
     def get(self, request, study_id: int):
         return Response(results.results_json(access.study_scope(request.user, study_id)))
+
+
+class SchemaDraftSerializer(serializers.Serializer):
+    sample = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False,
+                                   max_length=schema_draft.MAX_SAMPLE_BYTES,
+                                   help_text="the CSV header line, or a small sample CSV as text (or upload it as "
+                                             "the multipart file field 'file')")
+    file = serializers.FileField(required=False, help_text="multipart: a small sample CSV (at most "
+                                                          f"{schema_draft.MAX_SAMPLE_BYTES} bytes)")
+    task = serializers.ChoiceField(choices=list(TASKS), required=False, default="binary_classification")
+    label = serializers.CharField(required=False, allow_blank=True, default="", max_length=128,
+                                  help_text="the label column (default: guessed by name, else the last column)")
+    time = serializers.CharField(required=False, allow_blank=True, default="", max_length=128,
+                                 help_text="survival: the time column (default: guessed by name)")
+    event = serializers.CharField(required=False, allow_blank=True, default="", max_length=128,
+                                  help_text="survival: the event column (default: guessed by name)")
+    consortium_id = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=1, max_value=2 ** 63 - 1,
+                                             help_text="the consortium the study is for (checked: you must manage "
+                                                       "studies there)")
+
+
+class SchemaDraftView(APIView):
+    """A data-schema draft from a CSV header or a small sample (studies/schema_draft.py). The sample is
+    parsed in memory (uploads too: never a temporary file) and dropped; nothing of it is stored or logged."""
+
+    def initialize_request(self, request, *args, **kwargs):
+        request.upload_handlers = [schema_draft.SampleUploadHandler(request)]
+        return super().initialize_request(request, *args, **kwargs)
+
+    @S.user_op(request={"application/json": SchemaDraftSerializer, "multipart/form-data": SchemaDraftSerializer},
+               response=S.SCHEMA_DRAFT, summary="Draft a data schema from a CSV header or a small sample",
+               operation_id="studies_schema_draft")
+    def post(self, request):
+        s = SchemaDraftSerializer(data=request.data)
+        s.is_valid(raise_exception=True)
+        d = s.validated_data
+        if d["consortium_id"] is not None:
+            access.consortium_for_new_study(request.user, d["consortium_id"])
+        elif not access.consortia_with_role(request.user, access.MANAGE_STUDY_ROLES).exists():
+            return error("only researchers and consortium admins draft study schemas", "forbidden", 403)
+        if d.get("file") is not None and d.get("sample"):
+            return error("give the sample as text or as a file, not both", "invalid", 422)
+        try:
+            data = schema_draft.upload_bytes(d["file"]) if d.get("file") is not None else d.get("sample", "")
+            if not data:
+                return error("give the CSV header line or a small sample (sample, or the file field 'file')",
+                             "invalid", 422)
+            draft = schema_draft.draft_schema(data, task=d["task"], label=d["label"], time=d["time"],
+                                              event=d["event"])
+        except schema_draft.DraftError as exc:
+            return error(str(exc), "too_large" if exc.too_large else "invalid", 413 if exc.too_large else 422)
+        return Response(draft)

@@ -142,3 +142,17 @@ STUDY_RESULTS = inline_serializer("StudyResults", {
                                      help_text="round, attempt, hospital, n_test, epsilon_spent, metric.<name>..., "
                                                "model_sha256, reported_at"),
     "rows": serializers.ListField(child=serializers.DictField(), help_text="one per round report, keyed by column")})
+SECAGG_MESSAGE = inline_serializer("SecAggMessage", {
+    "round": serializers.IntegerField(), "attempt": serializers.IntegerField(),
+    "round_index": serializers.IntegerField()})
+SECAGG_REQUEST = inline_serializer("SecAggStageRequest", {
+    "message": serializers.DictField(help_text="the stage's fedproto.secagg message (to_dict form)")})
+SCHEMA_DRAFT = inline_serializer("SchemaDraftResult", {
+    "task": serializers.CharField(),
+    "schema": serializers.DictField(help_text="the drafted data schema (validated), for the researcher to confirm"),
+    "columns": serializers.ListField(child=serializers.DictField(), help_text="per column: name, type (float, int, "
+                                     "bool, categorical, ordinal, text = left out), missing_values, range, "
+                                     "categories, levels, note"),
+    "label_candidates": serializers.ListField(child=serializers.CharField(), required=False),
+    "survival": serializers.DictField(required=False, help_text="survival: time and event column candidates"),
+    "notes": serializers.ListField(child=serializers.CharField())})

@@ -15,7 +15,7 @@ from fedproto.codec import get_codec
 from fedproto.errors import CodecError
 
 from ..models import Aggregate, AggregateChunk, EncryptedUpdate, HEContext, Round, TrainingJob
-from . import storage
+from . import secagg, storage
 from .common import ADVANCE_STUDY, _study_audit, enqueue_on_commit
 from .lifecycle import _advance_in_transaction
 from .rounds import _chunk_layout
@@ -38,6 +38,8 @@ def round_aggregate(*, round_id: int) -> Aggregate | None:
     rnd = Round.objects.select_related("study").get(pk=round_id)
     if rnd.status != Round.Status.AGGREGATING or Aggregate.objects.filter(round=rnd).exists():
         return None
+    if not secagg.ready_to_aggregate(rnd):
+        return None  # a distributed round: aggregated once the survivors' unmask shares gave its correction
     study = rnd.study
     ctx_row = HEContext.objects.get(study=study)
     codec = get_codec(study.encryption["codec"])
@@ -69,7 +71,9 @@ def round_aggregate(*, round_id: int) -> Aggregate | None:
                 _study_audit(study, "update.rejected", "system", obj=u.job, hospital_id=u.job.hospital_id,
                              data={"round": rnd.number, "code": "invalid_ciphertext", "reason": why,
                                    "stage": "aggregation"})
-        if len(good) < study.quorum:
+        # A distributed round's correction is for exactly its survivors U2: without one of them the
+        # sum cannot be unmasked (each node answers one survivor set per round), so the attempt fails.
+        if len(good) < study.quorum or (bad and secagg.is_distributed(study)):
             with transaction.atomic():
                 Round.objects.filter(pk=rnd.pk).update(status=Round.Status.FAILED,
                                                        status_reason="too few valid updates after full verification")
@@ -117,6 +121,8 @@ def round_aggregate_chunk(*, round_id: int, index: int) -> Aggregate | None:
     aggregate. Any problem falls back to round_aggregate, which finds and records bad uploads."""
     rnd = Round.objects.select_related("study").get(pk=round_id)
     if rnd.status != Round.Status.AGGREGATING or Aggregate.objects.filter(round=rnd).exists():
+        return None
+    if not secagg.ready_to_aggregate(rnd):
         return None
     study = rnd.study
     layout = _chunk_layout(rnd)

@@ -14,6 +14,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from consortia.models import Consortium, Hospital
+from fedproto.datasets import hospital_ids
 from fedproto.errors import SpecError
 from fedproto.study import validate_study
 
@@ -40,7 +41,8 @@ def study_create(*, consortium: Consortium, name: str, hospitals: Iterable[Hospi
                  model_spec: dict, rounds: int, local_epochs: int, batch_size: int, learning_rate: float,
                  privacy: dict, encryption: dict, quorum: int, round_deadline_s: int, owner=None,
                  purpose: str = "", seed: int | None = None, evaluation: dict | None = None,
-                 recruitment_window_s: int = DEFAULT_RECRUITMENT_WINDOW_S, actor: str = "system") -> Study:
+                 datasets: dict | str | None = None, recruitment_window_s: int = DEFAULT_RECRUITMENT_WINDOW_S,
+                 actor: str = "system") -> Study:
     """Define a study (a draft). Its definition is checked by fedproto.study.validate_study, the one
     owner of a study's bounds (the node parses what it receives with the same rules)."""
     hospitals = list(hospitals)
@@ -57,8 +59,12 @@ def study_create(*, consortium: Consortium, name: str, hospitals: Iterable[Hospi
                           "rounds": rounds, "local_epochs": local_epochs, "batch_size": batch_size,
                           "learning_rate": learning_rate, "privacy": privacy, "encryption": encryption,
                           "quorum": quorum, "round_deadline_s": round_deadline_s, "seed": seed,
-                          **({} if evaluation is None else {"evaluation": evaluation})},
+                          **({} if evaluation is None else {"evaluation": evaluation}),
+                          **({} if datasets is None else {"datasets": datasets})},
                          n_hospitals=len(hospitals))
+    strangers = sorted(set(hospital_ids(cfg.datasets)) - {h.pk for h in hospitals})
+    if strangers:
+        raise SpecError(f"datasets.hospitals names hospital(s) {strangers[:10]} that the study does not invite")
     with transaction.atomic():
         if Study.objects.filter(consortium=consortium, name=name).exists():
             raise SpecError(f"a study named {name!r} already exists in this consortium; choose another name")
@@ -70,7 +76,7 @@ def study_create(*, consortium: Consortium, name: str, hospitals: Iterable[Hospi
             privacy_mode=cfg.privacy.mode, collusion=cfg.privacy.collusion, quant_step=cfg.privacy.quant_step,
             encryption=cfg.encryption,
             quorum=cfg.quorum, round_deadline_s=cfg.round_deadline_s, seed=cfg.seed, n_params=cfg.n_params,
-            evaluation=cfg.evaluation, recruitment_window_s=recruitment_window_s,
+            evaluation=cfg.evaluation, datasets=cfg.datasets, recruitment_window_s=recruitment_window_s,
         )
         for h in hospitals:
             Participation.objects.create(study=study, hospital=h)
@@ -151,47 +157,74 @@ LIVE = [Study.Status.RECRUITING, Study.Status.RUNNING, Study.Status.PAUSED]
 
 
 def hospital_withdraw(*, hospital, actor: str, reason: str) -> list[str]:
-    """Withdraw a hospital from every study not finished yet (its node was revoked): its
-    participation becomes withdrawn, its open jobs expire (rounds stop waiting for it), and a study
-    that can no longer reach its quorum fails saying why. Returns a sentence per study."""
-    notes = []
-    now = timezone.now()
+    """Withdraw a hospital from every study not finished yet (its node was revoked). Returns a
+    sentence per study (see participation_withdraw)."""
+    notes: list[str] = []
     with transaction.atomic():
-        parts = list(Participation.objects.select_for_update().select_related("study")
+        parts = list(Participation.objects.select_for_update().select_related("study", "hospital")
                      .filter(hospital=hospital, study__status__in=LIVE,
                              state__in=[Participation.State.INVITED, Participation.State.APPROVED]))
         for p in parts:
-            study = p.study
-            was = p.state
-            p.state, p.reason, p.decided_by, p.decided_at = Participation.State.WITHDRAWN, reason[:2000], actor[:200], now
-            p.save(update_fields=["state", "reason", "decided_by", "decided_at"])
-            jobs = TrainingJob.objects.filter(hospital=hospital, round__study=study, status=TrainingJob.Status.DISPATCHED)
-            round_ids = list(jobs.values_list("round_id", flat=True))
-            jobs.update(status=TrainingJob.Status.EXPIRED, reason=f"hospital withdrawn: {reason}"[:4000], finished_at=now)
-            holds_key = was == Participation.State.APPROVED and (study.custodian_id == hospital.pk
-                                                                  or p.key_acked_at is not None)
-            _study_audit(study, "participation.withdrawn", actor, obj=p, hospital_id=hospital.pk,
-                         data={"hospital": hospital.name, "reason": reason, "was": was, "expired_jobs": len(round_ids),
-                               "holds_study_key": holds_key, "custodian": study.custodian_id == hospital.pk})
-            approved = Participation.objects.filter(study=study, state=Participation.State.APPROVED).count()
-            fail = None
-            if was == Participation.State.APPROVED and approved < study.quorum:
-                fail = (f"{hospital.name} was withdrawn ({reason}); {approved} approved hospital(s) remain and "
-                        f"the quorum is {study.quorum}")
-            elif study.custodian_id == hospital.pk and not HEContext.objects.filter(study=study).exists():
-                fail = f"the key custodian {hospital.name} was withdrawn ({reason}) before it published the encryption context"
-            if fail:
-                study_fail(study=study, reason=fail, actor=actor)
-                notes.append(f"Study {study.name!r} failed: {fail}.")
-            else:
-                for rid in round_ids:
-                    enqueue_on_commit(CLOSE_ROUND, rid)
-                _advance_after_commit(study)
-                notes.append(f"Withdrawn from study {study.name!r} ({study.status}); its rounds no longer wait for it.")
-            if holds_key:
-                notes.append(f"The node keeps its copy of the key of study {study.name!r} on the hospital's machine (the "
-                             "platform cannot erase it); it can no longer download the study's aggregates or model. "
-                             "Delete the node's state directory to destroy it.")
+            notes += _withdraw(p, actor=actor, reason=reason)
+    return notes
+
+
+def participation_withdraw(*, participation: Participation, actor: str, reason: str) -> list[str]:
+    """A hospital withdraws its approval of one study, mid-study too: see _withdraw. The reason is
+    required (it goes into the audit trail and onto the study page)."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise ServiceError("say why the hospital withdraws (the reason is recorded in the audit trail)",
+                           code="invalid", status=422)
+    with transaction.atomic():
+        p = Participation.objects.select_for_update().select_related("study", "hospital").get(pk=participation.pk)
+        if p.study.status not in LIVE:
+            raise ServiceError(f"study {p.study.name!r} is {p.study.status}; there is nothing left to withdraw from",
+                               code="wrong_state")
+        if p.state != Participation.State.APPROVED:
+            raise ServiceError(f"this hospital's participation is {p.state}; only an approval can be withdrawn",
+                               code="wrong_state")
+        return _withdraw(p, actor=actor, reason=reason)
+
+
+def _withdraw(p: Participation, *, actor: str, reason: str) -> list[str]:
+    """Withdrawal: the participation becomes withdrawn, the hospital gets no more jobs, its open
+    jobs expire (rounds stop waiting for it and close with the others' updates), and a study that
+    can no longer reach its quorum (or whose key custodian left before publishing the encryption
+    context) fails saying why. Audited as participation.withdrawn. Inside a transaction."""
+    notes = []
+    now = timezone.now()
+    study, hospital = p.study, p.hospital
+    was = p.state
+    p.state, p.reason, p.decided_by, p.decided_at = Participation.State.WITHDRAWN, reason[:2000], actor[:200], now
+    p.save(update_fields=["state", "reason", "decided_by", "decided_at"])
+    jobs = TrainingJob.objects.filter(hospital=hospital, round__study=study, status=TrainingJob.Status.DISPATCHED)
+    round_ids = list(jobs.values_list("round_id", flat=True))
+    jobs.update(status=TrainingJob.Status.EXPIRED, reason=f"hospital withdrawn: {reason}"[:4000], finished_at=now)
+    holds_key = was == Participation.State.APPROVED and (study.custodian_id == hospital.pk
+                                                          or p.key_acked_at is not None)
+    _study_audit(study, "participation.withdrawn", actor, obj=p, hospital_id=hospital.pk,
+                 data={"hospital": hospital.name, "reason": reason, "was": was, "expired_jobs": len(round_ids),
+                       "holds_study_key": holds_key, "custodian": study.custodian_id == hospital.pk})
+    approved = Participation.objects.filter(study=study, state=Participation.State.APPROVED).count()
+    fail = None
+    if was == Participation.State.APPROVED and approved < study.quorum:
+        fail = (f"{hospital.name} was withdrawn ({reason}); {approved} approved hospital(s) remain and "
+                f"the quorum is {study.quorum}")
+    elif study.custodian_id == hospital.pk and not HEContext.objects.filter(study=study).exists():
+        fail = f"the key custodian {hospital.name} was withdrawn ({reason}) before it published the encryption context"
+    if fail:
+        study_fail(study=study, reason=fail, actor=actor)
+        notes.append(f"Study {study.name!r} failed: {fail}.")
+    else:
+        for rid in round_ids:
+            enqueue_on_commit(CLOSE_ROUND, rid)
+        _advance_after_commit(study)
+        notes.append(f"Withdrawn from study {study.name!r} ({study.status}); its rounds no longer wait for it.")
+    if holds_key:
+        notes.append(f"The node keeps its copy of the key of study {study.name!r} on the hospital's machine (the "
+                     "platform cannot erase it); it can no longer download the study's aggregates or model. "
+                     "Delete the node's state directory to destroy it.")
     return notes
 
 

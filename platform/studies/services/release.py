@@ -14,6 +14,8 @@ from safetensors import safe_open
 from audit.models import AuditEvent
 from audit.services import actor_label
 from consortia.models import Hospital
+from fedproto import preprocessing
+from fedproto.errors import SpecError
 
 from .. import selectors
 from ..models import Aggregate, FinalModel, Round, RoundReport, Study
@@ -142,8 +144,15 @@ def _release_received(study: Study, hospital: Hospital, last: Round, received: s
     try:
         with safe_open(str(received.path), framework="numpy") as f:
             list(f.keys())
+            meta = f.metadata()
     except Exception:  # noqa: BLE001 - any parse failure means: not a safetensors file
         raise ServiceError("the final model must be a safetensors file", code="invalid_model", status=422) from None
+    try:
+        # The released file is what `python -m hospital_node predict` reads: it must say how raw
+        # rows become its inputs, for this study's schema and model.
+        preprocessing.check_model_metadata(meta, study.schema, study.model_spec)
+    except SpecError as exc:
+        raise ServiceError(f"the final model cannot be released: {exc}", code="invalid_model", status=422) from None
     with transaction.atomic():
         # Overlapping uploads take turns (both would write the same file, then one insert would fail).
         Study.objects.select_for_update().filter(pk=study.pk).first()

@@ -18,7 +18,7 @@ from fedproto.codec import get_codec
 from fedproto.errors import CodecError
 
 from ..models import EncryptedUpdate, HEContext, Participation, PrivacySpend, Round, Study, TrainingJob
-from . import storage
+from . import secagg, storage
 from .common import (
     ADVANCE_STUDY,
     AGGREGATE_CHUNK,
@@ -48,6 +48,9 @@ def round_open(*, study: Study, number: int, attempt: int) -> Round | None:
     hospitals = list(Participation.objects.filter(study=study, state=Participation.State.APPROVED)
                      .select_related("hospital").values_list("hospital_id", flat=True))
     TrainingJob.objects.bulk_create([TrainingJob(round=rnd, hospital_id=h) for h in hospitals])
+    if secagg.is_distributed(study) and secagg.secagg_create(rnd, hospitals) is None:
+        enqueue_on_commit(ADVANCE_STUDY, study.pk)  # the round cannot run its exchange: failed, with the reason
+        return rnd
     _study_audit(study, "round.opened", "system", obj=rnd,
                  data={"round": number, "attempt": attempt, "jobs_dispatched": len(hospitals), "hospitals": hospitals,
                        "deadline": rnd.deadline.isoformat()})
@@ -133,6 +136,10 @@ def update_accept(*, job: TrainingJob, hospital: Hospital, stream: BinaryIO, con
     if content_length > settings.MAX_UPDATE_BYTES:
         _reject_update(study, job, hospital, f"update is {content_length} bytes; the limit is {settings.MAX_UPDATE_BYTES}",
                        "too_large", 413)
+    if secagg.is_distributed(study):
+        why = secagg.check_upload(job, hospital)
+        if why is not None:
+            _reject_update(study, job, hospital, why, "secagg_not_shared", 409)
     codec = get_codec(study.encryption["codec"])
     expected_parts = codec.n_parts(study.encryption, study.n_params)
     # The size is known from the codec and the model: a body that cannot be this update is refused
@@ -261,6 +268,10 @@ def round_try_close(*, round_id: int, force_deadline: bool = False, inline_aggre
                                "left_out": sorted(j.hospital_id for j in jobs if j.pk in left_out),
                                **({"closed_early": "every job still out belonged to an offline node",
                                    "offline": sorted(offline)} if offline else {})})
+            if secagg.is_distributed(study):
+                # The survivors U2 are fixed: aggregation waits for their unmask shares (services/secagg.py).
+                secagg.survivors_fix(rnd, [j.hospital_id for j in uploaded])
+                return False
             codec = get_codec(study.encryption["codec"])
             loads = len(uploaded) * codec.n_parts(study.encryption, study.n_params)
             layout = _chunk_layout(rnd)

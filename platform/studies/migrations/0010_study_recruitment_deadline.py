@@ -4,7 +4,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('studies', '0007_study_privacy_mode'),
+        ('studies', '0009_study_datasets'),
     ]
 
     operations = [
