@@ -116,7 +116,9 @@ def test_the_recruitment_window_from_the_form_and_the_live_status(world, client)
     assert s.recruitment_window_s == 3 * 24 * 3600
     assert client.post(f"/studies/{s.pk}/start/").status_code == 302
     html = client.get(f"/studies/{s.pk}/").content.decode()
-    assert 'id="recruitment"' in html and "Recruitment closes" in html and "(in 2 d 23 h)" in html
+    assert Study.objects.get(pk=s.pk).status == Study.Status.RECRUITING
+    assert 'id="recruitment"' in html and "Recruitment closes" in html
+    assert "(in 3 d 0 h)" in html or "(in 2 d 23 h)" in html
     assert "Alpha Hospital has not answered the invitation" in html and "never seen" in html
     live = client.get(f"/studies/{s.pk}/live/").content.decode()  # the panel is part of the polled fragment
     assert "Beta Hospital has not answered the invitation" in live

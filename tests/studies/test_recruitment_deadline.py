@@ -22,8 +22,8 @@ from consortia.services import consortium_create, hospital_create, membership_gr
 from devstack.demo_data import breast_cancer_split
 from fedproto.codec import get_codec
 from studies import services
-from studies.selectors import recruitment_status
 from studies.models import Participation, PlatformHeartbeat, Round, Study, TrainingJob
+from studies.selectors import recruitment_status
 
 Role = Membership.Role
 pytestmark = pytest.mark.django_db(transaction=True)
