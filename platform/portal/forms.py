@@ -106,13 +106,20 @@ class StudyForm(forms.Form):
     settings = forms.ChoiceField(required=False, initial="manual", label="Training settings",
                                  choices=[("manual", "As set here"),
                                           ("auto", "Auto: rounds, epochs, batch, learning rate and clip norm chosen "
-                                                   "from the expected data set sizes (no budget spent on tuning)")])
+                                                   "from the expected data set sizes (no budget spent on tuning)")],
+                                 help_text="Auto ignores the rounds, local epochs, batch size, learning rate and clip "
+                                           "norm typed here and chooses them from the expected local dataset sizes "
+                                           "(Privacy section); the presets above fill the fields in instead.")
     holdout = forms.CharField(required=False, initial=AUTO, max_length=10, label="Local test split",
                               help_text='"auto" (sized per hospital: none under 50 rows, 10 % up to 500, 20 % above) '
                                         "or a fraction of each hospital's rows, 0 to 0.5.")
     local_baseline = forms.ChoiceField(required=False, initial="yes", label="Local-only baseline",
                                        choices=[("yes", "Each hospital compares with its own local-only model "
-                                                        "(inside its budget)"), ("no", "No baseline")])
+                                                        "(inside its budget)"), ("no", "No baseline")],
+                                       help_text="The baseline is trained on the node with the same settings and "
+                                                 "reported with the final round, so each hospital sees what the "
+                                                 "collaboration gained it; its privacy cost counts in the hospital's "
+                                                 "budget.")
     learning_rate = forms.FloatField(min_value=1e-9, max_value=MAX_LEARNING_RATE, initial=0.5)
     epsilon = forms.FloatField(label="ε (epsilon)", min_value=1e-6, max_value=MAX_EPSILON, initial=3.0,
                                help_text="Total privacy budget per hospital over the whole study.")
@@ -192,9 +199,7 @@ class StudyForm(forms.Form):
             d["evaluation"] = validate_evaluation({"holdout": holdout if holdout == AUTO else float(holdout),
                                                    "local_baseline": d.get("local_baseline") != "no"})
         except (SpecError, ValueError) as exc:
-            # a form-level error: the field may not be on the page (the template lists its fields one by one)
-            errors[None] = "Local test split: " + (str(exc) if isinstance(exc, SpecError)
-                                                   else '"auto" or a number between 0 and 0.5')
+            errors["holdout"] = (str(exc) if isinstance(exc, SpecError) else '"auto" or a number between 0 and 0.5')
         if d.get("settings") != "auto" or "model_spec" not in d:
             return
         sizes = [int(t) for t in re.split(r"[,;\s]+", d.get("dataset_sizes") or "") if t.isdigit()]

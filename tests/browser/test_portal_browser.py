@@ -153,7 +153,10 @@ def test_researcher_runs_a_study_in_the_browser(stack, browser, shots, tmp_path,
     # --- new study form
     page.click("text=+ New study")
     page.wait_for_selector("#privacy-preview table")   # live preview computed by Opacus on the server
-    page.click("[data-preset=pilot]")
+    page.select_option("#id_settings", "auto")
+    page.click("[data-preset=pilot]")           # a preset's values replace auto settings
+    assert page.input_value("#id_settings") == "manual"
+    assert page.input_value("#id_holdout") == "auto" and page.input_value("#id_local_baseline") == "yes"
     page.fill("#id_name", "Breast cancer pilot")
     page.fill("#id_purpose", "Predict malignancy from FNA features without pooling data.")
     page.fill("#id_schema_text", json.dumps(data.schema, indent=1))
