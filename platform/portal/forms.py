@@ -213,6 +213,22 @@ class StudyForm(forms.Form):
             self.errors.pop(k, None)
 
 
+def initial_from_study(study, form: StudyForm, *, name: str | None = None) -> dict:
+    """The new-study form's values for an existing study's definition (editing a draft, cloning)."""
+    enc = {k: e for k, _, e in form.presets}
+    preset = next((k for k, e in enc.items() if e == study.encryption), form.fields["encryption_preset"].initial)
+    holdout = study.evaluation.get("holdout", AUTO)
+    return {"consortium": study.consortium_id, "name": study.name if name is None else name, "purpose": study.purpose,
+            "schema_text": json.dumps(study.schema, indent=2), "task": study.schema.get("task"), "label_column": "",
+            "model_type": study.model_spec["type"], "hidden": ",".join(map(str, study.model_spec.get("hidden", [16]))),
+            "rounds": study.rounds, "local_epochs": study.local_epochs, "batch_size": study.batch_size,
+            "learning_rate": study.learning_rate, "epsilon": study.epsilon, "delta": study.delta,
+            "clip_norm": study.clip_norm, "encryption_preset": preset, "quorum": study.quorum,
+            "round_deadline_s": study.round_deadline_s, "settings": "manual", "holdout": str(holdout),
+            "local_baseline": "yes" if study.evaluation.get("local_baseline", True) else "no",
+            "hospitals": list(study.participations.values_list("hospital_id", flat=True))}
+
+
 class HospitalForm(forms.Form):
     consortium = forms.ModelChoiceField(queryset=Consortium.objects.none(), empty_label=None)
     name = forms.CharField(max_length=200)

@@ -180,6 +180,16 @@ def test_researcher_runs_a_study_in_the_browser(stack, browser, shots, tmp_path,
     assert study.status == Study.Status.DRAFT and study.owner.username == "rita"
     assert page.locator("text=Before you start").is_visible()
     page.screenshot(path=str(shots / "04_study_draft_privacy.png"), full_page=True)
+    # --- edit the draft: the form comes back filled in; saving keeps it a draft
+    page.click("#edit-btn")
+    page.wait_for_selector("#save-draft")
+    assert page.input_value("#id_name") == "Breast cancer pilot" and page.input_value("#id_rounds") == "2"
+    page.fill("#id_purpose", "Predict malignancy from FNA features without pooling data (edited).")
+    page.screenshot(path=str(shots / "04a_edit_draft.png"), full_page=True)
+    page.click("#save-draft")
+    page.wait_for_selector("text=Draft saved")
+    study.refresh_from_db()
+    assert study.status == Study.Status.DRAFT and study.purpose.endswith("(edited).") and study.rounds == 2
     _click_and_confirm(page, "#start-btn", "Start recruitment for Breast cancer pilot?")
     page.wait_for_selector("text=Recruitment opened")
     assert Study.objects.get(pk=study.pk).status == Study.Status.RECRUITING
