@@ -73,7 +73,7 @@ def _definition(d: dict) -> dict:
                 batch_size=d["batch_size"], learning_rate=d["learning_rate"],
                 privacy={"epsilon": d["epsilon"], "delta": d["delta"], "clip_norm": d["clip_norm"]},
                 encryption=d["encryption"], quorum=d["quorum"], round_deadline_s=d["round_deadline_s"],
-                evaluation=d["evaluation"])
+                evaluation=d["evaluation"], datasets=d["datasets"])
 
 
 def _to_study_page(study, d: dict):

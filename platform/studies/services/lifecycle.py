@@ -13,6 +13,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from consortia.models import Consortium, Hospital
+from fedproto.datasets import hospital_ids
 from fedproto.errors import SpecError
 from fedproto.study import validate_study
 
@@ -32,7 +33,7 @@ TERMINAL = {Study.Status.COMPLETED, Study.Status.FAILED, Study.Status.CANCELLED}
 def _validated_definition(*, consortium: Consortium, name: str, hospitals: list[Hospital], schema: dict,
                           model_spec: dict, rounds: int, local_epochs: int, batch_size: int, learning_rate: float,
                           privacy: dict, encryption: dict, quorum: int, round_deadline_s: int, seed: int | None,
-                          evaluation: dict | None):
+                          evaluation: dict | None, datasets: dict | str | None):
     """A study definition checked by fedproto.study.validate_study, the one owner of a study's
     bounds (the node parses what it receives with the same rules), and its invited hospitals."""
     foreign = [h.name for h in hospitals if h.consortium_id != consortium.pk]
@@ -40,12 +41,17 @@ def _validated_definition(*, consortium: Consortium, name: str, hospitals: list[
         raise SpecError(f"hospital(s) {foreign} are not members of consortium {consortium.name}")
     if len({h.pk for h in hospitals}) != len(hospitals):
         raise SpecError("a hospital is invited twice")
-    return validate_study({"name": name, "consortium": consortium.name, "schema": schema, "model": model_spec,
-                           "rounds": rounds, "local_epochs": local_epochs, "batch_size": batch_size,
-                           "learning_rate": learning_rate, "privacy": privacy, "encryption": encryption,
-                           "quorum": quorum, "round_deadline_s": round_deadline_s, "seed": seed,
-                           **({} if evaluation is None else {"evaluation": evaluation})},
-                          n_hospitals=len(hospitals))
+    cfg = validate_study({"name": name, "consortium": consortium.name, "schema": schema, "model": model_spec,
+                          "rounds": rounds, "local_epochs": local_epochs, "batch_size": batch_size,
+                          "learning_rate": learning_rate, "privacy": privacy, "encryption": encryption,
+                          "quorum": quorum, "round_deadline_s": round_deadline_s, "seed": seed,
+                          **({} if evaluation is None else {"evaluation": evaluation}),
+                          **({} if datasets is None else {"datasets": datasets})},
+                         n_hospitals=len(hospitals))
+    strangers = sorted(set(hospital_ids(cfg.datasets)) - {h.pk for h in hospitals})
+    if strangers:
+        raise SpecError(f"datasets.hospitals names hospital(s) {strangers[:10]} that the study does not invite")
+    return cfg
 
 
 def _definition_fields(cfg) -> dict:
@@ -55,7 +61,7 @@ def _definition_fields(cfg) -> dict:
                 accountant=cfg.privacy.accountant, privacy_mode=cfg.privacy.mode, collusion=cfg.privacy.collusion,
                 quant_step=cfg.privacy.quant_step, encryption=cfg.encryption, quorum=cfg.quorum,
                 round_deadline_s=cfg.round_deadline_s, seed=cfg.seed, n_params=cfg.n_params,
-                evaluation=cfg.evaluation)
+                evaluation=cfg.evaluation, datasets=cfg.datasets)
 
 
 def _name_taken(consortium: Consortium, name: str, *, other_than: int | None = None) -> None:
@@ -67,7 +73,8 @@ def study_create(*, consortium: Consortium, name: str, hospitals: Iterable[Hospi
                  model_spec: dict, rounds: int, local_epochs: int, batch_size: int, learning_rate: float,
                  privacy: dict, encryption: dict, quorum: int, round_deadline_s: int, owner=None,
                  purpose: str = "", seed: int | None = None, evaluation: dict | None = None,
-                 actor: str = "system", cloned_from: Study | None = None) -> Study:
+                 datasets: dict | str | None = None, actor: str = "system",
+                 cloned_from: Study | None = None) -> Study:
     """Define a study (a draft); ``cloned_from``: the study whose definition it started from (in
     the audit event)."""
     hospitals = list(hospitals)
@@ -75,7 +82,7 @@ def study_create(*, consortium: Consortium, name: str, hospitals: Iterable[Hospi
                                 model_spec=model_spec, rounds=rounds, local_epochs=local_epochs,
                                 batch_size=batch_size, learning_rate=learning_rate, privacy=privacy,
                                 encryption=encryption, quorum=quorum, round_deadline_s=round_deadline_s, seed=seed,
-                                evaluation=evaluation)
+                                evaluation=evaluation, datasets=datasets)
     with transaction.atomic():
         _name_taken(consortium, name)
         study = Study.objects.create(consortium=consortium, purpose=purpose, owner=owner, **_definition_fields(cfg))
@@ -90,7 +97,8 @@ def study_create(*, consortium: Consortium, name: str, hospitals: Iterable[Hospi
 def study_update(*, study: Study, name: str, hospitals: Iterable[Hospital], schema: dict, model_spec: dict,
                  rounds: int, local_epochs: int, batch_size: int, learning_rate: float, privacy: dict,
                  encryption: dict, quorum: int, round_deadline_s: int, purpose: str = "",
-                 evaluation: dict | None = None, actor: str = "system") -> Study:
+                 evaluation: dict | None = None, datasets: dict | str | None = None,
+                 actor: str = "system") -> Study:
     """Edit a draft's definition (same checks as study_create; its consortium, owner and seed stay):
     the invited hospitals are replaced by ``hospitals``. Audited as study.edited with the changed
     keys, the definition before and after. Anything but a draft: wrong_state (409)."""
@@ -99,7 +107,7 @@ def study_update(*, study: Study, name: str, hospitals: Iterable[Hospital], sche
                                 model_spec=model_spec, rounds=rounds, local_epochs=local_epochs,
                                 batch_size=batch_size, learning_rate=learning_rate, privacy=privacy,
                                 encryption=encryption, quorum=quorum, round_deadline_s=round_deadline_s,
-                                seed=study.seed, evaluation=evaluation)
+                                seed=study.seed, evaluation=evaluation, datasets=datasets)
     with transaction.atomic():
         s = Study.objects.select_for_update().get(pk=study.pk)
         if s.status != Study.Status.DRAFT:
