@@ -77,6 +77,20 @@ def _wait_js(page, expression: str, timeout: float = 30000) -> None:
         page.wait_for_timeout(100)
 
 
+def _click_and_confirm(page, selector: str, expect: str) -> None:
+    """Click a button whose form asks for confirmation (data-confirm → window.confirm) and accept
+    the dialog, as a user would; the dialog must have been shown and say ``expect``. Playwright
+    dismisses an unhandled dialog, which cancels the submit."""
+    seen: list[str] = []
+
+    def accept(dialog):
+        seen.append(dialog.message)
+        dialog.accept()
+    page.once("dialog", accept)
+    page.click(selector)       # returns once the dialog is closed (confirm blocks the page's submit handler)
+    assert seen and expect in seen[0], seen
+
+
 def _login(page, base, username):
     page.goto(f"{base}/login/")
     page.fill("input[name=username]", username)
@@ -163,7 +177,7 @@ def test_researcher_runs_a_study_in_the_browser(stack, browser, shots, tmp_path,
     assert study.status == Study.Status.DRAFT and study.owner.username == "rita"
     assert page.locator("text=Before you start").is_visible()
     page.screenshot(path=str(shots / "04_study_draft_privacy.png"), full_page=True)
-    page.click("#start-btn")
+    _click_and_confirm(page, "#start-btn", "Start recruitment for Breast cancer pilot?")
     page.wait_for_selector("text=Recruitment opened")
     assert Study.objects.get(pk=study.pk).status == Study.Status.RECRUITING
 
@@ -178,8 +192,8 @@ def test_researcher_runs_a_study_in_the_browser(stack, browser, shots, tmp_path,
     hp.wait_for_selector("#approve-btn")
     assert hp.locator("text=within the cap").is_visible()
     hp.screenshot(path=str(shots / "06_invitation.png"), full_page=True)
-    hp.fill("textarea[name=reason]", "Approved by the data protection officer")
-    hp.click("#approve-btn")
+    hp.fill("#approve-note", "Approved by the data protection officer")
+    _click_and_confirm(hp, "#approve-btn", "Approve study Breast cancer pilot for Alpha Hospital?")
     hp.wait_for_selector("text=Alpha Hospital approved study")
     assert Participation.objects.get(study=study, hospital=hospitals[0]).state == "approved"
 

@@ -127,6 +127,47 @@ def test_hospital_admin_approves_from_inbox(world, client):
     assert client.get(f"/studies/{world.s1.pk}/model/").status_code == 200
 
 
+def test_decline_needs_a_reason(world, client):
+    client.force_login(world.users["hadmin1"])
+    html = client.get(f"/inbox/{world.p1.pk}/").content.decode()
+    assert 'id="decline-reason"' in html and "required" in html and "data-confirm" in html
+    r = client.post(f"/inbox/{world.p1.pk}/", {"decision": "decline", "reason": ""}, follow=True)
+    assert "Say why you decline" in r.content.decode()
+    assert Participation.objects.get(pk=world.p1.pk).state == "invited"
+    assert not AuditEvent.objects.filter(action="participation.declined", study_id=world.s1.pk).exists()
+    client.post(f"/inbox/{world.p1.pk}/", {"decision": "decline", "reason": "no ethics approval yet"})
+    p = Participation.objects.get(pk=world.p1.pk)
+    assert p.state == "declined" and p.reason == "no ethics approval yet"
+    ev = AuditEvent.objects.get(action="participation.declined", study_id=world.s1.pk)
+    assert ev.data["reason"] == "no ethics approval yet"
+
+
+def test_hospital_withdraws_its_approval(world, client):
+    client.force_login(world.users["hadmin1"])
+    client.post(f"/inbox/{world.p1.pk}/", {"decision": "approve"})
+    html = client.get(f"/inbox/{world.p1.pk}/").content.decode()
+    assert 'id="withdraw-form"' in html
+    # A withdrawal needs a reason; an invitation that was never approved cannot be "withdrawn".
+    r = client.post(f"/inbox/{world.p1.pk}/", {"decision": "withdraw"}, follow=True)
+    assert "Say why you withdraw" in r.content.decode()
+    assert Participation.objects.get(pk=world.p1.pk).state == "approved"
+    r = client.post(f"/inbox/{world.p1.pk}/", {"decision": "withdraw", "reason": "data-sharing agreement ended"},
+                    follow=True)
+    p = Participation.objects.get(pk=world.p1.pk)
+    assert p.state == "withdrawn" and p.reason == "data-sharing agreement ended"
+    ev = AuditEvent.objects.get(action="participation.withdrawn", study_id=world.s1.pk)
+    assert ev.data["was"] == "approved" and ev.data["reason"] == "data-sharing agreement ended"
+    # It was the only approval: the study can no longer reach its quorum and fails saying why.
+    s = Study.objects.get(pk=world.s1.pk)
+    assert s.status == Study.Status.FAILED and "withdrawn" in s.status_reason
+    # Withdrawing twice is refused with a sentence, not a 500.
+    r = client.post(f"/inbox/{world.p1.pk}/", {"decision": "withdraw", "reason": "again"}, follow=True)
+    assert r.status_code == 200 and "nothing left to withdraw" in r.content.decode()
+    # Another hospital's admin cannot withdraw it.
+    client.force_login(world.users["hadmin2"])
+    assert client.post(f"/inbox/{world.p1.pk}/", {"decision": "withdraw", "reason": "x"}).status_code == 404
+
+
 def test_model_download_is_audited(world, client):
     client.force_login(world.users["researcher"])
     r = client.get(f"/studies/{world.s1.pk}/model/")
@@ -141,9 +182,14 @@ def test_study_actions_for_managers(world, client):
     r = client.post(f"/studies/{world.draft.pk}/start/")
     assert r.status_code == 302
     assert Study.objects.get(pk=world.draft.pk).status == Study.Status.RECRUITING
-    r = client.post(f"/studies/{world.draft.pk}/cancel/")
+    # Cancelling needs a reason: without one nothing changes and the page says why.
+    r = client.post(f"/studies/{world.draft.pk}/cancel/", {"reason": "  "}, follow=True)
+    assert "Say why the study is cancelled" in r.content.decode()
+    assert Study.objects.get(pk=world.draft.pk).status == Study.Status.RECRUITING
+    r = client.post(f"/studies/{world.draft.pk}/cancel/", {"reason": "ethics approval withdrawn"})
     assert r.status_code == 302
-    assert Study.objects.get(pk=world.draft.pk).status == Study.Status.CANCELLED
+    s = Study.objects.get(pk=world.draft.pk)
+    assert s.status == Study.Status.CANCELLED and s.status_reason == "ethics approval withdrawn"
     assert AuditEvent.objects.filter(action="study.cancelled", study_id=world.draft.pk).exists()
     r = client.post(f"/studies/{world.draft.pk}/frobnicate/")
     assert r.status_code == 404

@@ -110,6 +110,6 @@ def test_csrf_enforced_on_every_post(world):
     c.force_login(world.users["researcher"])
     c.get(f"/studies/{world.s1.pk}/")
     token = c.cookies["csrftoken"].value
-    r = c.post(f"/studies/{world.s1.pk}/cancel/", {"csrfmiddlewaretoken": token})
+    r = c.post(f"/studies/{world.s1.pk}/cancel/", {"csrfmiddlewaretoken": token, "reason": "duplicate study"})
     assert r.status_code == 302
     assert Study.objects.get(pk=world.s1.pk).status == Study.Status.CANCELLED

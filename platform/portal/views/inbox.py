@@ -53,19 +53,36 @@ def _local_checks(p: Participation) -> list[dict]:
 def invitation(request, participation_id: int):
     p = access.invitation_for(request.user, participation_id)
     if request.method == "POST":
-        decision = request.POST.get("decision", "")
-        try:
-            services.participation_decide(participation=p, decision=decision, actor=actor_label(user=request.user),
-                                          reason=request.POST.get("reason", "")[:2000])
-        except services.ServiceError as exc:
-            messages.error(request, str(exc))
-        else:
-            messages.success(request, f"{p.hospital.name} {'approved' if decision == 'approve' else 'declined'} "
-                                      f"study {p.study.name}.")
+        _decide(request, p)
         return redirect("portal:invitation", participation_id=p.pk)
     s = p.study
     return render(request, "portal/invitation.html", {
         "p": p, "s": s, "checks": _local_checks(p), "config_json": json.dumps(selectors.study_config(s), indent=2),
         "enc": get_codec(s.encryption["codec"]).describe(s.encryption),
         "can_decide": p.state == Participation.State.INVITED and s.status == Study.Status.RECRUITING,
+        "can_withdraw": p.state == Participation.State.APPROVED and s.status in (Study.Status.RECRUITING, Study.Status.RUNNING,
+                                                                       Study.Status.PAUSED),
         "n_features": len(s.schema.get("features", []))})
+
+
+def _decide(request, p: Participation) -> None:
+    """Approve, decline (a reason is required) or withdraw an approval (reason required): each one
+    a service call that writes its audit event; a refusal is shown, nothing is half-done."""
+    decision = request.POST.get("decision", "")
+    reason = request.POST.get("reason", "").strip()[:2000]
+    actor = actor_label(user=request.user)
+    if decision in ("decline", "withdraw") and not reason:
+        messages.error(request, f"Say why you {decision} (the reason is recorded in the audit trail and shown to "
+                                "the study's researchers); nothing was changed.")
+        return
+    try:
+        if decision == "withdraw":
+            notes = services.participation_withdraw(participation=p, actor=actor, reason=reason)
+        else:
+            services.participation_decide(participation=p, decision=decision, actor=actor, reason=reason)
+            notes = [f"{p.hospital.name} {'approved' if decision == 'approve' else 'declined'} study {p.study.name}."]
+    except services.ServiceError as exc:
+        messages.error(request, str(exc))
+        return
+    for n in notes:
+        messages.success(request, n)

@@ -235,8 +235,15 @@ def study_action(request, study_id: int, action: str):
         raise Http404
     if not scope.can_manage:
         raise PermissionDenied("only researchers and consortium admins manage studies")
+    kwargs = {}
+    if action == "cancel":
+        kwargs["reason"] = request.POST.get("reason", "").strip()[:2000]
+        if not kwargs["reason"]:
+            messages.error(request, "Say why the study is cancelled (the reason is recorded in the audit trail and "
+                                    "shown to the hospitals); the study was not cancelled.")
+            return redirect("portal:study", study_id=scope.study.pk)
     try:
-        ACTIONS[action](study=scope.study, actor=actor_label(user=request.user))
+        ACTIONS[action](study=scope.study, actor=actor_label(user=request.user), **kwargs)
     except services.ServiceError as exc:
         messages.error(request, str(exc))
     else:

@@ -135,7 +135,7 @@ SECAGG_MESSAGE = inline_serializer("SecAggMessage", {
     "round_index": serializers.IntegerField()})
 SECAGG_REQUEST = inline_serializer("SecAggStageRequest", {
     "message": serializers.DictField(help_text="the stage's fedproto.secagg message (to_dict form)")})
-SCHEMA_DRAFT = inline_serializer("SchemaDraft", {
+SCHEMA_DRAFT = inline_serializer("SchemaDraftResult", {
     "task": serializers.CharField(),
     "schema": serializers.DictField(help_text="the drafted data schema (validated), for the researcher to confirm"),
     "columns": serializers.ListField(child=serializers.DictField(), help_text="per column: name, type (float, int, "

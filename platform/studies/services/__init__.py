@@ -20,6 +20,7 @@ from .errors import ServiceError
 from .lifecycle import (
                         TERMINAL,
                         hospital_withdraw,
+                        participation_withdraw,
                         study_advance,
                         study_cancel,
                         study_create,
@@ -46,7 +47,7 @@ from .spend import DP_ENGINE_RE, SPEND_FIELDS, privacy_spend_record
 __all__ = [
     "DP_ENGINE_RE", "SPEND_FIELDS", "ServiceError", "TERMINAL", "aggregate_fetch", "final_model_downloaded",
     "final_model_store", "he_context_fetch", "he_context_publish", "hospital_withdraw", "job_refuse", "key_ack",
-    "missing_chunks", "participation_decide", "platform_away", "platform_beat", "poison_report_record",
+    "missing_chunks", "participation_decide", "participation_withdraw", "platform_away", "platform_beat", "poison_report_record",
     "privacy_spend_record", "release_override", "release_rerun_evaluation", "release_resolution_refused",
     "require_approved", "round_aggregate", "round_aggregate_chunk", "round_open", "round_report_record",
     "round_try_close", "round_upload", "round_uploads", "sealed_key_fetch", "sealed_keys_store", "study_advance",

@@ -131,47 +131,74 @@ LIVE = [Study.Status.RECRUITING, Study.Status.RUNNING, Study.Status.PAUSED]
 
 
 def hospital_withdraw(*, hospital, actor: str, reason: str) -> list[str]:
-    """Withdraw a hospital from every study not finished yet (its node was revoked): its
-    participation becomes withdrawn, its open jobs expire (rounds stop waiting for it), and a study
-    that can no longer reach its quorum fails saying why. Returns a sentence per study."""
-    notes = []
-    now = timezone.now()
+    """Withdraw a hospital from every study not finished yet (its node was revoked). Returns a
+    sentence per study (see participation_withdraw)."""
+    notes: list[str] = []
     with transaction.atomic():
-        parts = list(Participation.objects.select_for_update().select_related("study")
+        parts = list(Participation.objects.select_for_update().select_related("study", "hospital")
                      .filter(hospital=hospital, study__status__in=LIVE,
                              state__in=[Participation.State.INVITED, Participation.State.APPROVED]))
         for p in parts:
-            study = p.study
-            was = p.state
-            p.state, p.reason, p.decided_by, p.decided_at = Participation.State.WITHDRAWN, reason[:2000], actor[:200], now
-            p.save(update_fields=["state", "reason", "decided_by", "decided_at"])
-            jobs = TrainingJob.objects.filter(hospital=hospital, round__study=study, status=TrainingJob.Status.DISPATCHED)
-            round_ids = list(jobs.values_list("round_id", flat=True))
-            jobs.update(status=TrainingJob.Status.EXPIRED, reason=f"hospital withdrawn: {reason}"[:4000], finished_at=now)
-            holds_key = was == Participation.State.APPROVED and (study.custodian_id == hospital.pk
-                                                                  or p.key_acked_at is not None)
-            _study_audit(study, "participation.withdrawn", actor, obj=p, hospital_id=hospital.pk,
-                         data={"hospital": hospital.name, "reason": reason, "was": was, "expired_jobs": len(round_ids),
-                               "holds_study_key": holds_key, "custodian": study.custodian_id == hospital.pk})
-            approved = Participation.objects.filter(study=study, state=Participation.State.APPROVED).count()
-            fail = None
-            if was == Participation.State.APPROVED and approved < study.quorum:
-                fail = (f"{hospital.name} was withdrawn ({reason}); {approved} approved hospital(s) remain and "
-                        f"the quorum is {study.quorum}")
-            elif study.custodian_id == hospital.pk and not HEContext.objects.filter(study=study).exists():
-                fail = f"the key custodian {hospital.name} was withdrawn ({reason}) before it published the encryption context"
-            if fail:
-                study_fail(study=study, reason=fail, actor=actor)
-                notes.append(f"Study {study.name!r} failed: {fail}.")
-            else:
-                for rid in round_ids:
-                    enqueue_on_commit(CLOSE_ROUND, rid)
-                _advance_after_commit(study)
-                notes.append(f"Withdrawn from study {study.name!r} ({study.status}); its rounds no longer wait for it.")
-            if holds_key:
-                notes.append(f"The node keeps its copy of the key of study {study.name!r} on the hospital's machine (the "
-                             "platform cannot erase it); it can no longer download the study's aggregates or model. "
-                             "Delete the node's state directory to destroy it.")
+            notes += _withdraw(p, actor=actor, reason=reason)
+    return notes
+
+
+def participation_withdraw(*, participation: Participation, actor: str, reason: str) -> list[str]:
+    """A hospital withdraws its approval of one study, mid-study too: see _withdraw. The reason is
+    required (it goes into the audit trail and onto the study page)."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise ServiceError("say why the hospital withdraws (the reason is recorded in the audit trail)",
+                           code="invalid", status=422)
+    with transaction.atomic():
+        p = Participation.objects.select_for_update().select_related("study", "hospital").get(pk=participation.pk)
+        if p.study.status not in LIVE:
+            raise ServiceError(f"study {p.study.name!r} is {p.study.status}; there is nothing left to withdraw from",
+                               code="wrong_state")
+        if p.state != Participation.State.APPROVED:
+            raise ServiceError(f"this hospital's participation is {p.state}; only an approval can be withdrawn",
+                               code="wrong_state")
+        return _withdraw(p, actor=actor, reason=reason)
+
+
+def _withdraw(p: Participation, *, actor: str, reason: str) -> list[str]:
+    """Withdrawal: the participation becomes withdrawn, the hospital gets no more jobs, its open
+    jobs expire (rounds stop waiting for it and close with the others' updates), and a study that
+    can no longer reach its quorum (or whose key custodian left before publishing the encryption
+    context) fails saying why. Audited as participation.withdrawn. Inside a transaction."""
+    notes = []
+    now = timezone.now()
+    study, hospital = p.study, p.hospital
+    was = p.state
+    p.state, p.reason, p.decided_by, p.decided_at = Participation.State.WITHDRAWN, reason[:2000], actor[:200], now
+    p.save(update_fields=["state", "reason", "decided_by", "decided_at"])
+    jobs = TrainingJob.objects.filter(hospital=hospital, round__study=study, status=TrainingJob.Status.DISPATCHED)
+    round_ids = list(jobs.values_list("round_id", flat=True))
+    jobs.update(status=TrainingJob.Status.EXPIRED, reason=f"hospital withdrawn: {reason}"[:4000], finished_at=now)
+    holds_key = was == Participation.State.APPROVED and (study.custodian_id == hospital.pk
+                                                          or p.key_acked_at is not None)
+    _study_audit(study, "participation.withdrawn", actor, obj=p, hospital_id=hospital.pk,
+                 data={"hospital": hospital.name, "reason": reason, "was": was, "expired_jobs": len(round_ids),
+                       "holds_study_key": holds_key, "custodian": study.custodian_id == hospital.pk})
+    approved = Participation.objects.filter(study=study, state=Participation.State.APPROVED).count()
+    fail = None
+    if was == Participation.State.APPROVED and approved < study.quorum:
+        fail = (f"{hospital.name} was withdrawn ({reason}); {approved} approved hospital(s) remain and "
+                f"the quorum is {study.quorum}")
+    elif study.custodian_id == hospital.pk and not HEContext.objects.filter(study=study).exists():
+        fail = f"the key custodian {hospital.name} was withdrawn ({reason}) before it published the encryption context"
+    if fail:
+        study_fail(study=study, reason=fail, actor=actor)
+        notes.append(f"Study {study.name!r} failed: {fail}.")
+    else:
+        for rid in round_ids:
+            enqueue_on_commit(CLOSE_ROUND, rid)
+        _advance_after_commit(study)
+        notes.append(f"Withdrawn from study {study.name!r} ({study.status}); its rounds no longer wait for it.")
+    if holds_key:
+        notes.append(f"The node keeps its copy of the key of study {study.name!r} on the hospital's machine (the "
+                     "platform cannot erase it); it can no longer download the study's aggregates or model. "
+                     "Delete the node's state directory to destroy it.")
     return notes
 
 
