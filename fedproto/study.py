@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 from . import PROTOCOL_VERSION
 from .codec import DEFAULT_CODEC, get_codec
+from .datasets import DEFAULT_DATASETS, validate_datasets
 from .ddp_config import check_distributed, packing
 from .errors import SpecError
 from .evaluation import DEFAULT_EVALUATION, validate_evaluation
@@ -58,10 +59,10 @@ class WorkKind:
 # The study dict a node receives in a work item, in the order the platform sends it.
 WIRE_FIELDS = ("id", "name", "consortium", "protocol_version", "schema", "model", "rounds", "local_epochs",
                "batch_size", "learning_rate", "privacy", "encryption", "quorum", "round_deadline_s", "seed",
-               "custodian_hospital_id", "n_params", "evaluation")
+               "custodian_hospital_id", "n_params", "evaluation", "datasets")
 
 # Fields a study dict may lack (a platform older than them): they take their defaults.
-OPTIONAL_WIRE_FIELDS = ("evaluation",)
+OPTIONAL_WIRE_FIELDS = ("evaluation", "datasets")
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,8 @@ class StudyConfig:
     n_params: int
     # how each hospital judges the model: its held-out share and the local-only baseline (fedproto.evaluation)
     evaluation: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(DEFAULT_EVALUATION))
+    # which data set of each hospital's node the study uses (fedproto.datasets): {"default": NAME, "hospitals": {...}}
+    datasets: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(DEFAULT_DATASETS))
     consortium: str = ""
     id: int | None = None  # the platform's id; None until the platform has stored the study
     custodian_hospital_id: int | None = None
@@ -141,7 +144,7 @@ class StudyConfig:
             "encryption": copy.deepcopy(self.encryption), "quorum": self.quorum,
             "round_deadline_s": self.round_deadline_s, "seed": self.seed,
             "custodian_hospital_id": self.custodian_hospital_id, "n_params": self.n_params,
-            "evaluation": copy.deepcopy(self.evaluation),
+            "evaluation": copy.deepcopy(self.evaluation), "datasets": copy.deepcopy(self.datasets),
         }
 
     @property
@@ -201,7 +204,8 @@ def validate_study(raw: Any, *, n_hospitals: int | None = None) -> StudyConfig:
 
     ``raw`` holds the fields of WIRE_FIELDS (``model`` is the model spec, ``privacy`` an object);
     ``id`` and ``custodian_hospital_id`` may be absent before the platform stores the study,
-    ``seed`` (drawn at random when absent), ``evaluation`` (default DEFAULT_EVALUATION), ``consortium``,
+    ``seed`` (drawn at random when absent), ``evaluation`` (default DEFAULT_EVALUATION), ``datasets``
+    (default: every hospital's data set "default"), ``consortium``,
     ``protocol_version`` and ``n_params``
     (checked against the model when given) may be absent too. ``n_hospitals`` (the invited
     hospitals, when known) bounds the quorum and must fit the encryption's ``max_hospitals``."""
@@ -278,6 +282,7 @@ def _validate(raw: Any, *, n_hospitals: int | None, wire: bool) -> StudyConfig:
         seed=_int_in("seed", seed, MIN_SEED, MAX_SEED), custodian_hospital_id=custodian,
         n_params=expected_params,
         evaluation=validate_evaluation(raw.get("evaluation", DEFAULT_EVALUATION)),
+        datasets=validate_datasets(raw.get("datasets")),
     )
     if privacy.distributed and n_hospitals is not None:
         packing(cfg)  # the noise plan exists and its noise fits the codec's digits (SpecError otherwise)

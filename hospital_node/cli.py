@@ -143,11 +143,14 @@ def cmd_status(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from .config import load_config
-    from .tools import check, schema_from_args
+    from .config import DEFAULT_DATASET, load_config
+    from .tools import check, schema_from_args, study_dataset
 
     schema = schema_from_args(args)
-    path = load_config(args.config).dataset_path(args.dataset)
+    cfg = load_config(args.config)
+    name = args.dataset if args.dataset is not None else study_dataset(cfg, args.study) if args.study else None
+    path = cfg.dataset_path(name)
+    print(f"data set {name or DEFAULT_DATASET!r}:")
     print(check(schema, path), end="")
     return EXIT_OK
 
@@ -189,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     which = c.add_mutually_exclusive_group(required=True)
     which.add_argument("--study", type=int, help="a study this node was invited to")
     which.add_argument("--schema", help="a schema JSON file (from the study page)")
-    c.add_argument("--dataset", default=None, help="data set name from [datasets.NAME] (default: the default one)")
+    c.add_argument("--dataset", default=None, help="data set name from [datasets.NAME] (default: the one the study "
+                                                   "names for this hospital with --study, else 'default')")
     c.set_defaults(func=cmd_check)
     pr = sub.add_parser("predict", help="score new raw rows with a released model")
     pr.add_argument("--model", required=True, help="model.safetensors released by the platform")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 import math
-import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from fedproto.datasets import DATASET_NAME, DEFAULT_DATASET
 from fedproto.specs import MODEL_TYPES
 
 from .errors import ConfigError
@@ -56,8 +56,7 @@ class NodeConfig:
         return self.datasets[key]
 
 
-DEFAULT_DATASET = "default"
-_DATASET_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+_DATASET_NAME = DATASET_NAME  # the one rule for data set names, shared with the studies that name them
 
 _KNOWN = {
     "platform": {"url", "credentials_file", "request_timeout_s"},

@@ -8,13 +8,14 @@ import threading
 import time
 from typing import Any
 
+from fedproto.datasets import dataset_for
 from fedproto.study import StudyConfig
 
 from .client import PlatformClient
 from .config import NodeConfig
 from .credentials import Credentials
 from .data import Dataset, load_study_data
-from .errors import DataError
+from .errors import DataError, MissingDataset
 from .ledger import Ledger, config_sha256
 
 
@@ -31,9 +32,23 @@ class NodeContext:
         self.deferred: dict[str, float] = {}  # item key -> monotonic time until which it is skipped
         (cfg.work_dir / "frames").mkdir(parents=True, exist_ok=True)
 
+    def dataset_name(self, study: StudyConfig) -> str:
+        """The name of the data set ``study`` uses on this hospital's node (fedproto.datasets)."""
+        return dataset_for(study.datasets, self.creds.hospital_id)
+
+    def dataset_path(self, study: StudyConfig):
+        """The file of the study's data set; MissingDataset when this node's config does not name it."""
+        name = self.dataset_name(study)
+        if name not in self.cfg.datasets:
+            known = ", ".join(sorted(self.cfg.datasets)) or "none"
+            raise MissingDataset(f"study {study.study_id} uses the data set {name!r}, which this node's config "
+                                 f"{self.cfg.path} does not name (known: {known}): add [datasets.{name}] path = "
+                                 "\"...\" to use it", name=name)
+        return self.cfg.datasets[name]
+
     def dataset(self, study: StudyConfig) -> Dataset:
-        """The local data of ``study``, read again only when the file or the study changed."""
-        path = self.cfg.data_csv
+        """The local data of ``study`` (its named data set), read again only when the file or the study changed."""
+        path = self.dataset_path(study)
         try:
             st = path.stat()
             key = (str(path), st.st_mtime_ns, st.st_size, config_sha256(study))

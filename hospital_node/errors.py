@@ -24,6 +24,16 @@ class DataError(NodeError):
         self.public = public
 
 
+class MissingDataset(DataError):
+    """The study names a data set this node's config does not have. Its public part names the data
+    set only (never the config's path or the data sets the node does have)."""
+
+    def __init__(self, message: str, *, name: str):
+        super().__init__(message, public=f"this node has no data set {name!r} (the study uses it; the hospital's "
+                                         "node config does not name it)")
+        self.name = name
+
+
 class FatalAuthError(NodeError):
     """The platform answered 401/403: the token is bad or revoked. Stop, do not retry."""
 

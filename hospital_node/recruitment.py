@@ -10,7 +10,7 @@ from fedproto.errors import SpecError
 from fedproto.study import StudyConfig
 
 from .context import NodeContext
-from .errors import DataError, public_reason
+from .errors import DataError, MissingDataset, public_reason
 from .planning import check_local_limits, plan_ahead
 
 log = logging.getLogger("hospital_node")
@@ -24,6 +24,9 @@ def on_invitation(ctx: NodeContext, item: dict[str, Any], study: StudyConfig) ->
     if not reasons:
         try:
             ctx.dataset(study)
+        except MissingDataset as e:
+            log.warning("study %s (%s): %s", sid, study.name, e)
+            reasons.append(e.public)
         except (DataError, SpecError) as e:
             # The reason goes to the platform (and its audit trail): only the public part of a data
             # error; the path and the offending cell stay in this log.

@@ -161,3 +161,18 @@ def schema_from_args(args) -> dict[str, Any]:
                         "with the schema from the study page", public="unknown study")
     return dict(study.schema)
 
+
+
+def study_dataset(cfg, study_id: int) -> str:
+    """The data set a study this node was invited to names for this hospital (fedproto.datasets)."""
+    from fedproto.datasets import dataset_for
+
+    from .credentials import load_credentials
+    from .ledger import Ledger
+
+    study = Ledger(cfg.ledger).study_config(int(study_id)) if cfg.ledger.exists() else None
+    if study is None:
+        raise DataError(f"study {study_id} is unknown to this node (no invitation seen yet): pass --dataset NAME",
+                        public="unknown study")
+    hospital_id = load_credentials(cfg.credentials_file).hospital_id if cfg.credentials_file.exists() else None
+    return dataset_for(study.datasets, hospital_id)

@@ -12,6 +12,7 @@ from consortia.models import Consortium, Hospital
 from consortia.selectors import limits_summary, study_limit_conflicts
 from fedproto import tuning
 from fedproto.codec import CODECS, get_codec
+from fedproto.datasets import DEFAULT_DATASET, validate_datasets
 from fedproto.errors import SpecError
 from fedproto.evaluation import AUTO, validate_evaluation
 from fedproto.privacy import MAX_CLIP_NORM, MAX_DELTA, MAX_EPSILON
@@ -125,6 +126,12 @@ class StudyForm(forms.Form):
                                           max_value=MAX_ROUND_DEADLINE_S, initial=600)
     hospitals = forms.ModelMultipleChoiceField(queryset=Hospital.objects.none(), widget=forms.CheckboxSelectMultiple,
                                                label="Invited hospitals")
+    dataset = forms.CharField(required=False, initial=DEFAULT_DATASET, max_length=64, label="Data set",
+                              help_text="The data set every hospital's node uses: a [datasets.NAME] table of its "
+                                        "node.toml (a name, never a path).")
+    hospital_datasets = forms.CharField(required=False, max_length=4000, label="Data set per hospital",
+                                        widget=forms.Textarea(attrs={"rows": 2, "spellcheck": "false"}),
+                                        help_text="Optional, one line each: Hospital name = data set name.")
     dataset_sizes = forms.CharField(required=False, initial="200, 1000, 5000", max_length=100,
                                     label="Expected local dataset sizes",
                                     help_text="Only for the privacy preview (sample counts are never shared).")
@@ -162,6 +169,7 @@ class StudyForm(forms.Form):
                 except SpecError as exc:
                     errors["model_type"] = str(exc)
         self._clean_settings(d, errors)
+        self._clean_datasets(d, errors)
         presets = {k: enc for k, _, enc in self.presets}
         if d.get("encryption_preset") in presets:
             d["encryption"] = dict(presets[d["encryption_preset"]])
@@ -184,6 +192,27 @@ class StudyForm(forms.Form):
             self.add_error(k, v)
         return d
 
+
+    def _clean_datasets(self, d: dict, errors: dict) -> None:
+        """The study's data sets: one name for all, and "Hospital name = NAME" lines for the exceptions."""
+        hospitals = {h.name: h.pk for h in d.get("hospitals") or []}
+        per: dict[str, str] = {}
+        for n, line in enumerate((d.get("hospital_datasets") or "").splitlines(), start=1):
+            if not line.strip():
+                continue
+            name, sep, dataset = line.rpartition("=")
+            if not sep or not name.strip():
+                errors["hospital_datasets"] = f"line {n}: write Hospital name = data set name"
+                return
+            if name.strip() not in hospitals:
+                errors["hospital_datasets"] = f"line {n}: {name.strip()[:200]!r} is not one of the invited hospitals"
+                return
+            per[str(hospitals[name.strip()])] = dataset.strip()
+        try:
+            d["datasets"] = validate_datasets({"default": (d.get("dataset") or "").strip() or DEFAULT_DATASET,
+                                               "hospitals": per})
+        except SpecError as exc:
+            errors["hospital_datasets" if per and "hospitals" in str(exc) else "dataset"] = str(exc)
 
     def _clean_settings(self, d: dict, errors: dict) -> None:
         """"auto" training settings from the declared sizes, and the evaluation setting."""

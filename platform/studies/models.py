@@ -6,11 +6,16 @@ from django.conf import settings
 from django.db import models
 
 from consortia.models import Consortium, Hospital
+from fedproto.datasets import DEFAULT_DATASETS
 from fedproto.evaluation import DEFAULT_EVALUATION
 
 
 def default_evaluation() -> dict:
     return dict(DEFAULT_EVALUATION)
+
+
+def default_datasets() -> dict:
+    return dict(DEFAULT_DATASETS)
 
 
 class Study(models.Model):
@@ -52,6 +57,8 @@ class Study(models.Model):
     seed = models.BigIntegerField()
     # each hospital's held-out share and local-only baseline (fedproto.evaluation)
     evaluation = models.JSONField(default=default_evaluation)
+    # which data set of each hospital's node the study uses (fedproto.datasets; names, never paths)
+    datasets = models.JSONField(default=default_datasets)
     custodian = models.ForeignKey(Hospital, null=True, blank=True, on_delete=models.PROTECT, related_name="custodian_of")
     n_params = models.PositiveIntegerField()
     created_at = models.DateTimeField(auto_now_add=True)

@@ -30,7 +30,7 @@ def study_definition(study: Study) -> StudyConfig:
                         quant_step=study.quant_step),
         encryption=study.encryption, quorum=study.quorum, round_deadline_s=study.round_deadline_s,
         seed=study.seed, custodian_hospital_id=study.custodian_id, n_params=study.n_params,
-        evaluation=study.evaluation)
+        evaluation=study.evaluation, datasets=study.datasets)
 
 
 def study_config(study: Study) -> dict:

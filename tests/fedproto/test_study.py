@@ -44,6 +44,7 @@ def wire(**over) -> dict:
                        "update_clip": 1.0, "weight_cap_samples": 1000},
         "quorum": 2, "round_deadline_s": 600, "seed": 1234, "custodian_hospital_id": 3,
         "n_params": 3 * 8 + 8 + 8 * 4 + 4 + 4 + 1, "evaluation": {"holdout": "auto", "local_baseline": True},
+        "datasets": {"default": "default"},
     }
     d.update(over)
     return d

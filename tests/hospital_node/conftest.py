@@ -28,6 +28,7 @@ def make_study(n_features: int = 4, **over) -> dict:
         # a fixed 20 % split and no baseline: the node's behaviour these tests were written for
         # (the defaults, "auto" and the local-only baseline: tests/hospital_node/test_evaluation.py)
         "evaluation": {"holdout": 0.2, "local_baseline": False},
+        "datasets": {"default": "default"},
     }
     study.update(over)
     study.setdefault("n_params", n_params(study["model"], len(study["schema"]["features"])))

@@ -11,6 +11,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from audit.services import actor_label
 from fedproto.codec import get_codec
+from fedproto.datasets import dataset_for
 from studies import access, selectors, services
 from studies.models import Participation, Study
 
@@ -62,7 +63,7 @@ def invitation(request, participation_id: int):
         "can_decide": p.state == Participation.State.INVITED and s.status == Study.Status.RECRUITING,
         "can_withdraw": p.state == Participation.State.APPROVED and s.status in (Study.Status.RECRUITING, Study.Status.RUNNING,
                                                                        Study.Status.PAUSED),
-        "n_features": len(s.schema.get("features", []))})
+        "n_features": len(s.schema.get("features", [])), "dataset": dataset_for(s.datasets, p.hospital_id)})
 
 
 def _decide(request, p: Participation) -> None:

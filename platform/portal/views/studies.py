@@ -87,7 +87,8 @@ def _study_new(request):
                     batch_size=d["batch_size"], learning_rate=d["learning_rate"],
                     privacy={"epsilon": d["epsilon"], "delta": d["delta"], "clip_norm": d["clip_norm"]},
                     encryption=d["encryption"], quorum=d["quorum"], round_deadline_s=d["round_deadline_s"],
-                    owner=request.user, evaluation=d["evaluation"], actor=actor_label(user=request.user))
+                    owner=request.user, evaluation=d["evaluation"], datasets=d["datasets"],
+                    actor=actor_label(user=request.user))
             except SpecError as exc:
                 form.add_error(None, str(exc))
             else:

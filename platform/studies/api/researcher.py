@@ -42,6 +42,11 @@ class StudyCreateSerializer(serializers.Serializer):
                                           default=None, help_text="the hospitals' expected rows (settings auto)")
     evaluation = serializers.JSONField(required=False, default=None,
                                        help_text='{"holdout": "auto" | fraction, "local_baseline": true|false}')
+    datasets = serializers.JSONField(required=False, default=None,
+                                     help_text='the data set each node uses: a name for all hospitals, or {"default": '
+                                               'NAME, "hospitals": {"<hospital id>": NAME}}; a name is a '
+                                               '[datasets.NAME] table of the node config (letters, digits, _ . -), '
+                                               'never a path; default "default"')
     privacy = serializers.JSONField()
     encryption = serializers.JSONField(required=False, default=dict)
     quorum = serializers.IntegerField()
@@ -103,7 +108,7 @@ class StudyListView(APIView):
             model_spec=d["model"], rounds=d["rounds"], local_epochs=d["local_epochs"], batch_size=d["batch_size"],
             learning_rate=d["learning_rate"], privacy=d["privacy"], encryption=d["encryption"], quorum=d["quorum"],
             round_deadline_s=d["round_deadline_s"], owner=request.user, seed=d["seed"],
-            evaluation=d["evaluation"], actor=actor_label(user=request.user))
+            evaluation=d["evaluation"], datasets=d["datasets"], actor=actor_label(user=request.user))
         return Response(study_summary(access.scope_for(request.user, study)), status=201)
 
 

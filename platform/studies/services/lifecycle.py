@@ -13,6 +13,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from consortia.models import Consortium, Hospital
+from fedproto.datasets import hospital_ids
 from fedproto.errors import SpecError
 from fedproto.study import validate_study
 
@@ -33,7 +34,7 @@ def study_create(*, consortium: Consortium, name: str, hospitals: Iterable[Hospi
                  model_spec: dict, rounds: int, local_epochs: int, batch_size: int, learning_rate: float,
                  privacy: dict, encryption: dict, quorum: int, round_deadline_s: int, owner=None,
                  purpose: str = "", seed: int | None = None, evaluation: dict | None = None,
-                 actor: str = "system") -> Study:
+                 datasets: dict | str | None = None, actor: str = "system") -> Study:
     """Define a study (a draft). Its definition is checked by fedproto.study.validate_study, the one
     owner of a study's bounds (the node parses what it receives with the same rules)."""
     hospitals = list(hospitals)
@@ -46,8 +47,12 @@ def study_create(*, consortium: Consortium, name: str, hospitals: Iterable[Hospi
                           "rounds": rounds, "local_epochs": local_epochs, "batch_size": batch_size,
                           "learning_rate": learning_rate, "privacy": privacy, "encryption": encryption,
                           "quorum": quorum, "round_deadline_s": round_deadline_s, "seed": seed,
-                          **({} if evaluation is None else {"evaluation": evaluation})},
+                          **({} if evaluation is None else {"evaluation": evaluation}),
+                          **({} if datasets is None else {"datasets": datasets})},
                          n_hospitals=len(hospitals))
+    strangers = sorted(set(hospital_ids(cfg.datasets)) - {h.pk for h in hospitals})
+    if strangers:
+        raise SpecError(f"datasets.hospitals names hospital(s) {strangers[:10]} that the study does not invite")
     with transaction.atomic():
         if Study.objects.filter(consortium=consortium, name=name).exists():
             raise SpecError(f"a study named {name!r} already exists in this consortium; choose another name")
@@ -59,7 +64,7 @@ def study_create(*, consortium: Consortium, name: str, hospitals: Iterable[Hospi
             privacy_mode=cfg.privacy.mode, collusion=cfg.privacy.collusion, quant_step=cfg.privacy.quant_step,
             encryption=cfg.encryption,
             quorum=cfg.quorum, round_deadline_s=cfg.round_deadline_s, seed=cfg.seed, n_params=cfg.n_params,
-            evaluation=cfg.evaluation,
+            evaluation=cfg.evaluation, datasets=cfg.datasets,
         )
         for h in hospitals:
             Participation.objects.create(study=study, hospital=h)
