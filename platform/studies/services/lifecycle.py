@@ -132,12 +132,6 @@ def study_update(*, study: Study, name: str, hospitals: Iterable[Hospital], sche
 
 def study_open_recruitment(*, study: Study, actor: str) -> Study:
     """draft -> recruiting: invitations become visible to the hospitals."""
-    if study.privacy_mode == "distributed":
-        # The nodes' secure-aggregation round exchange (mask keys, sealed shares, unmasking) is not
-        # served yet (docs/privacy.md, "What remains to integrate"): such a study would stall.
-        raise ServiceError("distributed-DP studies cannot run yet: this platform does not serve the secure-aggregation "
-                           "round exchange (docs/privacy.md); define the study with privacy mode local",
-                           code="unsupported", status=409)
     with transaction.atomic():
         n = Study.objects.filter(pk=study.pk, status=Study.Status.DRAFT).update(status=Study.Status.RECRUITING)
         if not n:
