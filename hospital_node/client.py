@@ -8,6 +8,7 @@ caller allows it -> Conflict (the platform's code says whether it was already do
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ log = logging.getLogger("hospital_node.client")
 
 
 # 403 codes that refuse one action in one study, not the node's credentials.
-STUDY_SCOPED_REFUSALS = frozenset({"not_approved", "not_contributor", "not_custodian"})
+STUDY_SCOPED_REFUSALS = frozenset({"not_approved", "not_contributor", "not_custodian", "not_survivor", "forbidden"})
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,20 @@ class PlatformClient:
     def poison_report(self, study_id: int, round_no: int, body: dict) -> dict:
         out = self.request("POST", f"studies/{study_id}/rounds/{round_no}/poison-report", json=body)
         return out if isinstance(out, dict) else {}
+
+    def secagg(self, method: str, study_id: int, round_no: int, stage: str, message: dict | None = None) -> Any:
+        """A stage of a distributed round's secure aggregation (JSON; a stage not ready yet is a
+        Conflict with code not_ready: ask again)."""
+        return self.request(method, f"studies/{study_id}/rounds/{round_no}/secagg/{stage}",
+                            json=None if message is None else {"message": message}, ok_409=True)
+
+    def secagg_correction(self, study_id: int, round_no: int) -> tuple[bytes, list[int]]:
+        resp = self.request("GET", f"studies/{study_id}/rounds/{round_no}/secagg/correction", raw=True)
+        data = resp.content
+        if hashlib.sha256(data).hexdigest() != resp.headers.get("X-Correction-SHA256"):
+            raise TransientError(f"study {study_id} round {round_no}: the correction does not match its SHA-256")
+        survivors = [int(x) for x in resp.headers.get("X-Survivors", "").split(",") if x.strip().isdigit()]
+        return data, survivors
 
     def report(self, study_id: int, round_no: int, body: dict) -> Any:
         return self.request("POST", f"studies/{study_id}/rounds/{round_no}/report", json=body, ok_409=True)

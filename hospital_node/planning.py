@@ -75,9 +75,9 @@ def plan_job(ctx: NodeContext, study: StudyConfig) -> tuple[trainer.NoisePlan, f
         raise Refuse("local_limit", "; ".join(reasons))
     if study.privacy.distributed:
         # Training a distributed-DP study with local DP-SGD and an unmasked upload would break its
-        # privacy model; the secure-aggregation round exchange is not wired into the daemon yet.
-        raise Refuse("unsupported_mode", "this node does not run the secure-aggregation round exchange that "
-                                         "distributed-DP studies need; nothing was trained")
+        # privacy model: such studies go through ddp_round.on_train, never through this DP-SGD plan.
+        raise Refuse("unsupported_mode", "a distributed-DP study is trained through the secure-aggregation "
+                                         "exchange, never with local DP-SGD; nothing was trained")
     try:
         ds = ctx.dataset(study)
     except (DataError, SpecError) as e:

@@ -23,7 +23,7 @@ from fedproto.codec import get_codec
 from fedproto.study import StudyConfig
 from fedproto.wire import pack_parts
 
-from . import poisoning, trainer
+from . import ddp_round, poisoning, trainer
 from .baseline import finite_metrics, local_baseline
 from .client import Conflict
 from .context import NodeContext
@@ -45,6 +45,9 @@ log = logging.getLogger("hospital_node")
 # ----------------------------------------------------------------------------- training
 
 def on_train(ctx: NodeContext, item: dict[str, Any], study: StudyConfig) -> None:
+    if study.privacy.distributed:  # secure aggregation, one noised gradient sum per round
+        ddp_round.on_train(ctx, item, study, global_model=global_model, deliver=deliver)
+        return
     job_id, round_no = int(item["job_id"]), int(item["round"])
     sid = study.study_id
     job = ctx.ledger.job(job_id)
@@ -242,8 +245,12 @@ def global_model(ctx: NodeContext, study: StudyConfig, round_no: int, inline: di
     for r in range(k + 1, round_no + 1):
         got = _inline_frame(inline, sid, r)
         frame, contributors = got or ctx.client.get_aggregate(sid, r)
-        res = poisoning.decrypt(ctx, study, secret, r, frame, downloaded=got is None)
-        model = trainer.apply_update(model, np.asarray(res.mean_update, dtype=np.float64))
+        if study.privacy.distributed:
+            model, contributors = ddp_round.global_step(ctx, study, model, secret, r, frame)
+            res = None
+        else:
+            res = poisoning.decrypt(ctx, study, secret, r, frame, downloaded=got is None)
+            model = trainer.apply_update(model, np.asarray(res.mean_update, dtype=np.float64))
         sha = model_sha256(model)
         ctx.ledger.put_global_model(sid, r, flatten(model), sha)
         log.info("study %s round %s: global model from %s contributor(s), sha256 %s", sid, r,

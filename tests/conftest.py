@@ -104,6 +104,12 @@ def chunked_stack(require_postgres_redis, request):
 
 
 @pytest.fixture
+def ddp_stack(require_postgres_redis, request):
+    """The stack with short secure-aggregation stage times (distributed-DP studies)."""
+    yield from _running_stack(require_postgres_redis, request, extra_env={"FEDPLATFORM_SECAGG_STAGE_S": "15"})
+
+
+@pytest.fixture
 def stack(require_postgres_redis, request):
     """A platform web server (gunicorn) and a Celery worker (with beat) on the test database."""
     yield from _running_stack(require_postgres_redis, request)

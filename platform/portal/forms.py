@@ -107,13 +107,20 @@ class StudyForm(forms.Form):
     settings = forms.ChoiceField(required=False, initial="manual", label="Training settings",
                                  choices=[("manual", "As set here"),
                                           ("auto", "Auto: rounds, epochs, batch, learning rate and clip norm chosen "
-                                                   "from the expected data set sizes (no budget spent on tuning)")])
+                                                   "from the expected data set sizes (no budget spent on tuning)")],
+                                 help_text="Auto ignores the rounds, local epochs, batch size, learning rate and clip "
+                                           "norm typed here and chooses them from the expected local dataset sizes "
+                                           "(Privacy section); the presets above fill the fields in instead.")
     holdout = forms.CharField(required=False, initial=AUTO, max_length=10, label="Local test split",
                               help_text='"auto" (sized per hospital: none under 50 rows, 10 % up to 500, 20 % above) '
                                         "or a fraction of each hospital's rows, 0 to 0.5.")
     local_baseline = forms.ChoiceField(required=False, initial="yes", label="Local-only baseline",
                                        choices=[("yes", "Each hospital compares with its own local-only model "
-                                                        "(inside its budget)"), ("no", "No baseline")])
+                                                        "(inside its budget)"), ("no", "No baseline")],
+                                       help_text="The baseline is trained on the node with the same settings and "
+                                                 "reported with the final round, so each hospital sees what the "
+                                                 "collaboration gained it; its privacy cost counts in the hospital's "
+                                                 "budget.")
     learning_rate = forms.FloatField(min_value=1e-9, max_value=MAX_LEARNING_RATE, initial=0.5)
     epsilon = forms.FloatField(label="ε (epsilon)", min_value=1e-6, max_value=MAX_EPSILON, initial=3.0,
                                help_text="Total privacy budget per hospital over the whole study.")
@@ -227,9 +234,7 @@ class StudyForm(forms.Form):
             d["evaluation"] = validate_evaluation({"holdout": holdout if holdout == AUTO else float(holdout),
                                                    "local_baseline": d.get("local_baseline") != "no"})
         except (SpecError, ValueError) as exc:
-            # a form-level error: the field may not be on the page (the template lists its fields one by one)
-            errors[None] = "Local test split: " + (str(exc) if isinstance(exc, SpecError)
-                                                   else '"auto" or a number between 0 and 0.5')
+            errors["holdout"] = (str(exc) if isinstance(exc, SpecError) else '"auto" or a number between 0 and 0.5')
         if d.get("settings") != "auto" or "model_spec" not in d:
             return
         sizes = [int(t) for t in re.split(r"[,;\s]+", d.get("dataset_sizes") or "") if t.isdigit()]
@@ -241,6 +246,27 @@ class StudyForm(forms.Form):
         d.update(chosen)
         for k in ("rounds", "local_epochs", "batch_size", "learning_rate", "clip_norm"):
             self.errors.pop(k, None)
+
+
+def initial_from_study(study, form: StudyForm, *, name: str | None = None) -> dict:
+    """The new-study form's values for an existing study's definition (editing a draft, cloning)."""
+    enc = {k: e for k, _, e in form.presets}
+    preset = next((k for k, e in enc.items() if e == study.encryption), form.fields["encryption_preset"].initial)
+    holdout = study.evaluation.get("holdout", AUTO)
+    return {"consortium": study.consortium_id, "name": study.name if name is None else name, "purpose": study.purpose,
+            "schema_text": json.dumps(study.schema, indent=2), "task": study.schema.get("task"), "label_column": "",
+            "model_type": study.model_spec["type"], "hidden": ",".join(map(str, study.model_spec.get("hidden", [16]))),
+            "rounds": study.rounds, "local_epochs": study.local_epochs, "batch_size": study.batch_size,
+            "learning_rate": study.learning_rate, "epsilon": study.epsilon, "delta": study.delta,
+            "clip_norm": study.clip_norm, "encryption_preset": preset, "quorum": study.quorum,
+            "round_deadline_s": study.round_deadline_s,
+            "recruitment_days": max(1, study.recruitment_window_s // 86400), "settings": "manual", "holdout": str(holdout),
+            "local_baseline": "yes" if study.evaluation.get("local_baseline", True) else "no",
+            "hospitals": list(study.participations.values_list("hospital_id", flat=True)),
+            "dataset": (study.datasets or {}).get("default", DEFAULT_DATASET),
+            "hospital_datasets": "\n".join(f"{h.name} = {(study.datasets or {}).get('hospitals', {})[str(h.pk)]}"
+                                            for h in Hospital.objects.filter(pk__in=[int(k) for k in (
+                                                study.datasets or {}).get("hospitals", {})]).order_by("name"))}
 
 
 class HospitalForm(forms.Form):

@@ -103,3 +103,18 @@ def trail_events(scope: TrailScope) -> QuerySet[AuditEvent]:
     if scope.consortium_ids is not None:
         qs = qs.filter(consortium_id__in=scope.consortium_ids)
     return qs.order_by("-created_at", "-id")
+
+
+def trail_filter(qs: QuerySet[AuditEvent], *, action: str = "", hospital_id: int | None = None,
+                 since=None, until=None) -> QuerySet[AuditEvent]:
+    """A trail page's filters: event type (``study.edited``, or a family ending in a dot:
+    ``study.``), hospital, and a time range (``since`` inclusive, ``until`` exclusive)."""
+    if action:
+        qs = qs.filter(action__startswith=action) if action.endswith(".") else qs.filter(action=action)
+    if hospital_id is not None:
+        qs = qs.filter(hospital_id=hospital_id)
+    if since is not None:
+        qs = qs.filter(created_at__gte=since)
+    if until is not None:
+        qs = qs.filter(created_at__lt=until)
+    return qs

@@ -9,6 +9,7 @@ app_name = "audit"
 
 urlpatterns = [
     path("trail/", views.trail, name="trail"),
+    path("events/<int:event_id>/", views.event_detail, name="event"),
     path("studies/<int:study_id>/report/", views.study_report, name="study_report"),
     path("studies/<int:study_id>/report.pdf", views.study_report_pdf, name="study_report_pdf"),
     path("studies/<int:study_id>/export.jsonl", views.study_export, name="study_export"),

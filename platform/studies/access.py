@@ -325,3 +325,30 @@ def trail_scope(user, *, study_id: int | None = None, consortium_id: int | None 
     if allowed is not None and not allowed:
         raise PermissionDenied("you audit no consortium")
     return TrailScope(allowed)
+
+
+def trail_hospital(user, scope: TrailScope, hospital_id: int) -> Hospital:
+    """A hospital to filter a trail page by: one of the consortia the page covers, else 404."""
+    qs = Hospital.objects.filter(pk=hospital_id)
+    if scope.study is not None:
+        qs = qs.filter(consortium_id=scope.study.consortium_id)
+    elif scope.consortium_id is not None:
+        qs = qs.filter(consortium_id=scope.consortium_id)
+    elif scope.consortium_ids is not None:
+        qs = qs.filter(consortium_id__in=scope.consortium_ids)
+    h = qs.first()
+    if h is None:
+        raise Http404("no such hospital")
+    return h
+
+
+def check_audit_event(user, event) -> None:
+    """May the user open this audit event's detail page? Events of a consortium the user audits.
+    An unknown event (None), another consortium's event, and a platform event (no consortium) for
+    anyone but a superuser: 404; an event of the user's own consortium without an audit role: 403."""
+    if user.is_superuser and event is not None:
+        return
+    if event is None or event.consortium_id is None or not roles_in(user, event.consortium_id):
+        raise Http404("no such event")
+    if not roles_in(user, event.consortium_id) & AUDIT_ROLES:
+        raise PermissionDenied("only auditors and consortium admins read the audit trail")

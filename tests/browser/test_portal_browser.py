@@ -153,7 +153,10 @@ def test_researcher_runs_a_study_in_the_browser(stack, browser, shots, tmp_path,
     # --- new study form
     page.click("text=+ New study")
     page.wait_for_selector("#privacy-preview table")   # live preview computed by Opacus on the server
-    page.click("[data-preset=pilot]")
+    page.select_option("#id_settings", "auto")
+    page.click("[data-preset=pilot]")           # a preset's values replace auto settings
+    assert page.input_value("#id_settings") == "manual"
+    assert page.input_value("#id_holdout") == "auto" and page.input_value("#id_local_baseline") == "yes"
     page.fill("#id_name", "Breast cancer pilot")
     page.fill("#id_purpose", "Predict malignancy from FNA features without pooling data.")
     page.fill("#id_schema_text", json.dumps(data.schema, indent=1))
@@ -177,6 +180,16 @@ def test_researcher_runs_a_study_in_the_browser(stack, browser, shots, tmp_path,
     assert study.status == Study.Status.DRAFT and study.owner.username == "rita"
     assert page.locator("text=Before you start").is_visible()
     page.screenshot(path=str(shots / "04_study_draft_privacy.png"), full_page=True)
+    # --- edit the draft: the form comes back filled in; saving keeps it a draft
+    page.click("#edit-btn")
+    page.wait_for_selector("#save-draft")
+    assert page.input_value("#id_name") == "Breast cancer pilot" and page.input_value("#id_rounds") == "2"
+    page.fill("#id_purpose", "Predict malignancy from FNA features without pooling data (edited).")
+    page.screenshot(path=str(shots / "04a_edit_draft.png"), full_page=True)
+    page.click("#save-draft")
+    page.wait_for_selector("text=Draft saved")
+    study.refresh_from_db()
+    assert study.status == Study.Status.DRAFT and study.purpose.endswith("(edited).") and study.rounds == 2
     _click_and_confirm(page, "#start-btn", "Start recruitment for Breast cancer pilot?")
     page.wait_for_selector("text=Recruitment opened")
     assert Study.objects.get(pk=study.pk).status == Study.Status.RECRUITING

@@ -11,10 +11,10 @@ from devstack.localstack import write_node_config
 from studies import services
 from studies.models import Study
 
-NAMES = ["Alpha Hospital", "Beta Hospital", "Gamma Hospital"]
+NAMES = ["Alpha Hospital", "Beta Hospital", "Gamma Hospital", "Delta Hospital"]
 
 
-def setup_consortium(stack, tmp_path: Path, n: int = 3, *, auto_approve=(True, True, True), max_epsilon: float = 5.0):
+def setup_consortium(stack, tmp_path: Path, n: int = 3, *, auto_approve=(True, True, True, True), max_epsilon: float = 5.0):
     data = breast_cancer_split(tmp_path / "hospitals", NAMES[:n])
     consortium = consortium_create(name=f"Test consortium {time.time_ns()}")
     hospitals, configs = [], []

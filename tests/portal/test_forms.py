@@ -124,3 +124,24 @@ def test_the_recruitment_window_from_the_form_and_the_live_status(world, client)
     assert "Beta Hospital has not answered the invitation" in live
     bad = client.post("/studies/new/", form_data(world, name="Too long", recruitment_days=91))
     assert bad.status_code == 422 and "less than or equal to 90" in bad.content.decode()
+
+
+def test_form_shows_the_settings_evaluation_fields_with_help(world, client):
+    client.force_login(world.users["researcher"])
+    html = client.get("/studies/new/").content.decode()
+    for field, help_words in (("settings", "Auto ignores the rounds"), ("holdout", "10 % up to 500"),
+                              ("local_baseline", "what the collaboration gained")):
+        assert f'name="{field}"' in html and f'<label for="id_{field}">' in html, field
+        assert help_words in html, field
+    assert '<option value="auto">Auto: rounds' in html and '<option value="no">No baseline' in html
+    assert "<legend>Evaluation (on each hospital's own rows)</legend>" in html
+
+
+def test_holdout_error_is_shown_at_its_field_and_the_form_keeps_the_choices(world, client):
+    client.force_login(world.users["researcher"])
+    r = client.post("/studies/new/", form_data(world, holdout="0.7", local_baseline="no", settings="manual"))
+    html = r.content.decode()
+    assert r.status_code == 422
+    field = html[html.index('<label for="id_holdout">') - 200:html.index('<label for="id_local_baseline">')]
+    assert "has-error" in field and "between 0 and 0.5" in field and 'value="0.7"' in field
+    assert '<option value="no" selected>No baseline' in html

@@ -17,7 +17,6 @@ from reports.privacy_model import privacy_model, privacy_model_line
 from studies import services
 from studies.models import Study
 from studies.selectors import study_config
-from studies.services.errors import ServiceError
 
 pytestmark = pytest.mark.django_db
 
@@ -61,10 +60,10 @@ def test_api_validates_distributed_mode_and_records_it_in_the_study(four, client
     study = Study.objects.get(pk=r.json()["id"])
     assert (study.privacy_mode, study.collusion, study.quant_step, study.quorum) == ("distributed", 1, 1 / 1024, 3)
     assert study_config(study)["privacy"] == {**DDP, "accountant": "rdp", "quant_step": 1 / 1024}
-    # not started while the platform does not run the secure-aggregation exchange: a clear 409
+    # the platform serves the secure-aggregation exchange (tests/studies/test_secagg_api.py): it starts
     r = client.post(f"/api/studies/{study.pk}/start")
-    assert r.status_code == 409 and "secure-aggregation" in r.json()["error"]
-    assert Study.objects.get(pk=study.pk).status == Study.Status.DRAFT
+    assert r.status_code == 200, r.content
+    assert Study.objects.get(pk=study.pk).status == Study.Status.RECRUITING
 
 
 def test_local_mode_is_the_default_and_its_wire_form_is_unchanged(four):
@@ -109,5 +108,3 @@ def test_a_stored_study_whose_plan_no_longer_holds_says_so(four):
     study.refresh_from_db()
     assert privacy_model(study)["epsilon"] is None
     assert "no noise plan" in privacy_model_line(study)
-    with pytest.raises(ServiceError):
-        services.study_open_recruitment(study=study, actor="test")

@@ -18,6 +18,7 @@ from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from audit.services import actor_label
+from consortia.models import Consortium
 from fedproto.codec import get_codec
 from fedproto.errors import SpecError
 from fedproto.study import MAX_BATCH_SIZE, MAX_LOCAL_EPOCHS, MAX_ROUNDS, Privacy
@@ -26,7 +27,7 @@ from studies.benefit import benefit_rows, benefit_summary
 from studies.models import Participation, PrivacySpend, Round, RoundReport, Study, TrainingJob
 
 from .. import charts, noise_preview
-from ..forms import STUDY_PRESETS, StudyForm
+from ..forms import STUDY_PRESETS, StudyForm, initial_from_study
 
 LIVE_STATUSES = {Study.Status.RECRUITING, Study.Status.RUNNING, Study.Status.PAUSED}
 
@@ -65,6 +66,36 @@ def _draft_step(request, consortia) -> tuple[StudyForm, dict]:
     return StudyForm(initial=initial, consortia=consortia), ctx
 
 
+def _definition(d: dict) -> dict:
+    """The service arguments of a valid StudyForm (study_create and study_update)."""
+    return dict(name=d["name"], purpose=d["purpose"], hospitals=list(d["hospitals"]), schema=d["schema"],
+                model_spec=d["model_spec"], rounds=d["rounds"], local_epochs=d["local_epochs"],
+                batch_size=d["batch_size"], learning_rate=d["learning_rate"],
+                privacy={"epsilon": d["epsilon"], "delta": d["delta"], "clip_norm": d["clip_norm"]},
+                encryption=d["encryption"], quorum=d["quorum"], round_deadline_s=d["round_deadline_s"],
+                evaluation=d["evaluation"], datasets=d["datasets"],
+                recruitment_window_s=(d.get("recruitment_days") or 7) * 24 * 3600)
+
+
+def _to_study_page(study, d: dict):
+    sizes = noise_preview.parse_sizes(d.get("dataset_sizes"))
+    return redirect(reverse("portal:study", args=[study.pk]) + "?sizes=" + ",".join(map(str, sizes)))
+
+
+def _clone_source(request) -> Study | None:
+    """The study a cloned definition came from (hidden field ``cloned_from``): one the user manages,
+    else 404 (another consortium's study) or 403, like opening its clone page."""
+    raw = request.POST.get("cloned_from", "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit():
+        raise Http404("no such study")
+    scope = access.study_scope(request.user, int(raw))
+    if not scope.can_manage:
+        raise PermissionDenied("only researchers and consortium admins clone studies")
+    return scope.study
+
+
 @login_required
 @require_http_methods(["GET", "POST"])
 @csrf_protect
@@ -72,32 +103,84 @@ def _study_new(request):
     consortia = access.consortia_with_role(request.user, access.MANAGE_STUDY_ROLES)
     if not consortia.exists():
         raise PermissionDenied("only researchers and consortium admins define studies")
+    source = _clone_source(request) if request.method == "POST" else None
+    extra = {"cloned_from": source} if source else {}
     if request.method == "POST" and "draft_schema" in request.POST:
         form, draft_ctx = _draft_step(request, consortia)
-        return _render_new(request, form, draft_ctx, 422 if "draft_error" in draft_ctx else 200)
+        return _render_new(request, form, {**extra, **draft_ctx}, 422 if "draft_error" in draft_ctx else 200)
     form = StudyForm(request.POST or None, consortia=consortia)
     status = 200
     if request.method == "POST":
         if form.is_valid():
             d = form.cleaned_data
             try:
-                study = services.study_create(
-                    consortium=d["consortium"], name=d["name"], purpose=d["purpose"], hospitals=list(d["hospitals"]),
-                    schema=d["schema"], model_spec=d["model_spec"], rounds=d["rounds"], local_epochs=d["local_epochs"],
-                    batch_size=d["batch_size"], learning_rate=d["learning_rate"],
-                    privacy={"epsilon": d["epsilon"], "delta": d["delta"], "clip_norm": d["clip_norm"]},
-                    encryption=d["encryption"], quorum=d["quorum"], round_deadline_s=d["round_deadline_s"],
-                    recruitment_window_s=(d["recruitment_days"] or 7) * 24 * 3600,
-                    owner=request.user, evaluation=d["evaluation"], datasets=d["datasets"],
-                    actor=actor_label(user=request.user))
+                study = services.study_create(consortium=d["consortium"], owner=request.user, cloned_from=source,
+                                              actor=actor_label(user=request.user), **_definition(d))
             except SpecError as exc:
                 form.add_error(None, str(exc))
             else:
                 messages.success(request, "Study created as a draft. Check what the privacy budget implies, then start it.")
-                sizes = noise_preview.parse_sizes(d.get("dataset_sizes"))
-                return redirect(reverse("portal:study", args=[study.pk]) + "?sizes=" + ",".join(map(str, sizes)))
+                return _to_study_page(study, d)
         status = 422
-    return _render_new(request, form, {}, status)
+    return _render_new(request, form, extra, status)
+
+
+@login_required
+@require_GET
+def study_clone(request, study_id: int):
+    """The new-study form filled in with an existing study's definition (any status); nothing is
+    created until the researcher presses Create (POST /studies/new/ with ``cloned_from``)."""
+    scope = access.study_scope(request.user, study_id)
+    if not scope.can_manage:
+        raise PermissionDenied("only researchers and consortium admins clone studies")
+    consortia = access.consortia_with_role(request.user, access.MANAGE_STUDY_ROLES)
+    form = StudyForm(consortia=consortia)
+    form = StudyForm(initial=initial_from_study(scope.study, form, name=f"Copy of {scope.study.name}"[:200]),
+                     consortia=consortia)
+    return _render_new(request, form, {"cloned_from": scope.study}, 200)
+
+
+@csrf_exempt  # only so that the upload handler can be set before the body is read; _study_edit checks CSRF
+def study_edit(request, study_id: int):
+    request.upload_handlers = [schema_draft.SampleUploadHandler(request)]
+    return _study_edit(request, study_id)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+@csrf_protect
+def _study_edit(request, study_id: int):
+    """Edit a draft with the new-study form (services.study_update, audited as study.edited)."""
+    scope = access.study_scope(request.user, study_id)
+    if not scope.can_manage:
+        raise PermissionDenied("only researchers and consortium admins edit studies")
+    study = scope.study
+    if study.status != Study.Status.DRAFT:
+        messages.error(request, f"This study is {study.status}: only a draft can be edited. Clone it into a new draft "
+                                "to change its definition.")
+        return redirect("portal:study", study_id=study.pk)
+    consortia = Consortium.objects.filter(pk=study.consortium_id)
+    extra = {"editing": study}
+    if request.method == "POST" and "draft_schema" in request.POST:
+        form, draft_ctx = _draft_step(request, consortia)
+        return _render_new(request, form, {**extra, **draft_ctx}, 422 if "draft_error" in draft_ctx else 200)
+    if request.method == "GET":
+        form = StudyForm(consortia=consortia)
+        return _render_new(request, StudyForm(initial=initial_from_study(study, form), consortia=consortia), extra, 200)
+    form = StudyForm(request.POST, consortia=consortia)
+    if form.is_valid():
+        d = form.cleaned_data
+        try:
+            services.study_update(study=study, actor=actor_label(user=request.user), **_definition(d))
+        except SpecError as exc:
+            form.add_error(None, str(exc))
+        except services.ServiceError as exc:
+            form.add_error(None, str(exc))
+            return _render_new(request, form, extra, 409)
+        else:
+            messages.success(request, "Draft saved. Check what the privacy budget implies, then start it.")
+            return _to_study_page(study, d)
+    return _render_new(request, form, extra, 422)
 
 
 def _render_new(request, form: StudyForm, extra: dict, status: int):

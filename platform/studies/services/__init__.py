@@ -29,6 +29,7 @@ from .lifecycle import (
                         study_open_recruitment,
                         study_pause,
                         study_resume,
+                        study_update,
 )
 from .platform_clock import platform_away, platform_beat
 from .poisoning import poison_report_record, round_upload, round_uploads
@@ -51,7 +52,7 @@ __all__ = [
     "missing_chunks", "participation_decide", "participation_withdraw", "platform_away", "platform_beat", "poison_report_record",
     "privacy_spend_record", "release_override", "release_rerun_evaluation", "release_resolution_refused",
     "require_approved", "round_aggregate", "round_aggregate_chunk", "round_open", "round_report_record",
-    "round_try_close", "round_upload", "round_uploads", "sealed_key_fetch", "sealed_keys_store", "study_advance",
+    "round_try_close", "round_upload", "round_uploads", "sealed_key_fetch", "sealed_keys_store", "study_advance", "study_update",
     "study_cancel", "study_create", "study_fail", "study_open_recruitment", "study_pause", "study_resume",
     "update_accept",
 ]

@@ -37,19 +37,12 @@ TERMINAL = {Study.Status.COMPLETED, Study.Status.FAILED, Study.Status.CANCELLED}
 
 # ---------------------------------------------------------------- study definition
 
-def study_create(*, consortium: Consortium, name: str, hospitals: Iterable[Hospital], schema: dict,
-                 model_spec: dict, rounds: int, local_epochs: int, batch_size: int, learning_rate: float,
-                 privacy: dict, encryption: dict, quorum: int, round_deadline_s: int, owner=None,
-                 purpose: str = "", seed: int | None = None, evaluation: dict | None = None,
-                 datasets: dict | str | None = None, recruitment_window_s: int = DEFAULT_RECRUITMENT_WINDOW_S,
-                 actor: str = "system") -> Study:
-    """Define a study (a draft). Its definition is checked by fedproto.study.validate_study, the one
-    owner of a study's bounds (the node parses what it receives with the same rules)."""
-    hospitals = list(hospitals)
-    if not (isinstance(recruitment_window_s, int) and not isinstance(recruitment_window_s, bool)
-            and MIN_RECRUITMENT_WINDOW_S <= recruitment_window_s <= MAX_RECRUITMENT_WINDOW_S):
-        raise SpecError(f"recruitment_window_s must be a whole number of seconds from {MIN_RECRUITMENT_WINDOW_S} to "
-                        f"{MAX_RECRUITMENT_WINDOW_S} (90 days), not {recruitment_window_s!r}")
+def _validated_definition(*, consortium: Consortium, name: str, hospitals: list[Hospital], schema: dict,
+                          model_spec: dict, rounds: int, local_epochs: int, batch_size: int, learning_rate: float,
+                          privacy: dict, encryption: dict, quorum: int, round_deadline_s: int, seed: int | None,
+                          evaluation: dict | None, datasets: dict | str | None):
+    """A study definition checked by fedproto.study.validate_study, the one owner of a study's
+    bounds (the node parses what it receives with the same rules), and its invited hospitals."""
     foreign = [h.name for h in hospitals if h.consortium_id != consortium.pk]
     if foreign:
         raise SpecError(f"hospital(s) {foreign} are not members of consortium {consortium.name}")
@@ -65,36 +58,105 @@ def study_create(*, consortium: Consortium, name: str, hospitals: Iterable[Hospi
     strangers = sorted(set(hospital_ids(cfg.datasets)) - {h.pk for h in hospitals})
     if strangers:
         raise SpecError(f"datasets.hospitals names hospital(s) {strangers[:10]} that the study does not invite")
+    return cfg
+
+
+def _definition_fields(cfg) -> dict:
+    return dict(name=cfg.name, schema=cfg.schema, model_spec=cfg.model, rounds=cfg.rounds,
+                local_epochs=cfg.local_epochs, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
+                epsilon=cfg.privacy.epsilon, delta=cfg.privacy.delta, clip_norm=cfg.privacy.clip_norm,
+                accountant=cfg.privacy.accountant, privacy_mode=cfg.privacy.mode, collusion=cfg.privacy.collusion,
+                quant_step=cfg.privacy.quant_step, encryption=cfg.encryption, quorum=cfg.quorum,
+                round_deadline_s=cfg.round_deadline_s, seed=cfg.seed, n_params=cfg.n_params,
+                evaluation=cfg.evaluation, datasets=cfg.datasets)
+
+
+def _check_recruitment_window(recruitment_window_s) -> int:
+    if not (isinstance(recruitment_window_s, int) and not isinstance(recruitment_window_s, bool)
+            and MIN_RECRUITMENT_WINDOW_S <= recruitment_window_s <= MAX_RECRUITMENT_WINDOW_S):
+        raise SpecError(f"recruitment_window_s must be a whole number of seconds from {MIN_RECRUITMENT_WINDOW_S} to "
+                        f"{MAX_RECRUITMENT_WINDOW_S} (90 days), not {recruitment_window_s!r}")
+    return recruitment_window_s
+
+
+def _name_taken(consortium: Consortium, name: str, *, other_than: int | None = None) -> None:
+    if Study.objects.filter(consortium=consortium, name=name).exclude(pk=other_than).exists():
+        raise SpecError(f"a study named {name!r} already exists in this consortium; choose another name")
+
+
+def study_create(*, consortium: Consortium, name: str, hospitals: Iterable[Hospital], schema: dict,
+                 model_spec: dict, rounds: int, local_epochs: int, batch_size: int, learning_rate: float,
+                 privacy: dict, encryption: dict, quorum: int, round_deadline_s: int, owner=None,
+                 purpose: str = "", seed: int | None = None, evaluation: dict | None = None,
+                 datasets: dict | str | None = None, actor: str = "system",
+                 cloned_from: Study | None = None,
+                 recruitment_window_s: int = DEFAULT_RECRUITMENT_WINDOW_S) -> Study:
+    """Define a study (a draft); ``cloned_from``: the study whose definition it started from (in
+    the audit event)."""
+    hospitals = list(hospitals)
+    _check_recruitment_window(recruitment_window_s)
+    cfg = _validated_definition(consortium=consortium, name=name, hospitals=hospitals, schema=schema,
+                                model_spec=model_spec, rounds=rounds, local_epochs=local_epochs,
+                                batch_size=batch_size, learning_rate=learning_rate, privacy=privacy,
+                                encryption=encryption, quorum=quorum, round_deadline_s=round_deadline_s, seed=seed,
+                                evaluation=evaluation, datasets=datasets)
     with transaction.atomic():
-        if Study.objects.filter(consortium=consortium, name=name).exists():
-            raise SpecError(f"a study named {name!r} already exists in this consortium; choose another name")
-        study = Study.objects.create(
-            consortium=consortium, name=cfg.name, purpose=purpose, owner=owner, schema=cfg.schema,
-            model_spec=cfg.model, rounds=cfg.rounds, local_epochs=cfg.local_epochs, batch_size=cfg.batch_size,
-            learning_rate=cfg.learning_rate, epsilon=cfg.privacy.epsilon, delta=cfg.privacy.delta,
-            clip_norm=cfg.privacy.clip_norm, accountant=cfg.privacy.accountant,
-            privacy_mode=cfg.privacy.mode, collusion=cfg.privacy.collusion, quant_step=cfg.privacy.quant_step,
-            encryption=cfg.encryption,
-            quorum=cfg.quorum, round_deadline_s=cfg.round_deadline_s, seed=cfg.seed, n_params=cfg.n_params,
-            evaluation=cfg.evaluation, datasets=cfg.datasets, recruitment_window_s=recruitment_window_s,
-        )
+        _name_taken(consortium, name)
+        study = Study.objects.create(consortium=consortium, purpose=purpose, owner=owner,
+                                     recruitment_window_s=recruitment_window_s, **_definition_fields(cfg))
         for h in hospitals:
             Participation.objects.create(study=study, hospital=h)
+        extra = {} if cloned_from is None else {"cloned_from": {"id": cloned_from.pk, "name": cloned_from.name}}
         _study_audit(study, "study.created", actor, data={"config": study_config(study),
                                                           "invited": [h.name for h in hospitals],
-                                                          "recruitment_window_s": recruitment_window_s})
+                                                          "recruitment_window_s": recruitment_window_s, **extra})
     return study
+
+
+def study_update(*, study: Study, name: str, hospitals: Iterable[Hospital], schema: dict, model_spec: dict,
+                 rounds: int, local_epochs: int, batch_size: int, learning_rate: float, privacy: dict,
+                 encryption: dict, quorum: int, round_deadline_s: int, purpose: str = "",
+                 evaluation: dict | None = None, datasets: dict | str | None = None,
+                 actor: str = "system", recruitment_window_s: int | None = None) -> Study:
+    """Edit a draft's definition (same checks as study_create; its consortium, owner and seed stay):
+    the invited hospitals are replaced by ``hospitals``. Audited as study.edited with the changed
+    keys, the definition before and after. Anything but a draft: wrong_state (409)."""
+    hospitals = list(hospitals)
+    if recruitment_window_s is not None:
+        _check_recruitment_window(recruitment_window_s)
+    cfg = _validated_definition(consortium=study.consortium, name=name, hospitals=hospitals, schema=schema,
+                                model_spec=model_spec, rounds=rounds, local_epochs=local_epochs,
+                                batch_size=batch_size, learning_rate=learning_rate, privacy=privacy,
+                                encryption=encryption, quorum=quorum, round_deadline_s=round_deadline_s,
+                                seed=study.seed, evaluation=evaluation, datasets=datasets)
+    with transaction.atomic():
+        s = Study.objects.select_for_update().get(pk=study.pk)
+        if s.status != Study.Status.DRAFT:
+            raise ServiceError(f"study is {s.status}; only a draft can be edited (clone it into a new draft instead)",
+                               code="wrong_state")
+        _name_taken(s.consortium, name, other_than=s.pk)
+        before = {"config": study_config(s), "purpose": s.purpose,
+                  "invited": sorted(s.participations.values_list("hospital__name", flat=True))}
+        for k, v in _definition_fields(cfg).items():
+            setattr(s, k, v)
+        s.purpose = purpose
+        if recruitment_window_s is not None:
+            s.recruitment_window_s = recruitment_window_s
+        s.save()
+        s.participations.exclude(hospital__in=hospitals).delete()
+        for h in hospitals:
+            Participation.objects.get_or_create(study=s, hospital=h)
+        after = {"config": study_config(s), "purpose": s.purpose, "invited": sorted(h.name for h in hospitals)}
+        changed = sorted({k for k in after["config"] if after["config"].get(k) != before["config"].get(k)}
+                         | {k for k in ("purpose", "invited") if after[k] != before[k]})
+        _study_audit(s, "study.edited", actor, data={"changed": changed, "before": before, "after": after})
+    return s
 
 
 def study_open_recruitment(*, study: Study, actor: str) -> Study:
     """draft -> recruiting: invitations become visible to the hospitals."""
-    if study.privacy_mode == "distributed":
-        # The nodes' secure-aggregation round exchange (mask keys, sealed shares, unmasking) is not
-        # served yet (docs/privacy.md, "What remains to integrate"): such a study would stall.
-        raise ServiceError("distributed-DP studies cannot run yet: this platform does not serve the secure-aggregation "
-                           "round exchange (docs/privacy.md); define the study with privacy mode local",
-                           code="unsupported", status=409)
     with transaction.atomic():
+        study = Study.objects.get(pk=study.pk)
         deadline = timezone.now() + timedelta(seconds=study.recruitment_window_s)
         n = Study.objects.filter(pk=study.pk, status=Study.Status.DRAFT).update(status=Study.Status.RECRUITING,
                                                                                  recruitment_deadline=deadline)

@@ -49,6 +49,7 @@
           var el = form.elements[k];
           if (el && k !== "label") el.value = p[k];
         });
+        if (form.elements.settings) form.elements.settings.value = "manual";  // a preset's values, not auto
         refresh();
       });
     });
