@@ -102,7 +102,8 @@ def summary_table(res: list[dict]) -> str:
 
 
 def own_rows_table(res: list[dict]) -> str:
-    lines = ["| data set | K | mean own-rows AUC: local-only ε 1 | local DP ε 1 | distributed ε 1 | hospitals where local DP beats "
+    lines = ["| data set | K | mean own-rows AUC: local-only ε 1 | local DP ε 1 | distributed ε 1 | "
+             "hospitals where local DP beats "
              "local-only | hospitals where distributed beats local-only | σ per hospital (local DP) | "
              "noise multiplier of the sum (distributed, Q = K / Q = thr.) | honest shares (Q = K / thr.) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
