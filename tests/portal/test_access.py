@@ -23,7 +23,7 @@ PREVIEW = "/studies/privacy-preview/?epsilon=1&delta=1e-5&batch_size=32&rounds=2
 GET_MATRIX = {
     "/":                              [200, 200, 200, 200, 200, 200, 200],
     "/hospitals/":                    [200, 200, 200, 200, 200, 200, 200],
-    "/hospitals/{h1}/":               [200, 403, 403, 200, 404, 404, 404],
+    "/hospitals/{h1}/":               [200, 403, 200, 200, 404, 404, 404],   # auditors read it (privacy spend)
     "/hospitals/{h3}/":               [404, 404, 404, 404, 404, 403, 200],
     "/studies/new/":                  [200, 200, 403, 403, 403, 200, 403],
     PREVIEW:                          [200, 200, 403, 403, 403, 200, 403],
