@@ -237,7 +237,8 @@ def test_researcher_runs_a_study_in_the_browser(stack, browser, shots, tmp_path,
         _wait_js(page, f"document.querySelector('{img}').complete && "
                        f"document.querySelector('{img}').naturalWidth > 0")
     svg = page.request.get(f"{base}/studies/{study.pk}/charts/metrics.svg").text()
-    assert "AUC · Alpha Hospital" in svg and "AUC · Beta Hospital" in svg
+    # The legend names each hospital once (colour and marker) and each metric once (line style).
+    assert ">Alpha Hospital</text>" in svg and ">Beta Hospital</text>" in svg and ">AUC</text>" in svg
     svg = page.request.get(f"{base}/studies/{study.pk}/charts/privacy.svg").text()
     assert "study budget" in svg
     assert page.locator("ol.rounds li.rs-done").count() == 2
