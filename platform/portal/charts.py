@@ -123,7 +123,7 @@ def privacy_chart(spends: list[dict], *, budget: float, rounds_planned: int, cap
             # Hospitals often spend identically (same data size): later lines are thinner so earlier
             # ones show, and their markers sit on other rounds.
             ax.plot(xs, ys, "-", marker=MARKERS[i % len(MARKERS)], markevery=_markevery(len(xs), i),
-                    markersize=max(4, 8 - i), linewidth=max(1.0, 3.2 - 0.6 * i), alpha=0.9,
+                    markersize=max(3.5, 9 - 2.5 * i), linewidth=max(1.0, 4.0 - 1.0 * i), alpha=0.9,
                     color=COLORS[i % len(COLORS)], label=h)
             ymax = max(ymax, max(p[1] for p in pts))
             cap = caps.get(h)
