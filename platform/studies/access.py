@@ -12,6 +12,9 @@ Rules:
   the audit trail and export chains; researchers also read the study audit report.
 - The final model is for the study's researchers, admins, auditors and the hospitals that approved
   the study (a hospital that declined does not get it).
+- The model card is what the study publishes with its released model: every viewer who sees the
+  study reads the same card, every approved site's final-round scores and privacy spend included
+  (``model_card_study``); before the release it has no per-hospital rows for anyone.
 - Auditors read; they never change state. Superusers hold every role everywhere.
 - A hospital's page (node state, admins, privacy spend across studies) is for the consortium
   admins, the consortium's auditors and that hospital's own admins; it lists the studies the
@@ -239,6 +242,13 @@ def study_scope(user, study_id: int) -> StudyScope:
     """The study if the user may see it (else 404), with what they may see and do in it."""
     study = get_object_or_404(visible_studies(user).select_related("consortium", "owner", "custodian"), pk=study_id)
     return scope_for(user, study)
+
+
+def model_card_study(user, study_id: int) -> Study:
+    """The study whose model card the user reads: anyone who sees the study (else 404). The card
+    (studies.model_card) does not depend on the viewer: a hospital admin reads the same rows for
+    every site as a consortium admin, unlike the study page's per-hospital views."""
+    return study_scope(user, study_id).study
 
 
 # ---------------------------------------------------------------- hospitals and invitations

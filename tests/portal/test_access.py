@@ -102,6 +102,8 @@ def test_lists_do_not_leak(world, client):
     # Inside a shared study a hospital admin sees only their own hospital's participation.
     html = client.get(f"/studies/{world.both.pk}/").content.decode()
     assert "Alpha Hospital" in html and "Beta Hospital" not in html
+    # The model card is the same for every viewer; before the release it has no per-hospital rows
+    # (test_model_card.py: after it, every viewer reads every site's rows).
     html = client.get(f"/studies/{world.both.pk}/model-card/").content.decode()
     assert "Beta Hospital" not in html
     client.logout()
