@@ -195,7 +195,7 @@ def round_cost(study, codec, secret, k: int, reps: int) -> None:
     tb = base["unmask"] + base["sum"] + base["correction"] + base["key_holder"]
     td = drop["unmask"] + drop["sum"] + drop["correction"] + drop["key_holder"]
     print(f"  {'round after the uploads (all of the above)':46s} {tb:8.2f} {td:8.2f}  x{td / tb:.2f} "
-          f"(+{td - tb:.2f} ms with one of {k} dropped)")
+          f"({td - tb:+.2f} ms with one of {k} dropped)")
 
 
 def main(argv=None) -> int:

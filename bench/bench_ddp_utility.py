@@ -62,7 +62,7 @@ def run_task(name: str, seeds: int) -> dict:
     q_min = min_threshold(k, utility_ddp.COLLUSION)
     rows: dict[str, list] = {key: [] for key in ("ldp1", "ldp2", "ddp", "ddp_min", "local", "central")}
     own: dict[str, list] = {key: [] for key in ("ldp1", "ddp", "local")}
-    n_train, info = None, {}
+    n_train, declared, info = None, [], {}
     for seed in range(seeds):
         hosp = utility_data.hospitals(task, seed=seed)
         l1 = utility_sim.run_one(AUTO, hosp, epsilon=1.0, seed=seed)
@@ -79,12 +79,13 @@ def run_task(name: str, seeds: int) -> dict:
         own["ddp"].append(d["fed_own"])
         own["local"].append(l1["local_own"])
         n_train = l1["n_train"]
-        info = {"ldp_sigma": l1["sigmas"], "ddp_nm": d["central_nm"], "ddp_min_nm": dm["central_nm"],
+        declared = [len(h.y_node) for h in hosp]
+        info = {"ldp_sigma": l1["sigmas"], "ddp_nm": d["sum_nm"], "ddp_min_nm": dm["sum_nm"], "guaranteed_nm": d["central_nm"],
                 "honest": d["honest"], "honest_min": dm["honest"], "q_min": q_min}
     loc = np.array(rows["local"])  # [seeds, hospitals]
     rows["best_local"] = list(loc[:, int(np.argmax(loc.mean(axis=0)))])
     return {"name": name, "k": k, "task": task, "rows": rows, "own": {k_: np.array(v) for k_, v in own.items()},
-            "n_train": n_train, "info": info}
+            "n_train": n_train, "declared": declared, "info": info}
 
 
 def summary_table(res: list[dict]) -> str:
@@ -101,12 +102,25 @@ def summary_table(res: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def noise_ratio(r: dict, sum_nm: float) -> float:
+    """Standard deviation of the noise in the global step, distributed over local DP at epsilon 1.
+    Local: the codec's mean of the K updates weighted by n_i, hospital i's DP-SGD noise sigma_i C / n_i
+    -> C sqrt(sum sigma_i^2) / sum n_i. Distributed: C sum_nm / (K N), N = batch_size (the mean
+    declared size; training rows are fewer by the node's local split, hence the sizes here)."""
+    i, n = r["info"], np.asarray(r["n_train"], dtype=float)
+    local = np.sqrt(np.sum(np.square(i["ldp_sigma"]))) / n.sum()
+    declared = np.mean(r["declared"])
+    return float(sum_nm / (len(n) * declared) / local)
+
+
 def own_rows_table(res: list[dict]) -> str:
     lines = ["| data set | K | mean own-rows AUC: local-only ε 1 | local DP ε 1 | distributed ε 1 | "
              "hospitals where local DP beats "
              "local-only | hospitals where distributed beats local-only | σ per hospital (local DP) | "
-             "noise multiplier of the sum (distributed, Q = K / Q = thr.) | honest shares (Q = K / thr.) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "noise multiplier of the released sum, K shares (distributed, Q = K / Q = thr.) | of which guaranteed "
+             "(Q − T honest shares) | honest shares (Q = K / thr.) | noise of the mean update, distributed / local "
+             "(Q = K / thr.) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res:
         o, i = r["own"], r["info"]
         lo, l1, dd = (np.nanmean(o[key], axis=0) for key in ("local", "ldp1", "ddp"))  # per hospital, over seeds
@@ -114,7 +128,8 @@ def own_rows_table(res: list[dict]) -> str:
         lines.append(f"| {r['name']} | {r['k']} | {np.nanmean(lo):.3f} | {np.nanmean(l1):.3f} | {np.nanmean(dd):.3f} | "
                      f"{int(np.sum(l1[ok] > lo[ok]))} of {int(ok.sum())} | {int(np.sum(dd[ok] > lo[ok]))} of {int(ok.sum())} | "
                      f"{min(i['ldp_sigma']):.1f}-{max(i['ldp_sigma']):.1f} | {i['ddp_nm']:.2f} / {i['ddp_min_nm']:.2f} | "
-                     f"{i['honest']} / {i['honest_min']} (Q = {i['q_min']}) |")
+                     f"{i['guaranteed_nm']:.2f} | {i['honest']} / {i['honest_min']} (Q = {i['q_min']}) | "
+                     f"{noise_ratio(r, i['ddp_nm']):.2f} / {noise_ratio(r, i['ddp_min_nm']):.2f} |")
     return "\n".join(lines)
 
 

@@ -170,8 +170,11 @@ def hospitals(task: Task, *, seed: int, test_fraction: float = 0.3) -> list[Hosp
         idx = np.flatnonzero(task.group == name)
         if task.max_rows and len(idx) > task.max_rows[i]:
             idx = np.sort(rng.choice(idx, size=task.max_rows[i], replace=False))
+        # stratified by the label, unless a class has a single row (a small subset of a young age band
+        # with a rare endpoint, flchain_bands): then a plain random split
+        strat = task.y[idx] if np.bincount(task.y[idx].astype(np.int64), minlength=2).min() >= 2 else None
         node, test = train_test_split(idx, test_size=test_fraction, random_state=int(rng.integers(2**31)),
-                                      stratify=task.y[idx])
+                                      stratify=strat)
         out.append(Hospital(name, X[node], task.y[node], X[test], task.y[test]))
     return out
 

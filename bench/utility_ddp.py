@@ -104,4 +104,6 @@ def run_one(hosp: list[Hospital], *, epsilon: float, seed: int, quorum: int | No
     own, pooled_auc = utility_sim.aucs(utility_sim.scores(model, sites), hosp)
     return {"fed_own": own, "fed_pooled": pooled_auc, "local_sigma": plan.local_sigma,
             "central_nm": plan.central_sigma / plan.l2_sensitivity, "honest": plan.honest_shares,
+            # what the released sum carries with all K shares in it (the guarantee counts only Q - T)
+            "sum_nm": plan.local_sigma * len(hosp) ** 0.5 / plan.l2_sensitivity,
             "epsilon": plan.epsilon}
