@@ -139,7 +139,7 @@ def test_researcher_runs_a_study_in_the_browser(stack, browser, shots, tmp_path,
     page.fill("input[name=username]", "rita")
     page.fill("input[name=password]", "not-the-password")
     page.click("button[type=submit]")
-    assert page.locator("text=Wrong username or password").is_visible()
+    page.wait_for_selector("text=Wrong username or password")   # the answer to the POST, not the page before it
     page.screenshot(path=str(shots / "01_login_failed.png"))
     _login(page, base, "rita")
     # Node heartbeats make both nodes online on the dashboard.
