@@ -27,10 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from .dp.accounting import RDP_ORDERS, rdp_to_epsilon
+from .dp.accounting import rdp_to_epsilon
 from .errors import SpecError
 from .schema import DEFAULT_EPSILON_SHARE, DEFAULT_HISTOGRAM_BINS, FEDERATED_STRATEGIES, OTHER, needs_statistics, scaling, validate_schema
 
+
+# The RDP orders of the accountant the nodes and the platform's recomputation use (Opacus'
+# RDPAccountant.DEFAULT_ALPHAS): the statistics round's cost is exactly what the ledger records.
+ACCOUNTANT_ORDERS: tuple[float, ...] = tuple([1 + x / 10.0 for x in range(1, 100)] + [float(a) for a in range(12, 64)])
 
 # A derived standard deviation is at least this share of the declared range: noise can make the
 # variance estimate tiny or negative, and dividing by a tiny scale would blow the inputs up.
@@ -135,7 +139,7 @@ def epsilon_of(noise_std: float, schema: dict[str, Any], delta: float) -> float:
     if not noise_std > 0:
         raise SpecError("the statistics noise must be > 0")
     z2 = (noise_std / sensitivity(schema)) ** 2
-    return rdp_to_epsilon(RDP_ORDERS, [a / (2 * z2) for a in RDP_ORDERS], delta)[0]
+    return rdp_to_epsilon(ACCOUNTANT_ORDERS, [a / (2 * z2) for a in ACCOUNTANT_ORDERS], delta)[0]
 
 
 def noise_for_epsilon(epsilon: float, schema: dict[str, Any], delta: float) -> float:
@@ -319,6 +323,17 @@ def check_total(schema: dict[str, Any], total: np.ndarray, *, n_contributors: in
     if n > n_contributors * cap + SUSPECT_SIGMAS * 2.0 * sigma:
         raise SpecError(f"the statistics count {n:.0f} rows, more than {n_contributors} hospitals of at most {cap} rows "
                         "each can have: a contribution is out of range")
+    slack = SUSPECT_SIGMAS * 2.0 * sigma
+    for name, x in zip(layout(schema)[1:], total[1:].tolist()):
+        if name.endswith(":u"):
+            lo, hi = -n / 2, n / 2  # each row adds v in [-1/2, 1/2]
+        elif name.endswith(":u2"):
+            lo, hi = 0.0, n / 4
+        else:
+            lo, hi = 0.0, n  # counts: at most one per row
+        if not lo - slack <= x <= hi + slack:
+            raise SpecError(f"the statistics sum {name!r} is {x:.4g}, out of range for {n:.0f} rows: a contribution is "
+                            "out of range (a hospital sent values no rows can give)")
     if n < MIN_COUNT_SIGMAS * sigma:
         raise SpecError(f"the statistics count {n:.0f} rows, too few for their noise (std {sigma:.0f} per sum): the "
                         "constants would be noise; raise the statistics' epsilon_share, declare tighter ranges or fix "
