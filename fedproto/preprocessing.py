@@ -29,7 +29,7 @@ import math
 from typing import Any
 
 from .errors import SpecError
-from .schema import encoded_columns, federated_statistics, feature_scaling, label_classes, scaling, validate_schema
+from .schema import encoded_columns, feature_scaling, federated_statistics, label_classes, scaling, validate_schema
 
 FORMAT = "fedproto-preprocessing-1"
 METADATA_KEY = "fedproto.preprocessing"

@@ -29,8 +29,15 @@ import numpy as np
 
 from .dp.accounting import rdp_to_epsilon
 from .errors import SpecError
-from .schema import DEFAULT_EPSILON_SHARE, DEFAULT_HISTOGRAM_BINS, FEDERATED_STRATEGIES, OTHER, needs_statistics, scaling, validate_schema
-
+from .schema import (
+    DEFAULT_EPSILON_SHARE,
+    DEFAULT_HISTOGRAM_BINS,
+    FEDERATED_STRATEGIES,
+    OTHER,
+    needs_statistics,
+    scaling,
+    validate_schema,
+)
 
 # The RDP orders of the accountant the nodes and the platform's recomputation use (Opacus'
 # RDPAccountant.DEFAULT_ALPHAS): the statistics round's cost is exactly what the ledger records.
@@ -350,4 +357,5 @@ def document_sha256(doc: dict[str, Any]) -> str:
 
 
 __all__ = ["STATISTICS_ROUND", "check_total", "codec_scale", "contribution", "derive", "document_sha256", "enabled",
-           "epsilon_share", "from_codec", "noise_multiplier", "round_length", "spend_entry", "epsilon_of", "layout", "local_vector", "noise_for_epsilon", "noisy_vector", "sensitivity"]
+           "epsilon_of", "epsilon_share", "from_codec", "layout", "local_vector", "noise_for_epsilon", "noise_multiplier",
+           "noisy_vector", "round_length", "sensitivity", "spend_entry"]

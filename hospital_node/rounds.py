@@ -21,6 +21,7 @@ from torch import nn
 
 from fedproto.codec import get_codec
 from fedproto.statistics import STATISTICS_ROUND
+from fedproto.statistics import enabled as statistics_enabled
 from fedproto.study import StudyConfig
 from fedproto.wire import pack_parts
 
@@ -49,7 +50,7 @@ def on_train(ctx: NodeContext, item: dict[str, Any], study: StudyConfig) -> None
     if study.privacy.distributed:  # secure aggregation, one noised gradient sum per round
         ddp_round.on_train(ctx, item, study, global_model=global_model, deliver=deliver)
         return
-    if int(item["round"]) == STATISTICS_ROUND:  # the statistics round before training
+    if int(item["round"]) == STATISTICS_ROUND and statistics_enabled(study.schema):  # the statistics round
         statistics_round.on_train(ctx, item, study, deliver=deliver)
         return
     job_id, round_no = int(item["job_id"]), int(item["round"])
@@ -285,7 +286,7 @@ def _inline_frame(inline: dict | None, sid: int, round_no: int) -> tuple[bytes, 
 
 def on_evaluate(ctx: NodeContext, item: dict[str, Any], study: StudyConfig) -> None:
     sid, round_no = study.study_id, int(item["round"])
-    if round_no == STATISTICS_ROUND:
+    if round_no == STATISTICS_ROUND and statistics_enabled(study.schema):
         statistics_round.on_evaluate(ctx, item, study)
         return
     model = global_model(ctx, study, round_no)

@@ -192,7 +192,7 @@ def done_round(study: Study, number: int) -> Round | None:
 
 
 def study_progress(study: Study) -> dict:
-    done = Round.objects.filter(study=study, status=Round.Status.DONE).count()
+    done = Round.objects.filter(study=study, status=Round.Status.DONE, number__gte=1).count()  # training rounds
     current = Round.objects.filter(study=study).order_by("-number", "-attempt").first()
     return {"status": study.status, "rounds_done": done, "rounds_planned": study.rounds,
             "current_round": current.number if current else None,
