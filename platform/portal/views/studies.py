@@ -253,6 +253,7 @@ def study_detail(request, study_id: int):
            "enc": get_codec(study.encryption["codec"]).describe(study.encryption),
            "has_reports": RoundReport.objects.filter(round__study=study).exists(),
            "release_block": scope.release_block(), "recruitment": scope.recruitment()}
+    ctx["data_preparation"] = selectors.data_preparation(study)
     ctx["benefit"] = benefit_rows(study, scope)
     ctx["benefit_summary"] = benefit_summary(ctx["benefit"])
     if study.status == Study.Status.DRAFT:
