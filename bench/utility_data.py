@@ -133,6 +133,30 @@ def rossi() -> Task:
 
 TASKS: dict[str, Callable[[], Task]] = {"whas500": whas500, "gbsg2": gbsg2, "flchain": flchain, "rossi": rossi}
 
+# Node + test rows of the hospitals of flchain_bands, cycled (70-175 node rows each after the 30 % test split).
+BAND_ROWS = (100, 250, 150, 200, 120)
+
+
+def flchain_bands(k: int) -> Task:
+    """FLCHAIN split finer, for larger consortia: the rows sorted by age (ties by row order) and cut
+    into ``k`` groups of equal count (contiguous age bands, so still non-IID), each hospital a
+    random subset of its band of BAND_ROWS[i mod 5] rows (node + test): small hospitals at any k."""
+    base = flchain()
+    if not 2 <= k <= 40:
+        raise ValueError(f"flchain_bands needs 2 to 40 hospitals, got {k}")
+    age = base.X["age"].to_numpy()
+    rank = np.empty(len(age), dtype=np.int64)
+    rank[np.argsort(age, kind="stable")] = np.arange(len(age))
+    band = rank * k // len(age)
+    lo = [int(age[band == b].min()) for b in range(k)]
+    hi = [int(age[band == b].max()) for b in range(k)]
+    names = [f"{b + 1:02d}:{lo[b]}-{hi[b]}" for b in range(k)]
+    group = np.asarray(names, dtype=object)[band]
+    return Task(f"FLCHAIN-{k}", base.endpoint, f"age rank ({k} hospitals)", base.X, base.y, group,
+                base.notes.split("; each hospital")[0] + f"; {k} equal-count age bands, each hospital a random "
+                f"subset of {min(BAND_ROWS)} to {max(BAND_ROWS)} rows of its band", tuple(names),
+                tuple(BAND_ROWS[i % len(BAND_ROWS)] for i in range(k)))
+
 
 def hospitals(task: Task, *, seed: int, test_fraction: float = 0.3) -> list[Hospital]:
     """Split ``task`` into its hospitals: cap each group at the task's ``max_rows`` (random subset), then
@@ -146,8 +170,11 @@ def hospitals(task: Task, *, seed: int, test_fraction: float = 0.3) -> list[Hosp
         idx = np.flatnonzero(task.group == name)
         if task.max_rows and len(idx) > task.max_rows[i]:
             idx = np.sort(rng.choice(idx, size=task.max_rows[i], replace=False))
+        # stratified by the label, unless a class has a single row (a small subset of a young age band
+        # with a rare endpoint, flchain_bands): then a plain random split
+        strat = task.y[idx] if np.bincount(task.y[idx].astype(np.int64), minlength=2).min() >= 2 else None
         node, test = train_test_split(idx, test_size=test_fraction, random_state=int(rng.integers(2**31)),
-                                      stratify=task.y[idx])
+                                      stratify=strat)
         out.append(Hospital(name, X[node], task.y[node], X[test], task.y[test]))
     return out
 

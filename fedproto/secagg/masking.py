@@ -52,6 +52,29 @@ def add_signed_mask(acc: np.ndarray, seed: bytes, sign: int, modulus: int) -> np
     return add_mod(acc, mask, modulus) if sign > 0 else sub_mod(acc, mask, modulus)
 
 
+def signed_mask_sum(n: int, modulus: int, signed_seeds: Iterable[tuple[bytes, int]],
+                    start: np.ndarray | None = None) -> np.ndarray:
+    """(start + sum_k sign_k PRG(seed_k)) mod modulus, fused: a negative mask enters as t - m (in
+    (0, t]), and the uint64 accumulator is reduced mod t only when one more term could overflow it
+    (every (2^64 - 1) // t terms: 15 for t just below 2^60), not after every mask. Equal, value for
+    value, to chaining add_signed_mask over the same seeds (tests/fedproto/test_secagg.py)."""
+    t = np.uint64(check_modulus(modulus))
+    acc = np.zeros(n, dtype=np.uint64) if start is None else start.astype(np.uint64, copy=True)
+    room = (0xFFFF_FFFF_FFFF_FFFF - (modulus - 1)) // modulus  # terms <= t that fit above a value < t
+    used = 0
+    for seed, sign in signed_seeds:
+        mask = expand_uniform(seed, n, modulus)
+        if sign < 0:
+            np.subtract(t, mask, out=mask)
+        if used == room:
+            acc %= t
+            used = 0
+        acc += mask
+        used += 1
+    acc %= t
+    return acc
+
+
 def pair_sign(me: int, peer: int) -> int:
     """+1 for the hospital with the smaller id, -1 for the other: the pair's masks cancel in a sum."""
     if me == peer:
@@ -63,10 +86,8 @@ def mask_vector(values: np.ndarray, n: int, me: int, self_seed: bytes, pair_seed
                 modulus: int) -> np.ndarray:
     """y = values + PRG(self_seed) + sum_peer sgn(me, peer) PRG(pair_seeds[peer])  (mod modulus)."""
     out = check_vector(values, n, modulus, "update")
-    out = add_signed_mask(out.copy(), self_seed, 1, modulus)
-    for peer in sorted(pair_seeds):
-        out = add_signed_mask(out, pair_seeds[peer], pair_sign(me, peer), modulus)
-    return out
+    signed = [(self_seed, 1)] + [(pair_seeds[peer], pair_sign(me, peer)) for peer in sorted(pair_seeds)]
+    return signed_mask_sum(n, modulus, signed, start=out)
 
 
 def correction(n: int, modulus: int, self_seeds: Iterable[bytes], dropped_pairs: Iterable[tuple[int, int, bytes]]) -> np.ndarray:
@@ -74,11 +95,9 @@ def correction(n: int, modulus: int, self_seeds: Iterable[bytes], dropped_pairs:
 
     ``self_seeds``: the survivors' self-mask seeds; ``dropped_pairs``: (survivor j, dropped i,
     s_ji) for every survivor j and every hospital i that dropped after sharing."""
-    residual = np.zeros(n, dtype=np.uint64)
-    for seed in self_seeds:
-        residual = add_signed_mask(residual, seed, 1, modulus)
-    for survivor, dropped, seed in dropped_pairs:
-        residual = add_signed_mask(residual, seed, pair_sign(survivor, dropped), modulus)
+    signed = [(seed, 1) for seed in self_seeds]
+    signed += [(seed, pair_sign(survivor, dropped)) for survivor, dropped, seed in dropped_pairs]
+    residual = signed_mask_sum(n, modulus, signed)
     return sub_mod(np.zeros(n, dtype=np.uint64), residual, modulus)
 
 

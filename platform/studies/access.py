@@ -12,7 +12,13 @@ Rules:
   the audit trail and export chains; researchers also read the study audit report.
 - The final model is for the study's researchers, admins, auditors and the hospitals that approved
   the study (a hospital that declined does not get it).
+- The model card is what the study publishes with its released model: every viewer who sees the
+  study reads the same card, every approved site's final-round scores and privacy spend included
+  (``model_card_study``); before the release it has no per-hospital rows for anyone.
 - Auditors read; they never change state. Superusers hold every role everywhere.
+- A hospital's page (node state, admins, privacy spend across studies) is for the consortium
+  admins, the consortium's auditors and that hospital's own admins; it lists the studies the
+  viewer may see (``visible_studies``).
 - Consortium admins manage people (invite, change and remove roles) and hospitals; a hospital's
   limits are declared by the consortium admin or that hospital's own admins.
 - Every member may hold personal API tokens: a token acts with its user's roles at each request.
@@ -238,6 +244,13 @@ def study_scope(user, study_id: int) -> StudyScope:
     return scope_for(user, study)
 
 
+def model_card_study(user, study_id: int) -> Study:
+    """The study whose model card the user reads: anyone who sees the study (else 404). The card
+    (studies.model_card) does not depend on the viewer: a hospital admin reads the same rows for
+    every site as a consortium admin, unlike the study page's per-hospital views."""
+    return study_scope(user, study_id).study
+
+
 # ---------------------------------------------------------------- hospitals and invitations
 
 
@@ -257,8 +270,10 @@ def visible_hospitals(user) -> QuerySet[Hospital]:
 
 def hospital_for_admin_page(user, hospital_id: int) -> tuple[Hospital, bool]:
     """A hospital's page and whether the user manages it (tokens, revocation): consortium admins
-    manage, the hospital's own admins read. Other consortium: 404. A hospital admin looking at
-    another hospital: 404 (they do not see other hospitals at all). Same consortium, other role: 403."""
+    manage; the hospital's own admins and the consortium's auditors read (the page shows the
+    hospital's privacy spend across the studies they see: the data-protection officer's view).
+    Other consortium: 404. A hospital admin looking at another hospital: 404 (they do not see
+    other hospitals at all). Same consortium, other role (researchers): 403."""
     h = Hospital.objects.select_related("consortium").filter(pk=hospital_id).first()
     if h is None:
         raise Http404
@@ -266,11 +281,20 @@ def hospital_for_admin_page(user, hospital_id: int) -> tuple[Hospital, bool]:
     if not roles:
         raise Http404
     manage = Role.CONSORTIUM_ADMIN in roles
-    if manage or h.pk in admin_hospital_ids(user) or user.is_superuser:
+    if manage or Role.AUDITOR in roles or h.pk in admin_hospital_ids(user) or user.is_superuser:
         return h, manage
     if roles == {Role.HOSPITAL_ADMIN}:
         raise Http404
     raise PermissionDenied("only the consortium admin and this hospital's admins can open this page")
+
+
+def can_open_hospital_page(user, hospital: Hospital) -> bool:
+    """Whether ``hospital_for_admin_page`` lets the user in (lists link only to pages that open)."""
+    try:
+        hospital_for_admin_page(user, hospital.pk)
+    except (Http404, PermissionDenied):
+        return False
+    return True
 
 
 def can_edit_limits(user, hospital: Hospital) -> bool:

@@ -64,7 +64,7 @@ def aggregate_round(round_id: int) -> None:
 @shared_task(name="studies.reconcile", soft_time_limit=240, time_limit=300)
 def reconcile() -> dict:
     """Repair any study whose next step was lost (a dropped message, a worker killed mid-task)."""
-    fixed = {"advanced": 0, "closed": 0, "aggregated": 0}
+    fixed = {"advanced": 0, "closed": 0, "aggregated": 0, "unmask_failed": 0}
     # First: after a gap (the platform was down) the collecting rounds' deadlines are extended by it.
     gap = services.platform_beat()
     if gap:
@@ -81,6 +81,15 @@ def reconcile() -> dict:
             fixed["closed"] += 1
         except Exception:
             log.exception("reconcile: closing round %s failed", rid)
+    # A distributed round whose survivors did not unmask it within the stage time: fail the attempt.
+    for rid in Round.objects.filter(status=Round.Status.AGGREGATING, secagg__u2_at__isnull=False,
+                                    secagg__unmasked_at__isnull=True).values_list("pk", flat=True):
+        try:
+            if services.unmask_fail_stalled(round_id=rid):
+                log.warning("reconcile: round %s failed: its unmask stage stalled", rid)
+                fixed["unmask_failed"] += 1
+        except Exception:
+            log.exception("reconcile: failing the stalled unmask stage of round %s failed", rid)
     # An aggregation still running is not stuck: repair only those closed longer ago than the grace
     # (settings.AGGREGATION_GRACE_S). Repairing one that is in fact still running only repeats work:
     # the aggregate is stored by a conditional update, chunks by content.

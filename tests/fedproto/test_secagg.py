@@ -1,5 +1,5 @@
 """Secure aggregation primitives (fedproto.secagg): PRG, key derivation, Shamir, and the
-uniformity of a single masked upload. Real PyNaCl X25519, SHAKE-256, GF(2^521 - 1); randomness is
+uniformity of a single masked upload. Real PyNaCl X25519, AES-256-CTR, GF(2^521 - 1); randomness is
 seeded where a statistic must be reproducible."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from secagg_support import T60, Round, make_setup, uniformity
 
 from fedproto.secagg import SecAggError, expand_uniform, shamir
 from fedproto.secagg.kdf import derive_seed, encode_fields, pairwise_seed, x25519
-from fedproto.secagg.prg import rejection_limit
+from fedproto.secagg.masking import add_signed_mask, signed_mask_sum
+from fedproto.secagg.prg import acceptance, keystream, value_shift
 
 
 def test_a_single_masked_upload_is_uniform_and_an_unmasked_one_is_not():
@@ -46,14 +47,43 @@ def test_prg_is_deterministic_prefix_stable_and_in_range():
 
 def test_prg_rejection_sampling_is_unbiased_where_plain_modulo_is_not():
     t = 3 << 60  # 2^64 mod t = 2^60: a naive `word % t` puts 6/16 of its mass on [0, t/3)
-    assert rejection_limit(t) == 15 << 60
+    assert value_shift(t) == 2 and acceptance(t) == 0.75  # candidates on [0, 2^62), a quarter rejected
     n = 30_000
     values = np.concatenate([expand_uniform(bytes([i]) * 32, n // 30, t) for i in range(30)])
+    assert int(values.max()) < t
     thirds = np.bincount((values // np.uint64(1 << 60)).astype(np.int64), minlength=3)
     assert chisquare(thirds).pvalue > 1e-3
     words = np.random.default_rng(1).integers(0, 1 << 64, n, dtype=np.uint64, endpoint=False)
     naive = np.bincount(((words % np.uint64(t)) // np.uint64(1 << 60)).astype(np.int64), minlength=3)
     assert chisquare(naive).pvalue < 1e-30
+
+
+def test_prg_output_is_the_accepted_values_of_the_keystream_in_order():
+    """Where a quarter of the words are rejected the PRG reads on into the same stream: its output
+    is exactly the accepted candidates of the AES-CTR keystream, in order, for any length."""
+    t, seed = 3 << 60, bytes(range(1, 33))
+    words = np.frombuffer(keystream(seed).update(bytes(8 * 4000)), dtype="<u8") >> np.uint64(2)
+    accepted = words[words < np.uint64(t)]
+    assert accepted.size < 3100  # about 3000 of 4000 accepted
+    for n in (1, 999, 1000, 2500, accepted.size):
+        assert np.array_equal(expand_uniform(seed, n, t), accepted[:n])
+    assert expand_uniform(seed, 6000, t).size == 6000  # beyond the first read
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from([2, 3, 251, (1 << 61) + 1, T60, (1 << 62) - 57]), st.lists(st.sampled_from([1, -1]), max_size=40),
+       st.integers(0, 2 ** 32))
+def test_fused_mask_sum_equals_adding_the_masks_one_by_one(t, signs, salt):
+    """signed_mask_sum (lazy reduction, as many terms as fit in uint64) equals chaining add_mod /
+    sub_mod per mask, for moduli that allow 3 (near 2^62) up to 2^63 terms before a reduction."""
+    n = 300
+    start = expand_uniform(salt.to_bytes(32, "big"), n, t)
+    seeds = [(salt + 1 + i).to_bytes(32, "big") for i in range(len(signs))]
+    chained = start
+    for seed, sign in zip(seeds, signs):
+        chained = add_signed_mask(chained, seed, sign, t)
+    fused = signed_mask_sum(n, t, list(zip(seeds, signs)), start=start)
+    assert fused.dtype == np.uint64 and np.array_equal(fused, chained)
 
 
 def test_prg_rejects_bad_arguments():

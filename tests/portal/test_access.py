@@ -23,7 +23,7 @@ PREVIEW = "/studies/privacy-preview/?epsilon=1&delta=1e-5&batch_size=32&rounds=2
 GET_MATRIX = {
     "/":                              [200, 200, 200, 200, 200, 200, 200],
     "/hospitals/":                    [200, 200, 200, 200, 200, 200, 200],
-    "/hospitals/{h1}/":               [200, 403, 403, 200, 404, 404, 404],
+    "/hospitals/{h1}/":               [200, 403, 200, 200, 404, 404, 404],   # auditors read it (privacy spend)
     "/hospitals/{h3}/":               [404, 404, 404, 404, 404, 403, 200],
     "/studies/new/":                  [200, 200, 403, 403, 403, 200, 403],
     PREVIEW:                          [200, 200, 403, 403, 403, 200, 403],
@@ -102,6 +102,8 @@ def test_lists_do_not_leak(world, client):
     # Inside a shared study a hospital admin sees only their own hospital's participation.
     html = client.get(f"/studies/{world.both.pk}/").content.decode()
     assert "Alpha Hospital" in html and "Beta Hospital" not in html
+    # The model card is the same for every viewer; before the release it has no per-hospital rows
+    # (test_model_card.py: after it, every viewer reads every site's rows).
     html = client.get(f"/studies/{world.both.pk}/model-card/").content.decode()
     assert "Beta Hospital" not in html
     client.logout()

@@ -231,3 +231,48 @@ def test_the_directory_closes_with_the_quorum_after_the_stage_time(ddp_world, se
     c3 = SecAggClient(setup, nodes[3].hospital.pk, bytes(nodes[3].key))
     r = nodes[3].post(stage(nodes[3], study, "advert"), {"message": c3.advert().to_dict()})
     assert r.status_code == 409 and r.json()["code"] == "stage_closed"
+
+
+def test_a_stalled_unmask_stage_fails_the_attempt_after_the_stage_time_and_the_round_is_retried(ddp_world, settings):
+    """Three survivors, threshold 3, only two answer: the round waits out the stage time (nothing
+    happens before), then the reconciler fails the attempt with a reason naming the count, and the
+    study opens attempt 2 of the round. A round that did unmask is never failed this way."""
+    from studies.tasks import reconcile
+
+    study, nodes = ddp_world
+    settings.SECAGG_STAGE_S = 60
+    cfg = study_definition(study)
+    rnd = Round.objects.get(study=study, number=1)
+    clients = exchange(study, nodes)
+    bounds = ddp_config.packing(cfg)
+    codec = get_codec(ENC["codec"])
+    for n in nodes[:3]:  # H3 dies after sharing
+        slots = ddp_slots.encode(np.zeros(cfg.n_params, dtype=np.int64), np.zeros(cfg.n_params, dtype=np.int64), bounds,
+                                 clients[n.hospital.pk].setup.vector_len)
+        frame = wire.pack_parts(codec.encrypt_slots(n.secret, clients[n.hospital.pk].mask(slots)))
+        r = n.upload(TrainingJob.objects.get(round=rnd, hospital=n.hospital).pk, frame, DDP_SPEND)
+        assert r.status_code == 201, r.content
+    services.round_try_close(round_id=rnd.pk, force_deadline=True)
+    for n in nodes[:2]:  # the third survivor never answers
+        request = UnmaskRequest.from_dict(n.get(stage(n, study, "unmask")).json()["request"])
+        r = n.post(stage(n, study, "unmask"), {"message": clients[n.hospital.pk].unmask(request).to_dict()})
+        assert r.status_code == 200 and r.json()["unmasked"] is False, r.content
+    assert reconcile()["unmask_failed"] == 0  # within the stage time the round waits
+    assert not services.unmask_fail_stalled(round_id=rnd.pk)
+    rnd.refresh_from_db()
+    assert rnd.status == Round.Status.AGGREGATING
+    SecAggRound.objects.filter(round=rnd).update(u2_at=SecAggRound.objects.get(round=rnd).u2_at.replace(year=2000))
+    assert reconcile()["unmask_failed"] == 1
+    rnd.refresh_from_db()
+    assert rnd.status == Round.Status.FAILED
+    assert rnd.status_reason.startswith("unmask stage stalled: 2 of the 3 survivors") and "threshold is 3" in rnd.status_reason
+    ev = AuditEvent.objects.get(study_id=study.pk, action="round.failed")
+    assert ev.data["stage"] == "unmask" and ev.data["answered"] == sorted(n.hospital.pk for n in nodes[:2])
+    # the study goes on: attempt 2 of round 1 opens with its own exchange; the failed attempt stays failed
+    retry = Round.objects.get(study=study, number=1, attempt=2)
+    assert retry.status in (Round.Status.OPEN, Round.Status.COLLECTING)
+    assert SecAggRound.objects.filter(round=retry, u2__isnull=True).exists()
+    assert not services.unmask_fail_stalled(round_id=rnd.pk) and reconcile()["unmask_failed"] == 0
+    study.refresh_from_db()
+    assert study.status == Study.Status.RUNNING
+    assert verify_study_chain(study.pk).ok

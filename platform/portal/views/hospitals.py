@@ -17,10 +17,11 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from audit.services import actor_label
 from consortia import services as consortia_services
-from consortia.models import EnrolmentToken, Hospital
+from consortia.models import EnrolmentToken, Hospital, Membership
+from consortia.people import display_name
 from consortia.selectors import limits_summary, node_reported_limits
 from studies import access
-from studies.models import Participation, Study
+from studies.hospital_ledger import hospital_privacy_spend
 
 from .. import reveal
 from ..forms import HospitalForm
@@ -61,7 +62,7 @@ def hospitals(request):
                                                    max_rounds=d["max_rounds"])
             messages.success(request, f"Hospital {h.name} created. Create an enrolment token for its node below.")
             return redirect("portal:hospital", hospital_id=h.pk)
-    rows = [{"h": h, "state": node_state(h), "limits": limits_summary(h)}
+    rows = [{"h": h, "state": node_state(h), "limits": limits_summary(h), "link": access.can_open_hospital_page(user, h)}
             for h in access.visible_hospitals(user).select_related("consortium")]
     return render(request, "portal/hospitals.html", {"rows": rows, "form": form, "can_create": admin_of.exists()},
                   status=422 if request.method == "POST" else 200)
@@ -116,18 +117,24 @@ def limit_differences(h: Hospital) -> list[str]:
     return out
 
 
+def hospital_admins(h: Hospital) -> list[str]:
+    """The display names of the hospital's admins (its hospital-admin memberships)."""
+    ms = Membership.objects.filter(hospital=h, role=Role.HOSPITAL_ADMIN).select_related("user")
+    return sorted({display_name(m.user) for m in ms}, key=str.casefold)
+
+
 def _render_hospital(request, h, manage, token: str = "", status: int = 200, limits_form=None):
-    parts = Participation.objects.filter(hospital=h).select_related("study").order_by("-study__created_at")
-    if not manage:
-        parts = parts.exclude(study__status=Study.Status.DRAFT)   # drafts are not sent to hospitals yet
-    parts = parts[:50]
+    # The studies the viewer may see (access.visible_studies: no drafts for the hospital's own
+    # admins), each with this hospital's privacy spend, and the totals across them.
+    spend = hospital_privacy_spend(h, access.visible_studies(request.user))
     can_edit = access.can_edit_limits(request.user, h)
     if can_edit and limits_form is None:
         limits_form = HospitalLimitsForm(initial={"max_epsilon": h.max_epsilon, "max_rounds": h.max_rounds,
                                                   "allowed_models": h.allowed_models})
     tokens = list(h.enrolment_tokens.order_by("-created_at")[:20]) if manage else []
     resp = render(request, "portal/hospital.html", {
-        "h": h, "manage": manage, "state": node_state(h), "token": token, "parts": parts,
+        "h": h, "manage": manage, "state": node_state(h), "token": token, "spend": spend,
+        "admins": hospital_admins(h), "online_window_s": settings.NODE_ONLINE_WINDOW_S,
         "node_toml": _node_toml_example(request, h) if token else "",
         "tokens": tokens, "unused_tokens": [t for t in tokens if t.state == "unused"],
         "limits_form": limits_form if can_edit else None, "node_limits": node_limits(h),

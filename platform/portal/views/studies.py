@@ -24,7 +24,8 @@ from fedproto.errors import SpecError
 from fedproto.study import MAX_BATCH_SIZE, MAX_LOCAL_EPOCHS, MAX_ROUNDS, Privacy
 from studies import access, results, schema_draft, selectors, services
 from studies.benefit import benefit_rows, benefit_summary
-from studies.models import Participation, PrivacySpend, Round, RoundReport, Study, TrainingJob
+from studies.model_card import model_card as build_model_card
+from studies.models import PrivacySpend, Round, RoundReport, Study, TrainingJob
 
 from .. import charts, noise_preview
 from ..forms import STUDY_PRESETS, StudyForm, initial_from_study
@@ -383,36 +384,18 @@ def model_download(request, study_id: int):
     return resp
 
 
-def _model_card_ctx(scope):
-    study = scope.study
-    fm = getattr(study, "final_model", None)
-    spends = _spend_data(scope)
-    last_spend: dict[str, dict] = {}
-    for d in sorted(spends, key=lambda d: d["round"]):
-        last_spend[d["hospital"]] = d
-    reports = []
-    if fm is not None:
-        last = selectors.done_round(study, fm.round_number)
-        if last is not None:
-            reports = list(scope.filter_hospital(RoundReport.objects.filter(round=last, superseded_at__isnull=True)
-                                                 .select_related("hospital"))
-                           .order_by("hospital__name"))
-    approved = [p for p in scope.participations() if p.state == Participation.State.APPROVED]
-    last_spend = dict(sorted(last_spend.items()))
-    return {"s": study, "scope": scope, "fm": fm, "sites": approved, "spend": last_spend, "reports": reports,
-            "enc": get_codec(study.encryption["codec"]).describe(study.encryption),
-            "generated": timezone.now()}
-
-
 @login_required
 @require_GET
 def model_card(request, study_id: int):
-    scope = access.study_scope(request.user, study_id)
-    ctx = _model_card_ctx(scope)
+    """The model card, the same for every viewer (access.model_card_study, studies.model_card)."""
+    study = access.model_card_study(request.user, study_id)
+    scope = access.scope_for(request.user, study)
+    ctx = {**build_model_card(study), "scope": scope, "generated": timezone.now(),
+           "api_model_url": request.build_absolute_uri(f"/api/studies/{study.pk}/model")}
     if request.GET.get("format") == "md":
         text = render(request, "portal/model_card.md", ctx).content
         return HttpResponse(text, content_type="text/markdown; charset=utf-8", headers={
-            "Content-Disposition": f'attachment; filename="study_{scope.study.pk}_model_card.md"'})
+            "Content-Disposition": f'attachment; filename="study_{study.pk}_model_card.md"'})
     return render(request, "portal/model_card.html", ctx)
 
 

@@ -44,6 +44,7 @@ from .release import (
                         round_report_record,
 )
 from .rounds import job_refuse, round_open, round_try_close, update_accept
+from .secagg import unmask_fail_stalled
 from .spend import DP_ENGINE_RE, SPEND_FIELDS, privacy_spend_record
 
 __all__ = [
@@ -54,5 +55,5 @@ __all__ = [
     "require_approved", "round_aggregate", "round_aggregate_chunk", "round_open", "round_report_record",
     "round_try_close", "round_upload", "round_uploads", "sealed_key_fetch", "sealed_keys_store", "study_advance", "study_update",
     "study_cancel", "study_create", "study_fail", "study_open_recruitment", "study_pause", "study_resume",
-    "update_accept",
+    "unmask_fail_stalled", "update_accept",
 ]

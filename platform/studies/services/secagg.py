@@ -16,6 +16,10 @@ SecAggRound row and is rebuilt, and so re-checked, on every stage request:
              dropped hospitals' mask keys and of the survivors' self-mask seeds; from the first
              threshold consistent answers the platform computes the correction vector (mod t)
              and only then aggregates; key holders decrypt the aggregate and add the correction.
+             If no correction exists SECAGG_STAGE_S after U2 was fixed (fewer than threshold
+             survivors answered, or a wrong share among the answers), the reconciler fails the
+             attempt (``unmask_fail_stalled``); the study retries the round or fails as after
+             any failed attempt.
 
 The platform sees mask public keys, commitments, sealed boxes it cannot open, survivor sets and
 the unmask shares the protocol reveals to it; never a surviving pair's seed, never an update.
@@ -46,7 +50,7 @@ from fedproto.secagg import (
 
 from ..models import Round, SecAggRound, Study, TrainingJob
 from . import storage
-from .common import AGGREGATE_ROUND, CLOSE_ROUND, _audit_refusal, _study_audit, enqueue_on_commit
+from .common import ADVANCE_STUDY, AGGREGATE_ROUND, CLOSE_ROUND, _audit_refusal, _study_audit, enqueue_on_commit
 from .errors import ServiceError
 
 GONE = (TrainingJob.Status.REFUSED, TrainingJob.Status.EXPIRED)
@@ -405,3 +409,34 @@ def ready_to_aggregate(rnd: Round) -> bool:
     if not is_distributed(rnd.study):
         return True
     return SecAggRound.objects.filter(round=rnd, unmasked_at__isnull=False).exists()
+
+
+def unmask_fail_stalled(*, round_id: int) -> bool:
+    """Fail a distributed round whose unmask stage stalled: SECAGG_STAGE_S after the survivors were
+    fixed there is still no correction (fewer than ``threshold`` survivors answered, or the answers
+    hold a wrong share and no consistent set reconstructs). The attempt's sum can never be unmasked
+    (each node answers one survivor list per round), so waiting longer cannot help: the round is
+    FAILED and the study advanced, which opens the next attempt or fails the study after
+    ``max_round_attempts``. Returns whether it failed the round; idempotent (called by the reconciler)."""
+    with transaction.atomic():
+        rnd = Round.objects.select_for_update().select_related("study").filter(pk=round_id).first()
+        if rnd is None or rnd.status != Round.Status.AGGREGATING or not is_distributed(rnd.study):
+            return False
+        sa = SecAggRound.objects.select_for_update().filter(round=rnd).first()
+        if sa is None or sa.u2 is None or sa.unmasked_at is not None or not _stage_over(sa.u2_at):
+            return False
+        answered, threshold = sorted(map(int, sa.responses)), int(sa.setup["threshold"])
+        if len(answered) < threshold:
+            reason = (f"unmask stage stalled: {len(answered)} of the {len(sa.u2)} survivors sent their shares within "
+                      f"{settings.SECAGG_STAGE_S} s, the threshold is {threshold}; the sum cannot be unmasked")
+        else:
+            reason = (f"unmask stage stalled: {len(answered)} survivors answered (threshold {threshold}) but no "
+                      f"{threshold} of them reconstruct consistently (a wrong share) within {settings.SECAGG_STAGE_S} s")
+        if not Round.objects.filter(pk=rnd.pk, status=Round.Status.AGGREGATING).update(
+                status=Round.Status.FAILED, status_reason=reason):
+            return False
+        _study_audit(rnd.study, "round.failed", "system", obj=rnd,
+                     data={"round": rnd.number, "attempt": rnd.attempt, "reason": reason, "stage": "unmask",
+                           "u2": sa.u2, "answered": answered, "threshold": threshold})
+        enqueue_on_commit(ADVANCE_STUDY, rnd.study_id)
+    return True
