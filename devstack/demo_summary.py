@@ -56,7 +56,8 @@ def build_summary(study: Study, data: DemoData, hospitals: list[Hospital], wall_
             "epsilon_matches_accountant": bool(h.pk in recomputed and recomputed[h.pk].ok),
             "local_only_test_auc": evaluate(local, X_test, data.y_test, "binary_classification")["auc"],
         })
-    sizes = list(EncryptedUpdate.objects.filter(job__round__study=study).values_list("size_bytes", flat=True))
+    sizes = list(EncryptedUpdate.objects.filter(job__round__study=study, job__round__number__gte=1)  # model updates
+                 .values_list("size_bytes", flat=True))
     codec = get_codec(study.encryption["codec"])
     params = codec.describe(study.encryption)
     n_parts = codec.n_parts(study.encryption, study.n_params)
@@ -65,7 +66,7 @@ def build_summary(study: Study, data: DemoData, hospitals: list[Hospital], wall_
     capacity = params["values_per_slot"] * (params["slots_per_ciphertext"] * n_parts - params["header_slots"]) \
         if {"values_per_slot", "slots_per_ciphertext", "header_slots"} <= params.keys() else None
     chain = verify_study_chain(study.pk)
-    rounds_done = Round.objects.filter(study=study, status=Round.Status.DONE).count()
+    rounds_done = Round.objects.filter(study=study, status=Round.Status.DONE, number__gte=1).count()  # training rounds
     return {
         "study_id": study.pk, "rounds_completed": rounds_done, "rounds_planned": study.rounds,
         "test_auc": test["auc"], "test_accuracy": test["accuracy"], "n_test": int(len(data.y_test)),
