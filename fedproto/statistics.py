@@ -368,5 +368,5 @@ def document_sha256(doc: dict[str, Any]) -> str:
 
 
 __all__ = ["STATISTICS_ROUND", "check_total", "codec_scale", "contribution", "derive", "document_sha256", "enabled",
-           "epsilon_of", "epsilon_share", "from_codec", "provisional", "layout", "local_vector", "noise_for_epsilon", "noise_multiplier",
-           "noisy_vector", "round_length", "sensitivity", "spend_entry"]
+           "epsilon_of", "epsilon_share", "from_codec", "layout", "local_vector", "noise_for_epsilon",
+           "noise_multiplier", "noisy_vector", "provisional", "round_length", "sensitivity", "spend_entry"]
