@@ -147,10 +147,12 @@ def global_statistics(ctx: NodeContext, study: StudyConfig) -> dict[str, Any] | 
     got = ctx.ledger.statistics(sid)
     if got is not None:
         return got
+    if ctx.ledger.secret(sid) is None:  # an invitation: no key yet, nothing to decrypt
+        return statistics.provisional(study.schema)
     try:
         frame, _ = ctx.client.get_aggregate(sid, statistics.STATISTICS_ROUND)
     except ApiError as e:
-        if e.status != 404:
+        if e.status not in (403, 404, 409):
             raise
         # round 0 is not done yet (an invitation, planning ahead): check the data with stand-ins
         return statistics.provisional(study.schema)
