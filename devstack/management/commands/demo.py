@@ -40,7 +40,7 @@ class Command(BaseCommand):
         parser.add_argument("--summary-json", type=Path, help="write the summary as JSON to this path")
         parser.add_argument("--out", type=Path, default=REPO / "demo-output", help="folder for data, logs and reports")
         parser.add_argument("--rounds", type=int, default=5)
-        parser.add_argument("--preprocessing", choices=("federated", "reference"), default="federated",
+        parser.add_argument("--preprocessing", choices=("federated", "reference"), default="reference",
                             help="federated: declared ranges, global constants from the statistics round (round 0); "
                                  "reference: the schema fixes center/scale from the evaluation set")
         parser.add_argument("--epsilon", type=float, default=1.0, help="privacy budget per hospital")
