@@ -30,8 +30,15 @@ def build_summary(study: Study, data: DemoData, hospitals: list[Hospital], wall_
 
     cfg = StudyConfig.from_wire(study_config(study))
     recomputed = {h.hospital_id: h for h in recompute_study(study).hospitals}
-    center = np.array([f["center"] for f in data.schema["features"]])
-    scale = np.array([f["scale"] for f in data.schema["features"]])
+    from fedproto import preprocessing
+    from studies.models import RoundReport
+
+    # the constants every hospital prepared its rows with: the schema's, or the statistics round's
+    rep = RoundReport.objects.filter(round__study=study, round__number=0, preprocessing__isnull=False).first()
+    stats = rep.preprocessing["statistics"] if rep is not None else None
+    doc = preprocessing.build(cfg.schema, stats)
+    center = np.array([f["center"] for f in doc["features"]])
+    scale = np.array([f["scale"] for f in doc["features"]])
     X_test = ((data.X_test - center) / scale).astype(np.float32)
     fm = study.final_model
     model = load_model_bytes(cfg, (Path(settings.MEDIA_ROOT) / fm.path).read_bytes())
@@ -40,7 +47,7 @@ def build_summary(study: Study, data: DemoData, hospitals: list[Hospital], wall_
     rows = []
     for h in hospitals:
         spend = PrivacySpend.objects.filter(job__hospital=h, job__round__study=study).order_by("-epsilon").first()
-        ds = load_study_data(cfg, data.hospital_csvs[h.name])
+        ds = load_study_data(cfg, data.hospital_csvs[h.name], stats)
         local = train_local_only(cfg, ds.X_train, ds.y_train, seed=h.pk)
         rows.append({
             "name": h.name, "epsilon_spent": spend.epsilon if spend else 0.0, "epsilon_budget": study.epsilon,
