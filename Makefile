@@ -24,6 +24,7 @@ demo: install
 # The platform on this machine, in the foreground: migrations, gunicorn on $(BIND) and a Celery
 # worker with beat; Ctrl-C stops them all. DATABASE_URL / REDIS_URL select PostgreSQL / Redis.
 BIND ?= 127.0.0.1:8000
+TEST_WORKERS ?= 2
 serve: install
 	BIND=$(BIND) PY=$(PY) bash deploy/dev/serve.sh
 
@@ -42,11 +43,11 @@ lint: install
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-# The lint step, then the whole suite on PostgreSQL + Redis with real Celery workers and node daemons.
+# The lint step, then the whole suite (TEST_WORKERS pytest-xdist workers, one per core here) on PostgreSQL + Redis with real Celery workers and node daemons.
 test: install system-deps services lint
 	DATABASE_URL=$${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test} \
 	REDIS_URL=$${TEST_REDIS_URL:-redis://127.0.0.1:6379/7} \
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 bench: install services
 	$(PY) bench/run_all.py

@@ -29,7 +29,7 @@ import math
 from typing import Any
 
 from .errors import SpecError
-from .schema import encoded_columns, label_classes, scaling, validate_schema
+from .schema import encoded_columns, feature_scaling, federated_statistics, label_classes, scaling, validate_schema
 
 FORMAT = "fedproto-preprocessing-1"
 METADATA_KEY = "fedproto.preprocessing"
@@ -67,7 +67,7 @@ def build(schema: dict[str, Any], statistics: dict[str, Any] | None = None) -> d
     per_feature = (statistics or {}).get("features", {})
     feats = []
     for f in schema["features"]:
-        how = scaling(f)
+        how = feature_scaling(schema, f)
         st = per_feature.get(f["name"]) if statistics is not None else None
         entry = {**copy.deepcopy(f), "scaling": how, "center": None, "scale": None}
         if how == "fixed":
@@ -80,6 +80,8 @@ def build(schema: dict[str, Any], statistics: dict[str, Any] | None = None) -> d
         entry["impute"] = _impute(f, st)
         feats.append(entry)
     summary: dict[str, Any] = {"source": "none"}
+    if not federated_statistics(schema):
+        summary["federated"] = False  # the schema opted out of the statistics round
     if statistics is not None:
         summary = {"source": "federated", **{k: copy.deepcopy(v) for k, v in statistics.items() if k != "features"},
                    "missing_rate": {name: st.get("missing_rate") for name, st in per_feature.items()
@@ -110,10 +112,13 @@ def check(doc: Any) -> dict[str, Any]:
     schema = schema_of(doc)
     if doc["columns"] != encoded_columns(schema):
         raise SpecError("the preprocessing document's columns do not match its features")
+    stats = doc.get("statistics")
+    federated = not (isinstance(stats, dict) and stats.get("federated") is False)
     for f, declared in zip(doc["features"], schema["features"]):
         name, how = f["name"], f.get("scaling")
-        if how != scaling(declared):
-            raise SpecError(f"feature {name!r}: scaling {how!r} does not match its schema ({scaling(declared)!r})")
+        want = scaling(declared, federated)
+        if how != want:
+            raise SpecError(f"feature {name!r}: scaling {how!r} does not match its schema ({want!r})")
         if how in ("fixed", "federated"):
             for key in ("center", "scale"):
                 v = f.get(key)

@@ -12,7 +12,7 @@ The schema is JSON (docs/data.md has the whole reference):
               | {"name": "y", "type": "float"}
               | {"name": "stage", "type": "class", "classes": ["a", "b", "c"]}
               | {"type": "survival", "time": "time", "event": "cens"},
-     "statistics": {"epsilon_share": 0.25, "histogram_bins": 32}}      # optional
+     "statistics": {"epsilon_share": 0.25, "histogram_bins": 32, "federated": true}}      # optional
 
 ``validate_schema`` returns a normalised copy or raises SpecError naming the field. The normal form
 leaves the defaults out ("missing": "error", "missing_indicator": false, "other": false), so a
@@ -222,9 +222,13 @@ def _statistics(raw: Any) -> dict[str, Any]:
         raw = {}
     if not isinstance(raw, dict):
         raise SpecError('schema statistics must be an object such as {"epsilon_share": 0.25, "histogram_bins": 32}')
-    extra = set(raw) - {"epsilon_share", "histogram_bins"}
+    extra = set(raw) - {"epsilon_share", "histogram_bins", "federated"}
     if extra:
-        raise SpecError(f"schema statistics has unknown field(s) {sorted(extra)}; it takes epsilon_share, histogram_bins")
+        raise SpecError(f"schema statistics has unknown field(s) {sorted(extra)}; it takes epsilon_share, histogram_bins, "
+                        "federated")
+    federated = raw.get("federated", True)
+    if not isinstance(federated, bool):
+        raise SpecError(f"schema statistics federated must be true or false, got {federated!r}")
     share = raw.get("epsilon_share", DEFAULT_EPSILON_SHARE)
     if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 < share <= 0.9:
         raise SpecError(f"schema statistics epsilon_share must be a number in (0, 0.9] (the part of each hospital's "
@@ -233,7 +237,10 @@ def _statistics(raw: Any) -> dict[str, Any]:
     if isinstance(bins, bool) or not isinstance(bins, int) or not MIN_HISTOGRAM_BINS <= bins <= MAX_HISTOGRAM_BINS:
         raise SpecError(f"schema statistics histogram_bins must be an integer from {MIN_HISTOGRAM_BINS} to "
                         f"{MAX_HISTOGRAM_BINS}, got {bins!r}")
-    return {"epsilon_share": float(share), "histogram_bins": bins}
+    out: dict[str, Any] = {"epsilon_share": float(share), "histogram_bins": bins}
+    if not federated:  # the normal form leaves the default (true) out
+        out["federated"] = False
+    return out
 
 
 def validate_schema(schema: Any) -> dict:
@@ -265,6 +272,11 @@ def validate_schema(schema: Any) -> dict:
                         f"{MAX_FEATURES} are supported")
     if "statistics" in schema or needs_statistics(out):
         out["statistics"] = _statistics(schema.get("statistics"))
+    if not federated_statistics(out):
+        bad = [f["name"] for f in out_feats if f.get("missing") in FEDERATED_STRATEGIES]
+        if bad:
+            raise SpecError(f"schema statistics federated is false, but feature(s) {bad[:5]} impute a missing value with "
+                            "the federated mean, median or mode: use missing \"constant\" or allow the statistics round")
     return out
 
 
@@ -296,20 +308,36 @@ def n_outputs(schema: dict) -> int:
     return len(classes) if classes else 1
 
 
-def scaling(feature: dict) -> str:
+def scaling(feature: dict, federated: bool = True) -> str:
     """How a feature is standardised: "fixed" (the schema's center/scale), "federated" (the study's
-    global statistics: needs a declared range), "local" (each hospital's own statistics: the
-    behaviour of schemas written before federated statistics; not recommended), or "none" (bool,
-    ordinal and categorical columns keep their 0/1 or level encoding)."""
+    global statistics: needs a declared range; the default), "local" (each hospital's own
+    statistics: a feature without range or fixed constants, or any when the schema opts out of the
+    statistics round with ``"statistics": {"federated": false}``, ``federated`` False here; not
+    recommended: hospitals then train in different coordinate systems), or "none" (bool, ordinal
+    and categorical columns keep their 0/1 or level encoding)."""
     if feature["type"] not in ("float", "int"):
         return "none"
     if "center" in feature:
         return "fixed"
-    return "federated" if "range" in feature else "local"
+    return "federated" if "range" in feature and federated else "local"
+
+
+def federated_statistics(schema: dict) -> bool:
+    """False when the schema opts out of the statistics round (``"statistics": {"federated": false}``)."""
+    return bool(schema.get("statistics", {}).get("federated", True))
+
+
+def feature_scaling(schema: dict, feature: dict) -> str:
+    """``scaling`` of one feature of ``schema`` (taking the schema's opt-out into account)."""
+    return scaling(feature, federated_statistics(schema))
 
 
 def needs_statistics(schema: dict) -> bool:
-    """True when the study must compute federated statistics before training (a statistics round)."""
+    """True when the study must compute federated statistics before training (a statistics round,
+    round 0): some feature is standardised or imputed with global values, and the schema does not
+    opt out."""
+    if not schema.get("statistics", {}).get("federated", True):
+        return False
     return any(scaling(f) == "federated" or f.get("missing") in FEDERATED_STRATEGIES for f in schema["features"])
 
 
@@ -338,4 +366,4 @@ def n_inputs(schema: dict) -> int:
 
 __all__ = ["FEATURE_TYPES", "LABEL_TYPES", "MISSING_STRATEGIES", "MISSING_SUFFIX", "OTHER", "encoded_columns",
            "feature_columns", "feature_names", "label_classes", "label_columns", "n_inputs", "n_outputs",
-           "needs_statistics", "required_columns", "scaling", "validate_schema"]
+           "federated_statistics", "feature_scaling", "needs_statistics", "required_columns", "scaling", "validate_schema"]

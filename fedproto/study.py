@@ -25,7 +25,7 @@ from .ddp_config import check_distributed, packing
 from .errors import SpecError
 from .evaluation import DEFAULT_EVALUATION, validate_evaluation
 from .privacy import DEFAULT_ACCOUNTANT, DEFAULT_MODE, FULL_BATCH, validate_privacy
-from .schema import n_inputs, validate_schema
+from .schema import n_inputs, needs_statistics, validate_schema
 from .specs import n_params as spec_n_params
 from .specs import validate_model_spec
 
@@ -261,6 +261,9 @@ def _validate(raw: Any, *, n_hospitals: int | None, wire: bool) -> StudyConfig:
         custodian = _int_in("custodian_hospital_id", custodian, 1, _MAX_ID, " or null")
 
     quorum = _int_in("quorum", raw.get("quorum"), MIN_QUORUM, quorum_max, quorum_hint)
+    if privacy.distributed and needs_statistics(schema):
+        raise SpecError("distributed DP has no statistics round yet: give the numeric features fixed center/scale in "
+                        "the schema, or opt out with \"statistics\": {\"federated\": false}")
     if privacy.distributed:
         check_distributed(privacy, quorum, n_hospitals, enc)
         if raw.get("batch_size") == FULL_BATCH:

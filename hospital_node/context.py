@@ -56,10 +56,14 @@ class NodeContext:
             raise DataError(f"data file {path} does not exist: set [data] csv (or [datasets.default] path) in "
                             f"{self.cfg.path}",
                             public="the node's data file does not exist") from None
+        from .statistics_round import global_statistics  # it needs this module (and the keys)
+
+        stats = global_statistics(self, study)
+        key = (*key, stats is not None and not stats.get("provisional"))
         hit = self._data_cache.get(study.study_id)
         if hit and hit[0] == key:
             return hit[1]
-        ds = load_study_data(study, path)
+        ds = load_study_data(study, path, stats)
         self._data_cache[study.study_id] = (key, ds)
         return ds
 

@@ -284,6 +284,14 @@ def _label_dtype(task: str, y: np.ndarray) -> np.ndarray:
     return y.astype(np.int64) if task == "multiclass_classification" else y.astype(np.float32)
 
 
+def training_rows(study: StudyConfig, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The raw feature codes and labels of this hospital's training split (the rows ``prepare``
+    trains on: the federated statistics are computed over them, never over the held-out rows)."""
+    n_test = holdout_rows(len(y), study.evaluation["holdout"])
+    X_tr, _, y_tr, _ = split(X, y, seed=study.seed, task=study.task, test_size=n_test)
+    return X_tr, y_tr
+
+
 def prepare(study: StudyConfig, X: np.ndarray, y: np.ndarray, statistics: dict[str, Any] | None = None) -> Dataset:
     """Split and encode already-loaded arrays for ``study``. ``statistics``: the study's global
     statistics (fedproto.statistics.derive), needed when the schema standardises or imputes with
@@ -309,4 +317,4 @@ def load_study_data(study: StudyConfig, csv_path: str | Path, statistics: dict[s
 
 
 __all__ = ["Dataset", "MISSING_TOKENS", "is_missing", "label_columns", "load_csv", "load_study_data", "parse_cell",
-           "prepare", "split"]
+           "prepare", "split", "training_rows"]

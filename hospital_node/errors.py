@@ -24,6 +24,12 @@ class DataError(NodeError):
         self.public = public
 
 
+class StatisticsUnusable(DataError):
+    """The decrypted federated statistics cannot be used (not finite, out of range, or mostly
+    noise): the study cannot prepare its data; its training jobs are refused with code
+    ``statistics_unusable`` (hospital_node/statistics_round.py)."""
+
+
 class MissingDataset(DataError):
     """The study names a data set this node's config does not have. Its public part names the data
     set only (never the config's path or the data sets the node does have)."""

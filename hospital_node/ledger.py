@@ -97,6 +97,16 @@ CREATE TABLE IF NOT EXISTS baselines (
 );
 """
 
+# The global statistics of a study (fedproto.statistics.derive of the decrypted round-0 sum): every
+# hospital of the study derives the same constants from the same aggregate and prepares its data with them.
+_SCHEMA_STATISTICS = """
+CREATE TABLE IF NOT EXISTS statistics (
+    study_id        INTEGER PRIMARY KEY,
+    derived_json    TEXT NOT NULL,
+    aggregate_sha256 TEXT NOT NULL
+);
+"""
+
 
 def config_sha256(study: StudyConfig) -> str:
     """Hash of the parts of a study config that the privacy plan depends on (of its wire form, so
@@ -121,6 +131,8 @@ class Ledger:
             self._db.executescript(_SCHEMA_TRAINED)  # ledgers written before retries reused updates
         if self._db.execute("SELECT 1 FROM sqlite_master WHERE name='baselines'").fetchone() is None:
             self._db.executescript(_SCHEMA_BASELINE)  # ledgers written before local-only baselines
+        if self._db.execute("SELECT 1 FROM sqlite_master WHERE name='statistics'").fetchone() is None:
+            self._db.executescript(_SCHEMA_STATISTICS)  # ledgers written before federated statistics
 
     def _has_tables(self) -> bool:
         return self._db.execute("SELECT 1 FROM sqlite_master WHERE name='jobs'").fetchone() is not None
@@ -226,10 +238,12 @@ class Ledger:
             return db.execute(q, [state, error, time.time(), int(job_id), *allowed]).rowcount == 1
 
     def record_spend(self, job_id: int, study_id: int, entry: tuple[float, float, int], spend: dict,
-                     frame_path: str, update: np.ndarray | None = None, n_train: int = 0) -> None:
+                     frame_path: str, update: np.ndarray | None = None, n_train: int = 0,
+                     training: bool = True) -> None:
         """Atomically: append the job's (sigma, q, steps) to the study history, set the cumulative
         epsilon, move the job to spend_recorded with its report and stored frame, and keep its
-        ``update`` (if given) as the study's last trained round."""
+        ``update`` (if given) as the study's last trained round. ``training`` False: the statistics
+        round's spend (not counted in rounds_trained)."""
         now = time.time()
         with self.tx() as db:
             job = db.execute("SELECT state, round FROM jobs WHERE job_id=?", (int(job_id),)).fetchone()
@@ -238,9 +252,9 @@ class Ledger:
             row = db.execute("SELECT history_json FROM studies WHERE study_id=?", (int(study_id),)).fetchone()
             hist = json.loads(row["history_json"])
             hist.append([float(entry[0]), float(entry[1]), int(entry[2])])
-            db.execute("UPDATE studies SET history_json=?, epsilon_spent=?, rounds_trained=rounds_trained+1, "
+            db.execute("UPDATE studies SET history_json=?, epsilon_spent=?, rounds_trained=rounds_trained+?, "
                        "updated_at=? WHERE study_id=?",
-                       (json.dumps(hist), float(spend["epsilon"]), now, int(study_id)))
+                       (json.dumps(hist), float(spend["epsilon"]), 1 if training else 0, now, int(study_id)))
             db.execute("UPDATE jobs SET state='spend_recorded', spend_json=?, frame_path=?, updated_at=? WHERE job_id=?",
                        (json.dumps(spend), frame_path, now, int(job_id)))
             if update is not None:
@@ -287,6 +301,22 @@ class Ledger:
         """The study's local-only baseline result (record_baseline), or None."""
         row = self._db.execute("SELECT result_json FROM baselines WHERE study_id=?", (int(study_id),)).fetchone()
         return json.loads(row["result_json"]) if row else None
+
+    def put_statistics(self, study_id: int, derived: dict[str, Any], aggregate_sha256: str) -> dict[str, Any]:
+        """Keep the study's global statistics (once: a second call returns the first, so a node never
+        prepares its data with two sets of constants in one study)."""
+        with self.tx() as db:
+            old = db.execute("SELECT derived_json FROM statistics WHERE study_id=?", (int(study_id),)).fetchone()
+            if old is not None:
+                return json.loads(old["derived_json"])
+            db.execute("INSERT INTO statistics(study_id, derived_json, aggregate_sha256) VALUES (?,?,?)",
+                       (int(study_id), json.dumps(derived, sort_keys=True), aggregate_sha256))
+        return derived
+
+    def statistics(self, study_id: int) -> dict[str, Any] | None:
+        """The study's global statistics (put_statistics), or None."""
+        row = self._db.execute("SELECT derived_json FROM statistics WHERE study_id=?", (int(study_id),)).fetchone()
+        return json.loads(row["derived_json"]) if row else None
 
     # ------------------------------------------------------------------ global models
 

@@ -20,10 +20,12 @@ import numpy as np
 from torch import nn
 
 from fedproto.codec import get_codec
+from fedproto.statistics import STATISTICS_ROUND
+from fedproto.statistics import enabled as statistics_enabled
 from fedproto.study import StudyConfig
 from fedproto.wire import pack_parts
 
-from . import ddp_round, poisoning, trainer
+from . import ddp_round, poisoning, statistics_round, trainer
 from .baseline import finite_metrics, local_baseline
 from .client import Conflict
 from .context import NodeContext
@@ -47,6 +49,9 @@ log = logging.getLogger("hospital_node")
 def on_train(ctx: NodeContext, item: dict[str, Any], study: StudyConfig) -> None:
     if study.privacy.distributed:  # secure aggregation, one noised gradient sum per round
         ddp_round.on_train(ctx, item, study, global_model=global_model, deliver=deliver)
+        return
+    if int(item["round"]) == STATISTICS_ROUND and statistics_enabled(study.schema):  # the statistics round
+        statistics_round.on_train(ctx, item, study, deliver=deliver)
         return
     job_id, round_no = int(item["job_id"]), int(item["round"])
     sid = study.study_id
@@ -281,6 +286,9 @@ def _inline_frame(inline: dict | None, sid: int, round_no: int) -> tuple[bytes, 
 
 def on_evaluate(ctx: NodeContext, item: dict[str, Any], study: StudyConfig) -> None:
     sid, round_no = study.study_id, int(item["round"])
+    if round_no == STATISTICS_ROUND and statistics_enabled(study.schema):
+        statistics_round.on_evaluate(ctx, item, study)
+        return
     model = global_model(ctx, study, round_no)
     ds = ctx.dataset(study)
     metrics = finite_metrics(trainer.evaluate(model, ds.X_test, ds.y_test, study.task)) if ds.n_test else {}

@@ -35,6 +35,7 @@ from opacus.data_loader import DPDataLoader
 from torch import nn
 
 from fedproto import privacy as fedproto_privacy
+from fedproto import statistics as fedproto_statistics
 from fedproto.privacy import FULL_BATCH, steps_per_epoch
 from fedproto.study import StudyConfig
 
@@ -132,8 +133,45 @@ def plan_noise(study: StudyConfig, n_train: int, hospital_max_epsilon: float | N
     per_job = job_steps(n_train, study.batch_size, study.local_epochs)
     target = effective_epsilon_cap(study, hospital_max_epsilon)
     runs = 2 if baseline else 1
-    sigma = _noise_multiplier(target, study.privacy.delta, q, runs * study.rounds * per_job, study.privacy.accountant)
+    prefix = statistics_prefix(study, hospital_max_epsilon)
+    if prefix:
+        sigma = _noise_multiplier_after(prefix, target, study.privacy.delta, q, runs * study.rounds * per_job,
+                                        study.privacy.accountant)
+    else:
+        sigma = _noise_multiplier(target, study.privacy.delta, q, runs * study.rounds * per_job, study.privacy.accountant)
     return NoisePlan(sigma, q, per_job, target, int(n_train), baseline_steps=study.rounds * per_job if baseline else 0)
+
+
+def statistics_prefix(study: StudyConfig, hospital_max_epsilon: float | None) -> tuple[tuple[float, float, int], ...]:
+    """The accountant entries spent before training: the statistics round's Gaussian mechanism
+    (fedproto.statistics.spend_entry) when the study has one, else none. The plan reserves them, so
+    statistics, jobs and baseline together end at the effective cap."""
+    if not fedproto_statistics.enabled(study.schema) or study.privacy.distributed:
+        return ()
+    cap = effective_epsilon_cap(study, hospital_max_epsilon)
+    return (fedproto_statistics.spend_entry(study.schema, cap, study.privacy.delta),)
+
+
+@functools.lru_cache(maxsize=256)
+def _noise_multiplier_after(prefix: tuple[tuple[float, float, int], ...], target_epsilon: float, delta: float,
+                            sample_rate: float, steps: int, accountant: str) -> float:
+    """The smallest sigma (to 1e-4 relative, rounded up) such that ``prefix`` and ``steps`` DP-SGD
+    steps at ``sample_rate`` compose to <= ``target_epsilon`` (bisection on the same epsilon_of
+    the budget check uses)."""
+    def eps(sigma: float) -> float:
+        return epsilon_of([*prefix, (sigma, sample_rate, steps)], delta, accountant)
+
+    if epsilon_of(prefix, delta, accountant) >= target_epsilon:
+        raise BudgetExceeded(f"the statistics round alone spends the whole budget of {target_epsilon:g}")
+    lo, hi = 0.05, 1.0
+    while eps(hi) > target_epsilon:
+        lo, hi = hi, hi * 2
+        if hi > 1e5:
+            raise BudgetExceeded(f"no noise multiplier fits the budget of {target_epsilon:g} after the statistics round")
+    while hi - lo > 1e-4 * hi:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if eps(mid) > target_epsilon else (lo, mid)
+    return hi
 
 
 @functools.lru_cache(maxsize=256)

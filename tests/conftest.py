@@ -113,3 +113,20 @@ def ddp_stack(require_postgres_redis, request):
 def stack(require_postgres_redis, request):
     """A platform web server (gunicorn) and a Celery worker (with beat) on the test database."""
     yield from _running_stack(require_postgres_redis, request)
+
+
+# Under pytest-xdist (`make test` runs two workers, `--dist loadgroup`) the tests that start real
+# processes run in two groups: the fault suite (its private PostgreSQL and Redis are session
+# fixtures, started once) and the platform stacks (integration + browser). A group runs on one
+# worker, serially; xdist hands out the largest units first, so the two groups start at once on the
+# two workers, at most two studies run side by side, and the unit tests fill in around them.
+_GROUPS = {"faults": "faults", "integration": "stack", "browser": "stack"}
+
+
+def pytest_collection_modifyitems(config, items):
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    for item in items:
+        group = _GROUPS.get(Path(str(item.path)).relative_to(REPO / "tests").parts[0])
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))

@@ -246,6 +246,10 @@ class RoundReport(models.Model):
     # the final round only: the hospital's local-only baseline on the same held-out rows (metrics,
     # n_train, n_test, and the (sigma, q, steps) its epsilon is recomputed from); null: none
     local_only = models.JSONField(null=True, blank=True)
+    # the statistics round (round 0) only: the global statistics the hospital derived from the
+    # decrypted sum ({"statistics": fedproto.statistics.derive(...), "sha256": its preprocessing
+    # document's}); its model_sha256 is that document's hash, equal at every hospital that agrees
+    preprocessing = models.JSONField(null=True, blank=True)
     reported_at = models.DateTimeField(auto_now_add=True)
     # Set when a consortium admin had the round evaluated again: the report is kept, not counted.
     superseded_at = models.DateTimeField(null=True, blank=True)

@@ -192,7 +192,7 @@ def done_round(study: Study, number: int) -> Round | None:
 
 
 def study_progress(study: Study) -> dict:
-    done = Round.objects.filter(study=study, status=Round.Status.DONE).count()
+    done = Round.objects.filter(study=study, status=Round.Status.DONE, number__gte=1).count()  # training rounds
     current = Round.objects.filter(study=study).order_by("-number", "-attempt").first()
     return {"status": study.status, "rounds_done": done, "rounds_planned": study.rounds,
             "current_round": current.number if current else None,
@@ -251,3 +251,48 @@ def recruitment_status(study: Study) -> dict | None:
     return {"deadline": deadline.isoformat() if deadline else None,
             "seconds_left": max(0, round((deadline - timezone.now()).total_seconds())) if deadline else None,
             "waiting_for": recruitment_waiting(study)}
+
+
+def data_preparation(study: Study) -> dict:
+    """How the study's hospitals prepare their data (docs/data.md "Federated statistics"): per
+    numeric feature its scaling; with a statistics round (round 0) its status, the epsilon each
+    hospital spent on it, the global constants the hospitals derived (round-0 reports) and whether
+    every hospital that reported derived identical ones (equal preprocessing-document hashes)."""
+    from fedproto import statistics
+    from fedproto.schema import feature_scaling
+
+    from .models import PrivacySpend
+
+    feats = [{"name": f["name"], "scaling": feature_scaling(study.schema, f)}
+             for f in study.schema.get("features", []) if f.get("type", "float") in ("float", "int")]
+    out: dict = {"statistics_round": False, "features": feats}
+    if not statistics.enabled(study.schema) or study.privacy_mode == "distributed":
+        out["mode"] = "opted_out" if not study.schema.get("statistics", {}).get("federated", True) else "none"
+        return out
+    out.update(mode="federated", statistics_round=True,
+               epsilon_share=statistics.epsilon_share(study.schema))
+    rnd = Round.objects.filter(study=study, number=statistics.STATISTICS_ROUND).order_by("-attempt").first()
+    out["round"] = ({"status": rnd.status, "attempt": rnd.attempt, "status_reason": rnd.status_reason,
+                     "contributors": sorted(round_contributors(rnd)) if rnd.status == Round.Status.DONE else []}
+                    if rnd else None)
+    spends = (PrivacySpend.objects.filter(job__round__study=study, job__round__number=statistics.STATISTICS_ROUND)
+              .select_related("job__hospital").order_by("job__hospital__name"))
+    out["spend"] = [{"hospital_id": ps.job.hospital_id, "hospital": ps.job.hospital.name,
+                     "epsilon_round": ps.epsilon_round, "noise_multiplier": ps.noise_multiplier,
+                     "sensitivity": ps.clip_norm} for ps in spends if ps.steps > 0]
+    reps = list(RoundReport.objects.filter(round__study=study, round__number=statistics.STATISTICS_ROUND,
+                                           superseded_at__isnull=True).order_by("hospital_id"))
+    hashes = {r.model_sha256 for r in reps}
+    out["hospitals_reported"] = len(reps)
+    out["identical_constants"] = bool(reps) and len(hashes) == 1
+    stats = next((r.preprocessing.get("statistics") for r in reps if r.preprocessing), None)
+    if stats:
+        per = stats.get("features", {})
+        for f in feats:
+            st = per.get(f["name"], {})
+            if f["scaling"] == "federated" and "mean" in st:
+                f.update(center=st["mean"], scale=st["std"])
+            if "missing_rate" in st:
+                f["missing_rate"] = st["missing_rate"]
+        out["rows"] = stats.get("n")
+    return out

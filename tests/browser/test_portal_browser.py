@@ -139,7 +139,7 @@ def test_researcher_runs_a_study_in_the_browser(stack, browser, shots, tmp_path,
     page.fill("input[name=username]", "rita")
     page.fill("input[name=password]", "not-the-password")
     page.click("button[type=submit]")
-    assert page.locator("text=Wrong username or password").is_visible()
+    page.wait_for_selector("text=Wrong username or password")   # the answer to the POST, not the page before it
     page.screenshot(path=str(shots / "01_login_failed.png"))
     _login(page, base, "rita")
     # Node heartbeats make both nodes online on the dashboard.
@@ -237,7 +237,8 @@ def test_researcher_runs_a_study_in_the_browser(stack, browser, shots, tmp_path,
         _wait_js(page, f"document.querySelector('{img}').complete && "
                        f"document.querySelector('{img}').naturalWidth > 0")
     svg = page.request.get(f"{base}/studies/{study.pk}/charts/metrics.svg").text()
-    assert "AUC · Alpha Hospital" in svg and "AUC · Beta Hospital" in svg
+    # The legend names each hospital once (colour and marker) and each metric once (line style).
+    assert ">Alpha Hospital</text>" in svg and ">Beta Hospital</text>" in svg and ">AUC</text>" in svg
     svg = page.request.get(f"{base}/studies/{study.pk}/charts/privacy.svg").text()
     assert "study budget" in svg
     assert page.locator("ol.rounds li.rs-done").count() == 2

@@ -115,3 +115,62 @@ def test_a_malformed_aggregate_is_refused(bad):
 def test_bad_epsilon_is_refused():
     with pytest.raises(SpecError):
         statistics.noise_for_epsilon(0, SCHEMA, 1e-5)
+
+
+# ----------------------------------------------------------------------------- the statistics round
+
+def test_the_round_spend_is_one_gaussian_mechanism_at_the_schema_share():
+    from hospital_node import trainer
+
+    for cap in (0.5, 1.0, 3.0):
+        z, q, steps = statistics.spend_entry(SCHEMA, cap, 1e-5)
+        assert (q, steps) == (1.0, 1)
+        # Opacus' accountant (what the node, the platform's recomputation and the audit report use) agrees
+        # with the mechanism's own RDP bound: at most the share, to the last digits
+        eps = trainer.epsilon_of([(z, q, steps)], 1e-5)
+        assert eps == pytest.approx(statistics.epsilon_of(z * statistics.sensitivity(SCHEMA), SCHEMA, 1e-5), rel=1e-9)
+        assert statistics.epsilon_share(SCHEMA) * cap * (1 - 1e-3) <= eps <= statistics.epsilon_share(SCHEMA) * cap
+
+
+def test_a_contribution_has_noise_z_times_the_sensitivity(hospitals):
+    X, y = hospitals[0]
+    z = statistics.noise_multiplier(SCHEMA, 1.0, 1e-5)
+    exact = statistics.local_vector(SCHEMA, X, y)
+    draws = np.array([statistics.contribution(SCHEMA, X, y, z=z, cap=1000, rng=np.random.default_rng(i))[0] - exact
+                      for i in range(400)])
+    assert draws.std() == pytest.approx(z * statistics.sensitivity(SCHEMA), rel=0.05)
+    # a hospital over the declared cap weighs as cap rows, with noise for twice the sensitivity
+    vec, std = statistics.contribution(SCHEMA, X, y, z=z, cap=len(X) // 2)
+    assert std == pytest.approx(2 * z * statistics.sensitivity(SCHEMA))
+
+
+def test_check_total_refuses_non_finite_and_out_of_range_sums(hospitals):
+    total = sum(statistics.local_vector(SCHEMA, X, y) for X, y in hospitals)
+    statistics.check_total(SCHEMA, total, n_contributors=3, z=0.01, cap=1000)  # an honest sum passes
+    bad = total.copy()
+    bad[1] = np.inf
+    with pytest.raises(SpecError, match="not finite"):
+        statistics.check_total(SCHEMA, bad, n_contributors=3, z=0.01, cap=1000)
+    bad = total.copy()
+    bad[0] = 10_000  # more rows than 3 hospitals of at most 1000 can have
+    with pytest.raises(SpecError, match="out of range"):
+        statistics.check_total(SCHEMA, bad, n_contributors=3, z=0.01, cap=1000)
+    bad = total.copy()
+    bad[statistics.layout(SCHEMA).index("bmi:u")] = total[0]  # every row at +1 above the centre: impossible
+    with pytest.raises(SpecError, match="out of range"):
+        statistics.check_total(SCHEMA, bad, n_contributors=3, z=0.01, cap=1000)
+    with pytest.raises(SpecError, match="too few for their noise"):
+        statistics.check_total(SCHEMA, total, n_contributors=3, z=50.0, cap=1000)
+
+
+def test_opting_out_scales_locally_and_needs_no_round():
+    from fedproto.schema import needs_statistics
+
+    s = validate_schema({"task": "binary_classification", "features": [{"name": "a", "range": [0, 1]}],
+                         "label": {"name": "y", "type": "binary"}, "statistics": {"federated": False}})
+    assert not needs_statistics(s) and not statistics.enabled(s)
+    doc = preprocessing.build(s, None)
+    assert doc["features"][0]["scaling"] == "local" and preprocessing.check(doc) is doc
+    with pytest.raises(SpecError, match="federated is false"):
+        validate_schema({"task": "binary_classification", "features": [{"name": "a", "range": [0, 1], "missing": "mean"}],
+                         "label": {"name": "y", "type": "binary"}, "statistics": {"federated": False}})

@@ -254,6 +254,8 @@ def study_detail(request, study_id: int):
            "enc": get_codec(study.encryption["codec"]).describe(study.encryption),
            "has_reports": RoundReport.objects.filter(round__study=study).exists(),
            "release_block": scope.release_block(), "recruitment": scope.recruitment()}
+    ctx["results_table"] = charts.results_table(_metrics_data(scope), _spend_data(scope))
+    ctx["data_preparation"] = selectors.data_preparation(study)
     ctx["benefit"] = benefit_rows(study, scope)
     ctx["benefit_summary"] = benefit_summary(ctx["benefit"])
     if study.status == Study.Status.DRAFT:

@@ -103,3 +103,21 @@ def local_only(value: Any) -> dict | None:
 
 def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+MAX_PREPROCESSING_BYTES = 256 * 1024
+
+
+def preprocessing(value: Any) -> dict | None:
+    """The global statistics a node reports with the statistics round (round 0): a JSON object of at
+    most MAX_PREPROCESSING_BYTES with "statistics" (an object) and "sha256" (hex); absent: None."""
+    if value is None:
+        return None
+    import json
+
+    if not isinstance(value, dict) or not isinstance(value.get("statistics"), dict) \
+            or not isinstance(value.get("sha256"), str) or len(value["sha256"]) != 64:
+        raise _invalid('preprocessing must be an object {"statistics": {...}, "sha256": "<64 hex>"}')
+    if len(json.dumps(value)) > MAX_PREPROCESSING_BYTES:
+        raise _invalid(f"preprocessing is over {MAX_PREPROCESSING_BYTES} bytes")
+    return value

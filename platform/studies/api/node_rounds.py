@@ -84,7 +84,8 @@ class RoundReportView(NodeView):
             return error("n_test must be an integer and epsilon_spent a number", "invalid", 422)
         rep = services.round_report_record(rnd=rnd, hospital=self.hospital, metrics=limits.metrics(d.get("metrics", {})),
                                            n_test=n_test, model_sha256=d.get("model_sha256", ""), epsilon_spent=eps,
-                                           local_only=limits.local_only(d.get("local_only")))
+                                           local_only=limits.local_only(d.get("local_only")),
+                                           preprocessing=limits.preprocessing(d.get("preprocessing")))
         return Response({"round": number, "model_sha256": rep.model_sha256}, status=201)
 
 

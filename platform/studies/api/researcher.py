@@ -71,6 +71,7 @@ def study_summary(scope: access.StudyScope) -> dict:
                              for p in scope.participations()],
             "final_model_sha256": getattr(getattr(study, "final_model", None), "sha256", None),
             "collaboration_benefit": benefit_rows(study, scope),
+            "data_preparation": selectors.data_preparation(study),
             "release_blocked": scope.release_block(),
             "release_override": ({"at": study.release_override_at, "by": study.release_override_by}
                                  if study.release_override_at else None)}

@@ -23,7 +23,7 @@ from ..selectors import study_config
 from .common import ADVANCE_STUDY, CLOSE_ROUND, RECOMPUTE_PRIVACY, _study_audit, enqueue, enqueue_on_commit
 from .errors import ServiceError
 from .recruitment_deadline import recruitment_close, recruitment_due
-from .rounds import round_open
+from .rounds import first_round, round_open
 
 log = logging.getLogger(__name__)
 
@@ -335,14 +335,14 @@ def study_advance(*, study_id: int) -> None:
                 if _set_status(study, frm=[Study.Status.RECRUITING], to=Study.Status.RUNNING, actor="system",
                                action="study.running",
                                reason=f"{len(approved)} hospitals approved and hold the key"):
-                    round_open(study=study, number=1, attempt=1)
+                    round_open(study=study, number=first_round(study), attempt=1)
         return
     if study.status != Study.Status.RUNNING:
         return
     last = Round.objects.filter(study=study).order_by("-number", "-attempt").first()
     if last is None:
         with transaction.atomic():
-            round_open(study=study, number=1, attempt=1)
+            round_open(study=study, number=first_round(study), attempt=1)
     elif last.status == Round.Status.DONE:
         if last.number >= study.rounds:
             with transaction.atomic():
@@ -374,7 +374,7 @@ def _close_recruitment(study: Study) -> None:
             study_fail(study=study, reason=reason)
         elif _set_status(study, frm=[Study.Status.RECRUITING], to=Study.Status.RUNNING, actor="system",
                          action="study.running", reason=reason):
-            round_open(study=study, number=1, attempt=1)
+            round_open(study=study, number=first_round(study), attempt=1)
 
 
 def _advance_in_transaction(study: Study) -> None:

@@ -16,6 +16,7 @@ from audit.services import actor_label
 from consortia.models import Hospital
 from fedproto import preprocessing
 from fedproto.errors import SpecError
+from fedproto.statistics import STATISTICS_ROUND
 
 from .. import selectors
 from ..models import Aggregate, FinalModel, Round, RoundReport, Study
@@ -25,7 +26,8 @@ from .errors import ServiceError
 
 
 def round_report_record(*, rnd: Round, hospital: Hospital, metrics: dict, n_test: int, model_sha256: str,
-                        epsilon_spent: float | None, local_only: dict | None = None) -> RoundReport:
+                        epsilon_spent: float | None, local_only: dict | None = None,
+                        preprocessing: dict | None = None) -> RoundReport:
     """A node's evaluation of a round's model; ``local_only`` (final round only): its local-only
     baseline on the same held-out rows (studies.api.limits.local_only checked its form)."""
     study = rnd.study
@@ -35,6 +37,9 @@ def round_report_record(*, rnd: Round, hospital: Hospital, metrics: dict, n_test
     if local_only is not None and rnd.number < study.rounds:
         raise ServiceError(f"local_only is reported with the final round ({study.rounds}) only, not round {rnd.number}",
                            code="invalid", status=422)
+    if preprocessing is not None and rnd.number != STATISTICS_ROUND:
+        raise ServiceError("preprocessing is reported with the statistics round (round 0) only", code="invalid",
+                           status=422)
     if rnd.number >= study.rounds and hospital.pk not in selectors.round_contributors(rnd):
         # The final round's attestations decide the release: only the hospitals whose updates
         # are in its aggregate vouch for it.
@@ -55,12 +60,14 @@ def round_report_record(*, rnd: Round, hospital: Hospital, metrics: dict, n_test
             with transaction.atomic():  # a savepoint: an overlapping report may insert first
                 rep = RoundReport.objects.create(round=rnd, hospital=hospital, metrics=metrics,
                                                  n_test=max(0, int(n_test)), model_sha256=model_sha256,
-                                                 epsilon_spent=epsilon_spent, local_only=local_only)
+                                                 epsilon_spent=epsilon_spent, local_only=local_only,
+                                                 preprocessing=preprocessing)
         except IntegrityError:
             return RoundReport.objects.get(round=rnd, hospital=hospital)  # the first one counts, as above
         _study_audit(study, "model.attested", actor_label(hospital=hospital), obj=rep, hospital_id=hospital.pk,
                      data={"round": rnd.number, "model_sha256": model_sha256, "metrics": metrics,
-                           "epsilon_spent": epsilon_spent, "local_only": local_only})
+                           "epsilon_spent": epsilon_spent, "local_only": local_only,
+                           **({"preprocessing": preprocessing} if preprocessing is not None else {})})
         others = set(RoundReport.objects.filter(round=rnd, superseded_at__isnull=True).exclude(pk=rep.pk)
                      .values_list("model_sha256", flat=True))
         if others and others != {model_sha256}:

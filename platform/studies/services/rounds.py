@@ -16,6 +16,7 @@ from consortia.models import Hospital
 from fedproto import wire
 from fedproto.codec import get_codec
 from fedproto.errors import CodecError
+from fedproto.statistics import STATISTICS_ROUND, round_length
 
 from ..models import EncryptedUpdate, HEContext, Participation, PrivacySpend, Round, Study, TrainingJob
 from . import secagg, storage
@@ -52,10 +53,23 @@ def round_open(*, study: Study, number: int, attempt: int) -> Round | None:
         enqueue_on_commit(ADVANCE_STUDY, study.pk)  # the round cannot run its exchange: failed, with the reason
         return rnd
     _study_audit(study, "round.opened", "system", obj=rnd,
-                 data={"round": number, "attempt": attempt, "jobs_dispatched": len(hospitals), "hospitals": hospitals,
+                 data={"round": number, "attempt": attempt,
+                       "kind": "statistics" if number == STATISTICS_ROUND else "training",
+                       "jobs_dispatched": len(hospitals), "hospitals": hospitals,
                        "deadline": rnd.deadline.isoformat()})
     enqueue_on_commit(CLOSE_ROUND_AT_DEADLINE, rnd.pk)
     return rnd
+
+
+STATISTICS_UNUSABLE = "statistics_unusable"  # a node's refusal code: the round-0 sum cannot be used
+
+
+def first_round(study: Study) -> int:
+    """The study's first round: 0 (the statistics round) when its schema standardises or imputes with
+    federated statistics, else 1 (fedproto.statistics.enabled; distributed DP has none yet)."""
+    from fedproto import statistics
+
+    return STATISTICS_ROUND if statistics.enabled(study.schema) and study.privacy_mode != "distributed" else 1
 
 
 def job_refuse(*, job: TrainingJob, hospital: Hospital, reason: str, code: str) -> TrainingJob:
@@ -71,6 +85,12 @@ def job_refuse(*, job: TrainingJob, hospital: Hospital, reason: str, code: str) 
         _study_audit(study, "job.refused", actor_label(hospital=hospital), obj=job, hospital_id=hospital.pk,
                      data={"round": job.round.number, "attempt": job.round.attempt, "code": code, "reason": reason[:4000]})
         enqueue_on_commit(CLOSE_ROUND, job.round_id)
+    if code == STATISTICS_UNUSABLE:
+        # The decrypted sum every key holder derives the constants from cannot be used: no hospital can
+        # prepare its data, and a retry would only spend more budget. The study fails, saying why.
+        from .lifecycle import study_fail
+
+        study_fail(study=study, reason=f"the federated statistics are unusable ({hospital.name}: {reason[:500]})")
     job.refresh_from_db()
     return job
 
@@ -141,14 +161,16 @@ def update_accept(*, job: TrainingJob, hospital: Hospital, stream: BinaryIO, con
         if why is not None:
             _reject_update(study, job, hospital, why, "secagg_not_shared", 409)
     codec = get_codec(study.encryption["codec"])
-    expected_parts = codec.n_parts(study.encryption, study.n_params)
+    length = round_length(study.schema, study.n_params, rnd.number)  # round 0: the statistics vector
+    expected_parts = codec.n_parts(study.encryption, length)
     # The size is known from the codec and the model: a body that cannot be this update is refused
     # from its Content-Length, before a byte of it is read.
-    smallest, largest = codec.update_size(study.encryption, study.n_params)
+    smallest, largest = codec.update_size(study.encryption, length)
     if not smallest <= content_length <= largest:
         need = (f"exactly {smallest}" if smallest == largest else f"{smallest} to {largest}")
-        _reject_update(study, job, hospital, f"update is {content_length} bytes; an update of this study's model "
-                       f"({study.n_params} parameters, {expected_parts} {codec.name} parts) is {need} bytes",
+        what = "statistics vector" if rnd.number == STATISTICS_ROUND else "model"
+        _reject_update(study, job, hospital, f"update is {content_length} bytes; an update of this study's {what} "
+                       f"({length} values, {expected_parts} {codec.name} parts) is {need} bytes",
                        "too_large" if content_length > largest else "wrong_size", 413 if content_length > largest else 422)
     ctx_row = HEContext.objects.filter(study=study).first()
     ctx = codec.load_params(bytes(ctx_row.public_params))
@@ -156,7 +178,7 @@ def update_accept(*, job: TrainingJob, hospital: Hospital, stream: BinaryIO, con
     try:
         if received.size != content_length:
             raise CodecError(f"upload truncated: received {received.size} of {content_length} bytes")
-        chunks = _inspect_upload(received, codec, ctx, expected_parts=expected_parts, n_params=study.n_params)
+        chunks = _inspect_upload(received, codec, ctx, expected_parts=expected_parts, n_params=length)
         replayed = _replayed_from(study, job, received.sha256)
     except CodecError as exc:
         storage.discard(received)
