@@ -42,7 +42,10 @@ def write_csv(path: Path, names: list[str], X: np.ndarray, y: np.ndarray) -> Non
 
 
 def breast_cancer_split(out_dir: Path, hospitals: list[str], *, seed: int = 7, test_fraction: float = 0.2,
-                        mixing: float = 0.3) -> DemoData:
+                        mixing: float = 0.3, preprocessing: str = "reference") -> DemoData:
+    """``preprocessing``: "reference" (the schema fixes center/scale from the evaluation set) or
+    "federated" (the schema declares each feature's range, and the study computes the global
+    constants in its statistics round, docs/data.md)."""
     from sklearn.datasets import load_breast_cancer
 
     ds = load_breast_cancer()
@@ -60,10 +63,14 @@ def breast_cancer_split(out_dir: Path, hospitals: list[str], *, seed: int = 7, t
     # Reference normalisation constants the consortium agrees on (from the evaluation set, not
     # from any hospital's data): every site scales features the same way.
     center, scale = X_test.mean(axis=0), X_test.std(axis=0) + 1e-12
-    schema = {"task": "binary_classification",
-              "features": [{"name": n, "type": "float", "center": round(float(c), 6), "scale": round(float(s), 6)}
-                           for n, c, s in zip(names, center, scale)],
-              "label": {"name": LABEL, "type": "binary"}}
+    if preprocessing == "federated":
+        # Declared bounds, as a data dictionary would give them: 0 to a quarter above the largest value.
+        feats = [{"name": n, "type": "float", "range": [0.0, float(f"{hi * 1.25:.3g}")]}
+                 for n, hi in zip(names, X.max(axis=0))]
+    else:
+        feats = [{"name": n, "type": "float", "center": round(float(c), 6), "scale": round(float(s), 6)}
+                 for n, c, s in zip(names, center, scale)]
+    schema = {"task": "binary_classification", "features": feats, "label": {"name": LABEL, "type": "binary"}}
     csvs, rows = {}, {}
     for name, chunk in zip(hospitals, chunks):
         path = out_dir / _col(name).lower() / "data" / "patients.csv"

@@ -30,8 +30,15 @@ def build_summary(study: Study, data: DemoData, hospitals: list[Hospital], wall_
 
     cfg = StudyConfig.from_wire(study_config(study))
     recomputed = {h.hospital_id: h for h in recompute_study(study).hospitals}
-    center = np.array([f["center"] for f in data.schema["features"]])
-    scale = np.array([f["scale"] for f in data.schema["features"]])
+    from fedproto import preprocessing
+    from studies.models import RoundReport
+
+    # the constants every hospital prepared its rows with: the schema's, or the statistics round's
+    rep = RoundReport.objects.filter(round__study=study, round__number=0, preprocessing__isnull=False).first()
+    stats = rep.preprocessing["statistics"] if rep is not None else None
+    doc = preprocessing.build(cfg.schema, stats)
+    center = np.array([f["center"] for f in doc["features"]])
+    scale = np.array([f["scale"] for f in doc["features"]])
     X_test = ((data.X_test - center) / scale).astype(np.float32)
     fm = study.final_model
     model = load_model_bytes(cfg, (Path(settings.MEDIA_ROOT) / fm.path).read_bytes())
@@ -40,7 +47,7 @@ def build_summary(study: Study, data: DemoData, hospitals: list[Hospital], wall_
     rows = []
     for h in hospitals:
         spend = PrivacySpend.objects.filter(job__hospital=h, job__round__study=study).order_by("-epsilon").first()
-        ds = load_study_data(cfg, data.hospital_csvs[h.name])
+        ds = load_study_data(cfg, data.hospital_csvs[h.name], stats)
         local = train_local_only(cfg, ds.X_train, ds.y_train, seed=h.pk)
         rows.append({
             "name": h.name, "epsilon_spent": spend.epsilon if spend else 0.0, "epsilon_budget": study.epsilon,
@@ -56,7 +63,8 @@ def build_summary(study: Study, data: DemoData, hospitals: list[Hospital], wall_
             "epsilon_matches_accountant": bool(h.pk in recomputed and recomputed[h.pk].ok),
             "local_only_test_auc": evaluate(local, X_test, data.y_test, "binary_classification")["auc"],
         })
-    sizes = list(EncryptedUpdate.objects.filter(job__round__study=study).values_list("size_bytes", flat=True))
+    sizes = list(EncryptedUpdate.objects.filter(job__round__study=study, job__round__number__gte=1)  # model updates
+                 .values_list("size_bytes", flat=True))
     codec = get_codec(study.encryption["codec"])
     params = codec.describe(study.encryption)
     n_parts = codec.n_parts(study.encryption, study.n_params)
@@ -65,7 +73,7 @@ def build_summary(study: Study, data: DemoData, hospitals: list[Hospital], wall_
     capacity = params["values_per_slot"] * (params["slots_per_ciphertext"] * n_parts - params["header_slots"]) \
         if {"values_per_slot", "slots_per_ciphertext", "header_slots"} <= params.keys() else None
     chain = verify_study_chain(study.pk)
-    rounds_done = Round.objects.filter(study=study, status=Round.Status.DONE).count()
+    rounds_done = Round.objects.filter(study=study, status=Round.Status.DONE, number__gte=1).count()  # training rounds
     return {
         "study_id": study.pk, "rounds_completed": rounds_done, "rounds_planned": study.rounds,
         "test_auc": test["auc"], "test_accuracy": test["accuracy"], "n_test": int(len(data.y_test)),

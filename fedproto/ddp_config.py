@@ -117,6 +117,42 @@ def round_setup(study: StudyConfig, round_index: int, participants: tuple[int, .
         raise SpecError(f"round {round_index} cannot run in distributed mode with {k} participants: {exc}") from None
 
 
+# Float slack when comparing an epsilon with a budget (as hospital_node.trainer.EPS_TOLERANCE).
+EPS_TOLERANCE = 1e-9
+
+
+def epsilon_after(study: StudyConfig, releases: int) -> float:
+    """The distributed-DP epsilon of ``releases`` released sums under the study's plan (a node's
+    cumulative epsilon after contributing to that many; the plan's epsilon after ``study.rounds``)."""
+    return noise_plan(study).epsilon_after(releases)
+
+
+def release_refusal(study: StudyConfig, released: int, max_epsilon: float | None = None) -> str | None:
+    """Why a hospital that already contributed to ``released`` sums of the study must not contribute
+    to one more (None: it may). The plan covers exactly ``study.rounds`` released sums, one per round;
+    a retried round's failed attempt was one release too (its spend stays counted), so retries can
+    use up the plan before the last round. A release beyond the plan, or one whose epsilon would
+    pass the study budget or the hospital's ``max_epsilon``, is refused: the node never spends, nor
+    records, budget the study does not have."""
+    plan = noise_plan(study)
+    budget = study.privacy.epsilon
+    before, after = plan.epsilon_after(released), plan.epsilon_after(released + 1)
+    tail = (f"(distributed DP, collusion threshold T = {plan.collusion}, {plan.honest_shares} honest noise shares per "
+            f"released sum; delta={plan.delta:g})")
+    if released + 1 > plan.rounds:
+        return (f"this hospital already contributed to {released} released sums of this study (retried rounds "
+                f"count once per attempt), the noise plan covers {plan.rounds}: one more would bring epsilon to "
+                f"{after:.4f} (now {before:.4f}) against the study budget of {budget:g}, beyond what the plan "
+                f"guarantees {tail}")
+    if after > budget + EPS_TOLERANCE:
+        return (f"contributing to this round's sum would bring epsilon to {after:.4f} (now {before:.4f}), over the "
+                f"study budget of {budget:g} {tail}")
+    if max_epsilon is not None and after > float(max_epsilon) + EPS_TOLERANCE:
+        return (f"contributing to this round's sum would bring epsilon to {after:.4f} (now {before:.4f}), over this "
+                f"hospital's cap max_epsilon={float(max_epsilon):g} {tail}")
+    return None
+
+
 def statement(study: StudyConfig, plan: DistributedNoisePlan | None = None) -> dict[str, Any]:
     """What the accountant, the ledger, the recomputation and the audit report say about the model."""
     p = study.privacy

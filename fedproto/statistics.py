@@ -347,6 +347,17 @@ def check_total(schema: dict[str, Any], total: np.ndarray, *, n_contributors: in
                         "center/scale in the schema")
 
 
+def provisional(schema: dict[str, Any]) -> dict[str, Any]:
+    """Stand-in constants from the schema alone (mid-range means, a quarter of the range as std,
+    uniform frequencies), marked "provisional": what a node checks its data with before the
+    statistics round is done (an invitation, planning ahead). Never used to train or release."""
+    names = layout(schema)
+    k = _bins(schema)
+    vec = np.array([1.0 if x == "n" else 1.0 / 16 if x.endswith(":u2") else 1.0 / k if ":bin" in x
+                    else 1e-3 if "=" in x and not x.startswith("label=") else 0.0 for x in names])
+    return {**derive(schema, vec), "provisional": True}
+
+
 def document_sha256(doc: dict[str, Any]) -> str:
     """The SHA-256 of a preprocessing document in canonical JSON: hospitals that derived the same
     constants attest the same hash."""
@@ -357,5 +368,5 @@ def document_sha256(doc: dict[str, Any]) -> str:
 
 
 __all__ = ["STATISTICS_ROUND", "check_total", "codec_scale", "contribution", "derive", "document_sha256", "enabled",
-           "epsilon_of", "epsilon_share", "from_codec", "layout", "local_vector", "noise_for_epsilon", "noise_multiplier",
-           "noisy_vector", "round_length", "sensitivity", "spend_entry"]
+           "epsilon_of", "epsilon_share", "from_codec", "layout", "local_vector", "noise_for_epsilon",
+           "noise_multiplier", "noisy_vector", "provisional", "round_length", "sensitivity", "spend_entry"]

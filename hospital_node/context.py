@@ -59,7 +59,7 @@ class NodeContext:
         from .statistics_round import global_statistics  # it needs this module (and the keys)
 
         stats = global_statistics(self, study)
-        key = (*key, stats is not None)
+        key = (*key, stats is not None and not stats.get("provisional"))
         hit = self._data_cache.get(study.study_id)
         if hit and hit[0] == key:
             return hit[1]

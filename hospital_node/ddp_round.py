@@ -20,7 +20,6 @@ from torch import nn
 
 from fedproto import ddp_config, ddp_slots
 from fedproto.codec import get_codec
-from fedproto.dp import ddg_epsilon
 from fedproto.secagg import KeyDirectory, RoundSetup, SecAggClient, SecAggError, ShareInbox, UnmaskRequest
 from fedproto.study import StudyConfig
 from fedproto.wire import pack_parts, unpack_parts
@@ -46,13 +45,14 @@ class RoundAbandoned(Exception):
 def epsilon_after(study: StudyConfig, rounds: int) -> float:
     """The distributed-DP epsilon of ``rounds`` released sums under the study's plan (the ledger's
     cumulative epsilon; equals the plan's epsilon after all the study's rounds)."""
-    plan = ddp_config.noise_plan(study)
-    if rounds <= 0:
-        return 0.0
-    eps, _ = ddg_epsilon(sigma=plan.local_sigma, honest_shares=plan.honest_shares, l2_sensitivity=plan.l2_sensitivity,
-                         l1_sensitivity=plan.l1_sensitivity, dim=plan.dim, rounds=rounds,
-                         delta=plan.delta - plan.sampler_delta)
-    return float(eps)
+    return ddp_config.epsilon_after(study, rounds)
+
+
+def released_sums(ctx: NodeContext, study: StudyConfig) -> int:
+    """How many released sums of the study this node's ledger has a spend for (a retried round's
+    failed attempt included: its spend stays counted)."""
+    row = ctx.ledger.study(study.study_id)
+    return int(row["rounds_trained"]) if row is not None else 0
 
 
 def _state_path(ctx: NodeContext, job_id: int):
@@ -101,6 +101,13 @@ def on_train(ctx: NodeContext, item: dict[str, Any], study: StudyConfig, *, glob
             r = Refuse("local_limit", "; ".join(reasons))
             ctx.client.refuse(job_id, r.code, r.reason)
             return
+        over = ddp_config.release_refusal(study, released_sums(ctx, study), ctx.cfg.limits.max_epsilon)
+        if over is not None:
+            # Nothing trained, no exchange joined, nothing recorded: the ledger keeps the releases made.
+            log.warning("study %s round %s: refusing job %s (budget_exceeded): %s", study.study_id, round_no, job_id,
+                        over)
+            ctx.client.refuse(job_id, "budget_exceeded", over)
+            return
         if not _contribute(ctx, item, study, job_id, round_no, deadline, global_model):
             return
     deliver(ctx, job_id)
@@ -137,6 +144,12 @@ def _contribute(ctx: NodeContext, item: dict, study: StudyConfig, job_id: int, r
         log.warning("study %s round %s: job %s sits this round out: %s", sid, round_no, job_id, e)
         ctx.ledger.set_job_state(job_id, "failed", error=f"secure aggregation: {e}"[:1000])
         return False
+    rounds_before = released_sums(ctx, study)
+    over = ddp_config.release_refusal(study, rounds_before, ctx.cfg.limits.max_epsilon)
+    if over is not None:  # another job of the study was recorded meanwhile: still never past the plan
+        log.warning("study %s round %s: job %s sits this round out (budget_exceeded): %s", sid, round_no, job_id, over)
+        ctx.ledger.set_job_state(job_id, "failed", error=f"budget_exceeded: {over}"[:1000])
+        return False
     if not ctx.ledger.set_job_state(job_id, "trained"):
         return False
     t0 = time.monotonic()
@@ -144,12 +157,11 @@ def _contribute(ctx: NodeContext, item: dict, study: StudyConfig, job_id: int, r
     frame_path = ctx.cfg.work_dir / "frames" / f"job-{job_id}.flw"
     write_atomic(frame_path, pack_parts(contrib.parts), 0o600)
     plan = contrib.plan
-    done = ctx.ledger.study(sid)
-    rounds_before = int(done["rounds_trained"]) if done is not None else 0
     eps_total = epsilon_after(study, rounds_before + 1)
     eps_round = epsilon_after(study, 1)
     nm = plan.central_sigma / plan.l2_sensitivity  # noise multiplier of the released sum (honest shares)
-    spend = {"epsilon": min(eps_total, study.privacy.epsilon), "delta": study.privacy.delta, "noise_multiplier": nm,
+    # The exact cumulative epsilon (never capped): release_refusal kept it within the budget.
+    spend = {"epsilon": eps_total, "delta": study.privacy.delta, "noise_multiplier": nm,
              "sample_rate": 1.0, "steps": 1, "clip_norm": study.privacy.clip_norm, "accountant": ACCOUNTANT,
              "accountant_version": ACCOUNTANT_VERSION, "epsilon_round": eps_round, "dp_engine": "ddp"}
     ctx.ledger.record_spend(job_id, sid, (nm, 1.0, 1), spend, str(frame_path))

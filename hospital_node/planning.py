@@ -17,7 +17,7 @@ from . import trainer
 from .config import Limits
 from .context import NodeContext
 from .data import Dataset
-from .errors import BudgetExceeded, DataError, StatisticsUnusable, public_reason
+from .errors import BudgetExceeded, DataError, StatisticsUnusable, TransientError, public_reason
 from .ledger import config_sha256
 
 log = logging.getLogger("hospital_node")
@@ -86,6 +86,8 @@ def plan_job(ctx: NodeContext, study: StudyConfig) -> tuple[trainer.NoisePlan, f
     except (DataError, SpecError) as e:
         log.warning("study %s: local data does not match the study schema: %s", study.study_id, e)
         raise Refuse("data_error", public_reason(e)) from None
+    if ds.preprocessing.get("statistics", {}).get("provisional"):
+        raise TransientError(f"study {study.study_id}: the statistics round's aggregate is not available yet")
     sid = study.study_id
     row = ctx.ledger.study(sid)
     if row is not None and row["noise_multiplier"] is not None:

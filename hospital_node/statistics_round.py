@@ -28,7 +28,7 @@ from . import trainer
 from .context import NodeContext
 from .credentials import write_atomic
 from .data import load_csv, training_rows
-from .errors import DataError, StatisticsUnusable, public_reason
+from .errors import ApiError, DataError, StatisticsUnusable, public_reason
 from .keys import secret_for
 from .ledger import RESUMABLE_STATES
 from .planning import check_local_limits
@@ -147,7 +147,15 @@ def global_statistics(ctx: NodeContext, study: StudyConfig) -> dict[str, Any] | 
     got = ctx.ledger.statistics(sid)
     if got is not None:
         return got
-    frame, _ = ctx.client.get_aggregate(sid, statistics.STATISTICS_ROUND)
+    if ctx.ledger.secret(sid) is None:  # an invitation: no key yet, nothing to decrypt
+        return statistics.provisional(study.schema)
+    try:
+        frame, _ = ctx.client.get_aggregate(sid, statistics.STATISTICS_ROUND)
+    except ApiError as e:
+        if e.status not in (403, 404, 409):
+            raise
+        # round 0 is not done yet (an invitation, planning ahead): check the data with stand-ins
+        return statistics.provisional(study.schema)
     codec = get_codec(study.codec)
     length = statistics.round_length(study.schema, study.n_params, statistics.STATISTICS_ROUND)
     try:

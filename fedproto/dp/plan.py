@@ -56,6 +56,19 @@ class DistributedNoisePlan:
         """Standard-deviation parameter of the honest noise in a released sum (integer units)."""
         return self.local_sigma * math.sqrt(self.honest_shares)
 
+    def epsilon_after(self, releases: int) -> float:
+        """Epsilon of ``releases`` released sums under this noise (the plan's epsilon at ``rounds``).
+        The plan's guarantee covers at most ``rounds`` releases: its sampler delta is sized for them,
+        so a caller refuses a release beyond ``rounds`` (fedproto.ddp_config.release_refusal)."""
+        if isinstance(releases, bool) or not isinstance(releases, int) or releases < 0:
+            raise ValueError(f"releases must be a non-negative integer, got {releases!r}")
+        if releases == 0:
+            return 0.0
+        eps, _ = ddg_epsilon(sigma=self.local_sigma, honest_shares=self.honest_shares, l2_sensitivity=self.l2_sensitivity,
+                             l1_sensitivity=self.l1_sensitivity, dim=self.dim, rounds=releases,
+                             delta=self.delta - self.sampler_delta)
+        return float(eps)
+
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "local_sigma_model_units": self.local_sigma_model_units, "central_sigma": self.central_sigma}
 

@@ -20,6 +20,7 @@ import fedproto
 from audit.selectors import study_events, verify_study_chain
 from fedproto.codec import get_codec
 from fedproto.evaluation import describe as describe_evaluation
+from studies import selectors as study_selectors
 from studies.benefit import benefit_rows, benefit_summary
 from studies.models import FinalModel, HEContext, Participation, SealedKey
 
@@ -189,6 +190,7 @@ def build_context(study, *, cached: bool = True, accountants: Accountants | None
         "attestations": atts,
         "attestation_mismatch": any(a["mismatch"] for a in atts),
         "benefit": benefit,
+        "data_preparation": study_selectors.data_preparation(study),
         "benefit_summary": benefit_summary(benefit),
         "final_model": fm,
         "downloads": events.filter(action="model.downloaded").count(),

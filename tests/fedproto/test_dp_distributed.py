@@ -248,3 +248,14 @@ def test_a_record_moves_the_rounded_sum_by_at_most_the_sensitivity():
     without_last = rounded_record_sum(records[:-1], clip=clip, gamma=gamma, beta=BETA_DEFAULT, rng=np.random.default_rng(5))
     diff = full - without_last  # same rounding draws for the first 29 records: the difference is the last one's
     assert np.linalg.norm(diff) <= bound and np.abs(diff).sum() <= rounded_l1_bound(bound, 200)
+
+
+def test_a_plans_epsilon_after_its_releases_grows_and_reaches_the_plan_at_its_rounds():
+    plan = plan_distributed_noise(target_epsilon=1.0, delta=1e-5, clip=1.0, gamma=1 / 1024, dim=4, rounds=5,
+                                  n_hospitals=20, quorum=3, collusion=1)
+    eps = [plan.epsilon_after(r) for r in range(8)]
+    assert eps[0] == 0.0 and all(a < b for a, b in zip(eps, eps[1:]))
+    assert eps[5] == pytest.approx(plan.epsilon) and eps[5] <= 1.0
+    assert eps[6] > 1.0  # one release beyond the plan costs more than the target: a caller must refuse it
+    with pytest.raises(ValueError):
+        plan.epsilon_after(-1)

@@ -262,3 +262,83 @@ def test_the_refusal_rule_states_the_model_and_the_threshold_behind_the_epsilon(
     reasons = check_local_limits(study, Limits(max_epsilon=0.5), for_training=True)
     assert any("distributed DP (collusion threshold T = 1, 2 honest noise shares" in r and "above this hospital's "
                "max_epsilon 0.5" in r for r in reasons), reasons
+
+
+# ------------------------------------------------------------------ retries against the plan's R released sums
+
+class RefusalClient:
+    """The platform as the refusal path sees it: a refusal is recorded, any exchange is a failure."""
+
+    def __init__(self):
+        self.refused: list[tuple[int, str, str]] = []
+
+    def refuse(self, job_id, code, reason):
+        self.refused.append((job_id, code, reason))
+
+    def secagg(self, *a, **k):
+        raise AssertionError("a refused release must not join the round's exchange")
+
+
+def ledger_with_releases(tmp_path, study: StudyConfig, rounds: list[int]):
+    """A node ledger holding one recorded distributed-DP spend per entry of ``rounds`` (a round
+    number twice: its first attempt failed after this node's contribution and the round was retried)."""
+    from hospital_node.ddp_round import epsilon_after
+    from hospital_node.ledger import Ledger
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    for job_id, round_no in enumerate(rounds, start=1):
+        assert ledger.claim_job(study, job_id, round_no, None) and ledger.set_job_state(job_id, "trained")
+        ledger.record_spend(job_id, study.study_id, (1.0, 1.0, 1),
+                            {"epsilon": epsilon_after(study, job_id)}, str(tmp_path / f"{job_id}.flw"))
+    return ledger
+
+
+def test_the_plan_covers_r_releases_and_a_release_beyond_them_is_refused_with_its_true_epsilon():
+    study = ddp_study()  # R = 5
+    plan = ddp_config.noise_plan(study)
+    assert ddp_config.epsilon_after(study, study.rounds) == pytest.approx(plan.epsilon)
+    assert ddp_config.epsilon_after(study, study.rounds) <= study.privacy.epsilon
+    for released in range(study.rounds):
+        assert ddp_config.release_refusal(study, released) is None
+    beyond = ddp_config.epsilon_after(study, study.rounds + 1)
+    assert beyond > study.privacy.epsilon  # what a sixth release would really cost: more than the study has
+    reason = ddp_config.release_refusal(study, study.rounds)
+    assert reason is not None and "covers 5" in reason and f"{beyond:.4f}" in reason and "T = 1" in reason
+    # the hospital's own cap below the plan's epsilon refuses the release that would cross it
+    cap = ddp_config.epsilon_after(study, 3)
+    assert ddp_config.release_refusal(study, 2, cap) is None
+    assert "max_epsilon" in ddp_config.release_refusal(study, 3, cap)
+
+
+def test_a_node_whose_retried_round_used_up_the_plan_refuses_the_last_round_and_records_nothing(tmp_path):
+    from types import SimpleNamespace
+
+    from hospital_node import ddp_round
+    from hospital_node.config import Limits
+
+    study = ddp_study()  # R = 5; round 3's first attempt failed after this node contributed, then was retried
+    ledger = ledger_with_releases(tmp_path, study, [1, 2, 3, 3, 4])
+
+    def never(*a, **k):
+        raise AssertionError("nothing is trained or delivered for a refused release")
+
+    client = RefusalClient()
+    ctx = SimpleNamespace(ledger=ledger, client=client, cfg=SimpleNamespace(limits=Limits(max_epsilon=10.0)),
+                          dataset=never)
+    before = dict(ledger.study(study.study_id))
+
+    ddp_round.on_train(ctx, {"job_id": 6, "round": 5}, study, global_model=never, deliver=never)
+    [(job_id, code, reason)] = client.refused
+    assert (job_id, code) == (6, "budget_exceeded") and "already contributed to 5 released sums" in reason
+    after = ledger.study(study.study_id)
+    assert dict(after) == before and ledger.job(6) is None
+    # the ledger states the five releases made, at their true epsilon (the plan's after five)
+    assert after["rounds_trained"] == 5
+    assert float(after["epsilon_spent"]) == pytest.approx(ddp_round.epsilon_after(study, 5))
+    # a node with a release left in the plan does not refuse (it goes on to the exchange)
+    client2 = RefusalClient()
+    ctx2 = SimpleNamespace(ledger=ledger_with_releases(tmp_path / "b", study, [1, 2, 3, 4]), client=client2,
+                           cfg=SimpleNamespace(limits=Limits(max_epsilon=10.0)), dataset=never)
+    with pytest.raises(AssertionError, match="nothing is trained"):
+        ddp_round.on_train(ctx2, {"job_id": 5, "round": 5}, study, global_model=never, deliver=never)
+    assert client2.refused == []

@@ -146,3 +146,21 @@ def test_a_retried_round_0_resends_the_same_vector_at_no_cost(nodes):
     assert first[2] != second[2]  # a fresh encryption
     assert second[3]["steps"] == 0 and second[3]["reuses_job"] == 100 and second[3]["epsilon"] == first[3]["epsilon"]
     assert len(node.ledger.history(study["id"])) == 1
+
+
+def test_before_round_0_is_done_the_data_is_checked_with_provisional_constants(nodes):
+    from hospital_node.errors import ApiError, TransientError
+    from hospital_node.planning import plan_job
+
+    study, ns, _ = nodes
+    cfg = StudyConfig.from_wire(study)
+
+    def no_aggregate(sid, r):
+        raise ApiError(404, "not_found", "round 0 has no aggregate", "GET", "aggregate")
+
+    ns[0].client.get_aggregate = no_aggregate
+    ds = ns[0].dataset(cfg)  # an invitation's data check: works, with stand-ins from the schema
+    assert ds.preprocessing["statistics"]["provisional"] and ds.n_train > 0
+    with pytest.raises(TransientError):  # never trained with them
+        plan_job(ns[0], cfg)
+    assert ns[0].ledger.statistics(study["id"]) is None

@@ -14,8 +14,9 @@ from studies.models import Study
 NAMES = ["Alpha Hospital", "Beta Hospital", "Gamma Hospital", "Delta Hospital"]
 
 
-def setup_consortium(stack, tmp_path: Path, n: int = 3, *, auto_approve=(True, True, True, True), max_epsilon: float = 5.0):
-    data = breast_cancer_split(tmp_path / "hospitals", NAMES[:n])
+def setup_consortium(stack, tmp_path: Path, n: int = 3, *, auto_approve=(True, True, True, True), max_epsilon: float = 5.0,
+                     preprocessing: str = "reference"):
+    data = breast_cancer_split(tmp_path / "hospitals", NAMES[:n], preprocessing=preprocessing)
     consortium = consortium_create(name=f"Test consortium {time.time_ns()}")
     hospitals, configs = [], []
     for i, name in enumerate(NAMES[:n]):

@@ -3,6 +3,7 @@ talking HTTP to a real web server."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -13,14 +14,17 @@ from helpers import create_study, setup_consortium, study_status, wait_for
 
 from audit.selectors import verify_study_chain
 from fedproto.codec import get_codec
+from hospital_node.ledger import Ledger
 from studies.benefit import benefit_rows
 from studies.models import EncryptedUpdate, FinalModel, HEContext, PrivacySpend, Round, RoundReport, SealedKey, Study, TrainingJob
+from studies.selectors import data_preparation
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 
 def test_full_study_completes_with_dp_and_encryption(stack, tmp_path):
-    data, consortium, hospitals, configs = setup_consortium(stack, tmp_path)
+    # declared ranges: the study computes its preprocessing constants in a statistics round (round 0)
+    data, consortium, hospitals, configs = setup_consortium(stack, tmp_path, preprocessing="federated")
     nodes = [stack.start_node(f"n{i}", c) for i, c in enumerate(configs)]
     web_backends_before = _web_pool_backends()
     study = create_study(consortium, hospitals, data, rounds=3, quorum=3)
@@ -28,21 +32,42 @@ def test_full_study_completes_with_dp_and_encryption(stack, tmp_path):
              or (study.status == "completed" and FinalModel.objects.filter(study=study).exists()),
              400, "the study to complete and its model to be released", nodes + stack.procs)
     assert study_status(study) == "completed", study.status_reason
-    rounds = Round.objects.filter(study=study, status=Round.Status.DONE).order_by("number")
-    assert [r.number for r in rounds] == [1, 2, 3]
-    assert all(r.aggregate.n_contributors == 3 for r in rounds)
-    # Every hospital spent within its budget, with the accountant's inputs recorded.
-    for h in hospitals:
+    done = Round.objects.filter(study=study, status=Round.Status.DONE).order_by("number")
+    assert [r.number for r in done] == [0, 1, 2, 3]
+    assert all(r.aggregate.n_contributors == 3 for r in done)
+    rounds = done.filter(number__gte=1)
+    # Every hospital spent within its budget, with the accountant's inputs recorded: the statistics
+    # round's Gaussian mechanism (z, q 1, 1 step) first, then the three jobs.
+    for h, node_cfg in zip(hospitals, configs):
         spends = PrivacySpend.objects.filter(job__hospital=h, job__round__study=study).order_by("job__round__number")
-        assert spends.count() == 3
+        assert spends.count() == 4
+        assert (spends.first().sample_rate, spends.first().steps, spends.first().dp_engine) == (1.0, 1, "gaussian")
         assert 0 < spends.last().epsilon <= study.epsilon + 1e-9
         assert spends.last().accountant == "rdp" and spends.last().noise_multiplier > 0
+        ledger = Ledger(node_cfg.parent / "ledger.sqlite3")
+        try:  # the node's ledger and the platform agree on the spend, the statistics round included
+            platform_history = [(s.noise_multiplier, s.sample_rate, s.steps) for s in spends]
+            assert np.allclose(np.array(ledger.history(study.pk)[:4]), np.array(platform_history), rtol=1e-12)
+            assert ledger.study(study.pk)["epsilon_spent"] == pytest.approx(
+                RoundReport.objects.get(round=rounds.last(), hospital=h).epsilon_spent)
+            assert ledger.statistics(study.pk) is not None
+        finally:
+            ledger.close()
+    # Every hospital prepared its data with identical global constants (round 0's attestations).
+    wait_for(lambda: RoundReport.objects.filter(round=done.first()).count() == 3, 60, "round 0 reports")
+    prep = list(RoundReport.objects.filter(round=done.first()))
+    assert len({r.model_sha256 for r in prep}) == 1 and all(r.preprocessing for r in prep)
+    assert len({json.dumps(r.preprocessing["statistics"], sort_keys=True) for r in prep}) == 1
+    assert data_preparation(study)["identical_constants"]
     # All hospitals attested the same final model, and it is the released one.
     wait_for(lambda: RoundReport.objects.filter(round=rounds.last()).count() == 3, 60, "final round reports")
     hashes = set(RoundReport.objects.filter(round=rounds.last()).values_list("model_sha256", flat=True))
     assert hashes == {study.final_model.sha256}
     aucs = [r.metrics["auc"] for r in RoundReport.objects.filter(round=rounds.last())]
-    assert min(aucs) > 0.8, aucs
+    # Noisy federated constants (the statistics round's share of epsilon = 1 on ~360 rows and 30 features,
+    # docs/data.md "Accuracy") cost utility: one run gave 0.92 / 1.0 / 0.65; with the reference
+    # constants of the evaluation set every hospital was above 0.8. Better than chance is the bar here.
+    assert min(aucs) > 0.5, aucs
     # Each hospital's local-only baseline rode with its final report, inside its budget (docs/privacy.md).
     finals = list(RoundReport.objects.filter(round=rounds.last()))
     assert all(r.local_only and 0 < r.local_only["epsilon"] <= study.epsilon + 1e-9 for r in finals), \
@@ -54,7 +79,7 @@ def test_full_study_completes_with_dp_and_encryption(stack, tmp_path):
     ctx = HEContext.objects.get(study=study)
     get_codec(ctx.codec).load_params(bytes(ctx.public_params))  # refuses anything holding a key
     assert SealedKey.objects.filter(study=study).count() == 2
-    assert EncryptedUpdate.objects.filter(job__round__study=study).count() == 9
+    assert EncryptedUpdate.objects.filter(job__round__study=study).count() == 12
     chain = verify_study_chain(study.pk)
     assert chain.ok, chain.problem
     _released_model_scores_raw_rows_as_the_nodes_do(stack, study, consortium, hospitals, configs, data, tmp_path)

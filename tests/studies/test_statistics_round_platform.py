@@ -81,3 +81,11 @@ def test_an_opted_out_schema_starts_with_round_1(postgres):  # noqa: F811
     services.study_advance(study_id=study.pk)
     assert Round.objects.get(study=study).number == 1
     assert selectors.data_preparation(study)["mode"] == "opted_out"
+
+
+def test_the_audit_report_has_a_data_preparation_step(running):
+    from reports.report import render_html
+
+    study, (a, b) = running
+    html = render_html(study, context=None)
+    assert 'id="data-preparation"' in html and "statistics round (round 0)" in html

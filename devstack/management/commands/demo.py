@@ -40,6 +40,9 @@ class Command(BaseCommand):
         parser.add_argument("--summary-json", type=Path, help="write the summary as JSON to this path")
         parser.add_argument("--out", type=Path, default=REPO / "demo-output", help="folder for data, logs and reports")
         parser.add_argument("--rounds", type=int, default=5)
+        parser.add_argument("--preprocessing", choices=("federated", "reference"), default="reference",
+                            help="federated: declared ranges, global constants from the statistics round (round 0); "
+                                 "reference: the schema fixes center/scale from the evaluation set")
         parser.add_argument("--epsilon", type=float, default=1.0, help="privacy budget per hospital")
         parser.add_argument("--local-epochs", type=int, default=DEMO_HYPER["local_epochs"],
                             help=f"local DP-SGD epochs per round on each hospital (1-{MAX_LOCAL_EPOCHS}; "
@@ -67,7 +70,7 @@ class Command(BaseCommand):
         self.stdout.write("Preparing the platform database …")
         call_command("migrate", verbosity=0)
 
-        data = breast_cancer_split(out / "hospitals", HOSPITALS)
+        data = breast_cancer_split(out / "hospitals", HOSPITALS, preprocessing=opts["preprocessing"])
         stamp = time.strftime("%Y%m%d-%H%M%S")
         consortium = consortium_create(name=f"Demo consortium {stamp}", actor="demo")
         hospitals = [hospital_create(consortium=consortium, name=n, actor="demo") for n in HOSPITALS]
