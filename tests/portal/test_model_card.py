@@ -109,7 +109,7 @@ def test_the_card_says_what_a_clinician_needs(world, client, tmp_path):
     assert "ε = 1 and δ = 1e-05" in card and "whoever else colludes" in card         # privacy in words
     priv = card.split('id="site-privacy"', 1)[1].split("</table>", 1)[0]
     assert "0.950" in priv and "0.900" in priv                                      # largest cumulative, baseline incl.
-    snippet = card.split('id="predict-snippet">', 1)[1].split("</pre>", 1)[0]
+    snippet = re.search(r'id="predict-snippet"[^>]*>(.*?)</pre>', card, re.S).group(1)
     assert "python -m hospital_node predict --model model.safetensors --csv new_patients.csv" in snippet
     assert f"/api/studies/{s.pk}/model" in snippet and s.final_model.sha256 in snippet
     assert card.index('id="appendix"') < card.index('id="encryption"')               # encryption in the appendix
@@ -124,7 +124,7 @@ def test_the_cards_snippet_scores_a_csv_with_the_released_file(world, client, tm
 
     s, data = _released(world, tmp_path)
     card = htmlmod.unescape(_card(client, world.users["hadmin1"], s))
-    snippet = card.split('id="predict-snippet">', 1)[1].split("</pre>", 1)[0]
+    snippet = re.search(r'id="predict-snippet"[^>]*>(.*?)</pre>', card, re.S).group(1)
     header = re.search(r"a header line with (\S+),", snippet).group(1)
     assert header == "age,lactate,sex"
     monkeypatch.chdir(tmp_path)
