@@ -51,7 +51,7 @@ class NodeContext:
         path = self.dataset_path(study)
         try:
             st = path.stat()
-            key = (str(path), st.st_mtime_ns, st.st_size, config_sha256(study))
+            key: tuple = (str(path), st.st_mtime_ns, st.st_size, config_sha256(study))
         except FileNotFoundError:
             raise DataError(f"data file {path} does not exist: set [data] csv (or [datasets.default] path) in "
                             f"{self.cfg.path}",

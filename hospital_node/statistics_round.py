@@ -182,7 +182,7 @@ def on_evaluate(ctx: NodeContext, item: dict[str, Any], study: StudyConfig) -> N
     (the decrypted sum's derived values, which the released model carries anyway)."""
     ds = ctx.dataset(study)
     row = ctx.ledger.study(study.study_id)
-    body = {"metrics": {}, "n_test": 0, "model_sha256": statistics.document_sha256(ds.preprocessing),
+    body: dict[str, Any] = {"metrics": {}, "n_test": 0, "model_sha256": statistics.document_sha256(ds.preprocessing),
             "epsilon_spent": float(row["epsilon_spent"]) if row else 0.0,
             "preprocessing": {"statistics": ctx.ledger.statistics(study.study_id),
                               "sha256": statistics.document_sha256(ds.preprocessing)}}
